@@ -1,0 +1,24 @@
+"""Recommendation backbones behind one interface (:class:`~learner.backbones.base.Backbone`).
+
+Losses and the meta step never name a backbone: they see logits and parameters only.
+"""
+
+from __future__ import annotations
+
+from learner.backbones.base import Backbone
+from learner.backbones.gmf import GMF
+
+BACKBONES: dict[str, type[Backbone]] = {"gmf": GMF}
+
+
+def make_backbone(name: str, dim: int) -> Backbone:
+    """Build the backbone registered under ``name`` with ``dim`` latent factors."""
+    try:
+        return BACKBONES[name](dim=dim)
+    except KeyError:
+        from stream.errors import ConfigError
+
+        raise ConfigError(f"unknown model {name!r}; choose from {sorted(BACKBONES)}") from None
+
+
+__all__ = ["BACKBONES", "Backbone", "GMF", "make_backbone"]

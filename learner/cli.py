@@ -1,0 +1,177 @@
+"""The ``dwell`` command: ``broker``, ``replay``, ``learn`` and ``demo``.
+
+Settings come from flags, ``DWELL_*`` environment variables and an optional TOML file
+(``--config``), in that order of precedence; see :mod:`learner.config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from learner.config import add_config_args, config_from_args
+from stream.errors import DwellError
+
+logger = logging.getLogger("dwell")
+
+KAFKA_FLAGS = ("bootstrap", "topic", "partitions")
+DEFAULT_DATA = (
+    Path(__file__).resolve().parents[1]
+    / "data/kuairand27k_like_hate/processed_standard_kcore_15.tsv"
+)
+DWELL_HOME = Path(os.environ.get("DWELL_HOME", Path.home() / ".local/share/dwell"))
+DEFAULT_BROKER_DIR = DWELL_HOME / "kafka"
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from stream.broker import LocalBroker
+
+    broker = LocalBroker(Path(args.data), args.port, args.controller_port, args.heap)
+    if args.action == "start":
+        print(broker.start())
+    elif args.action == "stop":
+        broker.stop()
+    else:
+        running = broker.status()
+        print(f"{'running' if running else 'stopped'} ({broker.bootstrap}, data {args.data})")
+        return 0 if running else 3
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from producers.pacing import Pacer
+    from producers.readers import order_by_time, read_log
+    from producers.replay import replay
+    from stream.admin import create_topic
+
+    cfg = config_from_args(args)
+    mapping = dict(item.split("=", 1) for item in args.map) if args.map else None
+    result = read_log(args.file, args.format, mapping)
+    result.events = order_by_time(result.events)
+    if args.limit:
+        result.events = result.events[: args.limit]
+    create_topic(cfg.bootstrap, cfg.topic, partitions=cfg.partitions)
+    pacer = Pacer(rate=args.rate, speed=args.speed)
+    stats = replay(result, bootstrap=cfg.bootstrap, topic=cfg.topic, pacer=pacer)
+    print(
+        f"rows read {stats.rows_read:,} | events sent {stats.events_sent:,} | "
+        f"failed {stats.failed:,} | not an event {sum(stats.rejected.values()):,} "
+        f"{dict(stats.rejected)} | {stats.events_per_s:,.0f} events/s"
+    )
+    return 0 if stats.failed == 0 else 1
+
+
+def _learn(args: argparse.Namespace) -> int:
+    from prometheus_client import CollectorRegistry
+
+    from learner.daemon import Daemon
+    from learner.monitoring import serve_metrics
+
+    cfg = config_from_args(args)
+    registry = CollectorRegistry()
+    daemon = Daemon(cfg, registry)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: daemon.stop())
+    server = None
+    if cfg.metrics_port >= 0:
+        server = serve_metrics(registry, cfg.metrics_addr, cfg.metrics_port)
+        logger.info("metrics on http://%s:%d/metrics", cfg.metrics_addr, server.server_port)
+    try:
+        totals = daemon.run()
+    finally:
+        if server is not None:
+            server.shutdown()
+    print(format_totals(totals, daemon.learner.evaluator.values()))
+    return 0
+
+
+def format_totals(totals: dict, auc: dict, sent: int | None = None) -> str:
+    """The closing summary: counts that must add up, and the final AUCs."""
+    lines = []
+    if sent is not None:
+        lines.append(f"sent          {sent:,}")
+    lines += [
+        f"consumed      {totals['consumed']:,}",
+        f"accepted      {totals['accepted']:,}  "
+        + "  ".join(f"{k} {v:,}" for k, v in totals["labelled"].items()),
+        f"dead-lettered {totals['dead_lettered']:,}  "
+        + "  ".join(f"{k} {v:,}" for k, v in totals["invalid"].items()),
+        f"train steps   {totals['train_steps']:,}",
+        "AUC (window/run)  dwell labels {:.4f}/{:.4f}  explicit like/hate {:.4f}/{:.4f}".format(
+            auc[("short", "dwell")], auc[("run", "dwell")],
+            auc[("short", "explicit")], auc[("run", "explicit")],
+        ),
+    ]
+    balanced = totals["consumed"] == totals["accepted"] + totals["dead_lettered"]
+    if sent is not None:
+        balanced = balanced and sent == totals["consumed"]
+    lines.append("totals add up: " + ("yes" if balanced else "NO"))
+    return "\n".join(lines)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from learner.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dwell", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("broker", help="start, stop or query a local Apache Kafka broker")
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("--port", type=int, default=9092)
+    p.add_argument("--controller-port", type=int, default=9093)
+    p.add_argument("--data", default=str(DEFAULT_BROKER_DIR), help="broker data folder")
+    p.add_argument("--heap", default="512m", help="JVM heap")
+    p.set_defaults(func=_broker)
+
+    p = sub.add_parser("replay", help="replay a historical log into a Kafka topic")
+    p.add_argument("file", nargs="?", default=str(DEFAULT_DATA), help="log file")
+    p.add_argument("--format", default="auto", help="auto, kuairand, kuairec, csv, tsv, jsonl")
+    p.add_argument("--map", nargs="*", metavar="FIELD=COLUMN", help="column mapping (generic)")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--rate", type=float, help="events per second")
+    pace.add_argument("--speed", type=float, help="multiple of real event time")
+    p.add_argument("--limit", type=int, help="send at most this many events")
+    add_config_args(p, KAFKA_FLAGS)
+    p.set_defaults(func=_replay)
+
+    p = sub.add_parser("learn", help="run the learner daemon on a topic")
+    add_config_args(p)
+    p.set_defaults(func=_learn)
+
+    p = sub.add_parser("demo", help="broker + replay of the shipped data + learner, end to end")
+    p.add_argument("file", nargs="?", default=str(DEFAULT_DATA), help="log file to replay")
+    p.add_argument("--keep-serving", action="store_true",
+                   help="keep broker, learner and /metrics up after the replay (Ctrl-C stops)")
+    p.add_argument("--external", action="store_true",
+                   help="use the broker at --bootstrap instead of starting one")
+    add_config_args(p)
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except DwellError as exc:
+        logger.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Configuration: one frozen object, from flags, ``DWELL_*`` variables and a TOML file.
+
+Precedence, highest first: command-line flags, environment variables (``DWELL_BATCH_SIZE``
+for ``batch_size``), the TOML file (``--config`` or ``DWELL_CONFIG``; flat keys, or under a
+``[dwell]`` table), then the defaults below. Every field is a flag ``--batch-size``.
+
+>>> Config.load(env={"DWELL_BATCH_SIZE": "64"}, flags={"topic": "t"}).batch_size
+64
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from learner.labels import LabelRule
+from learner.trainer import LearnerSettings
+from stream.errors import ConfigError
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of the learner daemon, the replay and the demo."""
+
+    bootstrap: str = _opt("127.0.0.1:9092", "Kafka bootstrap servers, host:port[,host:port]")
+    topic: str = _opt("dwell.events", "event topic")
+    dlq_topic: str = _opt("", "dead-letter topic (default: <topic>.dlq)")
+    group: str = _opt("dwell-learner", "consumer group id")
+    partitions: int = _opt(4, "partitions of a topic that dwell creates")
+    batch_size: int = _opt(1024, "micro-batch: at most this many records")
+    batch_timeout_s: float = _opt(0.5, "micro-batch: at most this long waiting for records")
+    max_value_bytes: int = _opt(64 * 1024, "larger record values are invalid")
+    commit_interval_s: float = _opt(1.0, "commit offsets at most this often (and on stop)")
+    until_end: bool = _opt(False, "stop once the end offsets seen at start are consumed")
+    idle_timeout_s: float = _opt(0.0, "stop after this long without records (0: never)")
+    metrics_addr: str = _opt("127.0.0.1", "address of the Prometheus /metrics server")
+    metrics_port: int = _opt(9464, "port of /metrics (0: any free port, -1: no server)")
+    progress_interval_s: float = _opt(2.0, "log a progress line this often")
+    model: str = _opt("gmf", "backbone")
+    dim: int = _opt(32, "latent factors")
+    lr: float = _opt(0.01, "learning rate (Adam / SparseAdam)")
+    loss: str = _opt("bce", "training loss")
+    train_batch: int = _opt(64, "events per optimiser step within a micro-batch")
+    seed: int = _opt(0, "random seed")
+    device: str = _opt("cpu", "torch device (cpu, cuda)")
+    auc_window: int = _opt(5000, "events in the short prequential AUC window")
+    pos_ratio: float = _opt(0.9, "positive when play/duration >= this")
+    long_view_ms: int = _opt(30_000, "positive when play_ms >= this")
+    skip_ms: int = _opt(3_000, "negative when play_ms < this (and not positive)")
+    neg_ratio: float = _opt(0.2, "negative when play/duration < this (and not positive)")
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.dlq_topic or f"{self.topic}.dlq"
+
+    def learner_settings(self) -> LearnerSettings:
+        rule = LabelRule(self.pos_ratio, self.long_view_ms, self.skip_ms, self.neg_ratio)
+        return LearnerSettings(
+            model=self.model, dim=self.dim, lr=self.lr, loss=self.loss,
+            train_batch=self.train_batch, seed=self.seed, device=self.device,
+            auc_window=self.auc_window, labels=rule,
+        )
+
+    @classmethod
+    def load(
+        cls,
+        flags: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        toml_path: str | Path | None = None,
+    ) -> Config:
+        """Merge defaults < TOML < environment < flags (flags set to None are ignored)."""
+        env = os.environ if env is None else env
+        toml_path = toml_path or env.get("DWELL_CONFIG")
+        values: dict[str, Any] = {}
+        if toml_path:
+            values.update(_read_toml(Path(toml_path)))
+        for f in dataclasses.fields(cls):
+            key = f"DWELL_{f.name.upper()}"
+            if key in env:
+                values[f.name] = env[key]
+        values.update({k: v for k, v in (flags or {}).items() if v is not None})
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+        return cls(**{k: _coerce(known[k], v) for k, v in values.items()})
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    return dict(data.get("dwell", data))
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    kind = type(f.default)
+    if isinstance(value, kind) and not (kind is float and isinstance(value, bool)):
+        return value
+    try:
+        if kind is bool:
+            text = str(value).strip().lower()
+            if text not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                raise ValueError(value)
+            return text in {"1", "true", "yes", "on"}
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{f.name}: cannot read {value!r} as {kind.__name__}") from None
+
+
+def add_config_args(parser: argparse.ArgumentParser, names: Iterable[str] | None = None) -> None:
+    """Add a ``--flag`` for each named Config field (all by default), defaulting to None."""
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    for name in names or fields:
+        f = fields[name]
+        flag = "--" + name.replace("_", "-")
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=f.metadata["help"])
+        else:
+            parser.add_argument(flag, type=type(f.default), default=None, metavar=name.upper(),
+                                help=f"{f.metadata['help']} (default: {f.default!r})")
+    parser.add_argument("--config", dest="config_file", default=None,
+                        help="TOML file of settings (or DWELL_CONFIG)")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The Config for parsed arguments: flags over environment over TOML over defaults."""
+    names = {f.name for f in dataclasses.fields(Config)}
+    flags = {k: v for k, v in vars(args).items() if k in names}
+    return Config.load(flags=flags, toml_path=getattr(args, "config_file", None))

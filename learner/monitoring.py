@@ -1,0 +1,108 @@
+"""Prometheus metrics of the learner, declared once, in base units, with bounded labels.
+
+Counters are the single source of truth for the run's totals: :meth:`Metrics.totals` reads
+them back from the registry, so the printed summary and ``/metrics`` cannot disagree.
+Every test builds its own ``CollectorRegistry``.
+
+>>> from prometheus_client import CollectorRegistry
+>>> m = Metrics(CollectorRegistry())
+>>> m.events_consumed.inc(3)
+>>> m.totals()["consumed"]
+3
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from learner.labels import CLASS_NAMES
+from stream.event import Reason
+
+BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+WINDOWS = ("short", "run")
+TARGETS = ("dwell", "explicit")
+
+
+class Metrics:
+    """Every metric the learner exports, registered on one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = r = registry if registry is not None else CollectorRegistry()
+        self.events_consumed = Counter(
+            "dwell_events_consumed", "Records read from the event topic.", registry=r
+        )
+        self.events_invalid = Counter(
+            "dwell_events_invalid",
+            "Records that failed decoding or validation and went to the dead-letter topic.",
+            ["reason"],
+            registry=r,
+        )
+        self.events_labelled = Counter(
+            "dwell_events_labelled", "Valid events by dwell-time label class.", ["label"],
+            registry=r,
+        )
+        self.train_steps = Counter("dwell_train_steps", "Optimiser steps taken.", registry=r)
+        self.batches = Counter("dwell_batches", "Micro-batches processed.", registry=r)
+        self.commits = Counter("dwell_offset_commits", "Offset commits to Kafka.", registry=r)
+        self.loss = Gauge("dwell_loss", "Mean training loss of the last micro-batch.", registry=r)
+        self.auc = Gauge(
+            "dwell_auc",
+            "Prequential AUC: window short (sliding) or run (since start); target dwell "
+            "(dwell-derived labels of genuine events) or explicit (like/dislike in context).",
+            ["window", "target"],
+            registry=r,
+        )
+        self.batch_duration = Histogram(
+            "dwell_batch_duration_seconds",
+            "Wall time to decode, score and train one micro-batch.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "dwell_consumer_lag", "Records behind the partition's high watermark.", ["partition"],
+            registry=r,
+        )
+        self.idmap_size = Gauge("dwell_idmap_size", "Distinct ids mapped.", ["table"], registry=r)
+        self.freshness = Gauge(
+            "dwell_event_freshness_seconds",
+            "Wall-clock now minus the newest event time trained.",
+            registry=r,
+        )
+        for reason in Reason:
+            self.events_invalid.labels(reason.value)
+        for name in CLASS_NAMES.values():
+            self.events_labelled.labels(name)
+
+    def _value(self, name: str, labels: dict[str, str] | None = None) -> int:
+        value = self.registry.get_sample_value(name, labels or {})
+        return int(value or 0)
+
+    def totals(self) -> dict:
+        """Counts so far: consumed, accepted, by label class, dead-lettered by reason."""
+        labelled = {
+            n: self._value("dwell_events_labelled_total", {"label": n})
+            for n in CLASS_NAMES.values()
+        }
+        invalid = {
+            r.value: self._value("dwell_events_invalid_total", {"reason": r.value})
+            for r in Reason
+        }
+        return {
+            "consumed": self._value("dwell_events_consumed_total"),
+            "accepted": sum(labelled.values()),
+            "labelled": labelled,
+            "dead_lettered": sum(invalid.values()),
+            "invalid": {k: v for k, v in invalid.items() if v},
+            "train_steps": self._value("dwell_train_steps_total"),
+        }
+
+
+def serve_metrics(registry: CollectorRegistry, addr: str, port: int):
+    """Serve ``/metrics`` of ``registry`` on ``addr:port`` (0: a free port) in a thread.
+
+    Returns the server (call ``shutdown()`` to stop it); its port is ``server.server_port``.
+    """
+    from prometheus_client import start_http_server
+
+    server, _thread = start_http_server(port, addr=addr, registry=registry)
+    return server

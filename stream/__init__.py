@@ -1,0 +1,1 @@
+"""The Kafka side of dwell: broker management, consuming, decoding, dead letters."""

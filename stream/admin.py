@@ -1,0 +1,155 @@
+"""Small Kafka administration helpers (topics and offsets) on kafka-python's admin client.
+
+Each call opens a short-lived ``KafkaAdminClient`` and closes it: these helpers are for
+set-up, tests and monitoring, not for a hot path. Errors of the Kafka client
+(``kafka.errors.KafkaError`` and subclasses) propagate, except where a docstring says otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from kafka import TopicPartition
+from kafka.admin import KafkaAdminClient, OffsetSpec
+from kafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@contextmanager
+def admin_client(bootstrap: str, timeout: float = 30.0) -> Iterator[KafkaAdminClient]:
+    """A KafkaAdminClient for ``bootstrap`` whose connect and request timeouts are ``timeout``."""
+    timeout_ms = max(1, int(timeout * 1000))
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id="dwell-admin",
+        bootstrap_timeout_ms=timeout_ms,
+        request_timeout_ms=timeout_ms,
+    )
+    try:
+        yield admin
+    finally:
+        admin.close()
+
+
+def _retry(call: Callable[[], T], timeout: float, what: str) -> T:
+    """Run ``call``, retrying retriable Kafka errors (coordinator loading, leader moving, ...).
+
+    A fresh broker answers the first group request with COORDINATOR_NOT_AVAILABLE while it
+    creates ``__consumer_offsets``; this waits that out. The last error is raised at the deadline.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except KafkaError as exc:
+            if not getattr(exc, "retriable", False) or time.monotonic() >= deadline:
+                raise
+            log.debug("%s: %r; retrying", what, exc)
+            time.sleep(0.2)
+
+
+def list_topics(bootstrap: str, timeout: float = 30.0) -> list[str]:
+    """Names of the topics on the cluster, internal ones included, sorted."""
+    with admin_client(bootstrap, timeout) as admin:
+        return sorted(admin.list_topics())
+
+
+def _partitions(admin: KafkaAdminClient, topic: str) -> list[int]:
+    """Partition ids of ``topic``; raise UnknownTopicOrPartitionError if it does not exist."""
+    described = admin.describe_topics([topic])
+    info = next((t for t in described if t.get("name") == topic), None)
+    if info is None or info.get("error_code", 0) != 0 or not info.get("partitions"):
+        raise UnknownTopicOrPartitionError(f"topic {topic!r} does not exist")
+    return sorted(p["partition_index"] for p in info["partitions"])
+
+
+def create_topic(
+    bootstrap: str,
+    name: str,
+    partitions: int = 4,
+    replication: int = 1,
+    config: Mapping[str, Any] | None = None,
+    timeout: float = 30.0,
+) -> bool:
+    """Create a topic and wait until every partition has a leader.
+
+    Idempotent: a topic that already exists is left as it is (a warning is logged if its
+    partition count differs). Returns True if this call created it, False if it existed.
+    """
+    spec = {
+        name: {
+            "num_partitions": partitions,
+            "replication_factor": replication,
+            "configs": {str(k): str(v) for k, v in (config or {}).items()},
+        }
+    }
+    timeout_ms = max(1, int(timeout * 1000))
+    with admin_client(bootstrap, timeout) as admin:
+        try:
+            admin.create_topics(spec, timeout_ms=timeout_ms)
+            created = True
+            msg = "created topic %s (%d partitions, replication %d)"
+            log.info(msg, name, partitions, replication)
+        except TopicAlreadyExistsError:
+            created = False
+            log.debug("topic %s already exists", name)
+        admin.wait_for_topics([name], timeout_ms=timeout_ms)
+        if not created:
+            existing = len(_partitions(admin, name))
+            if existing != partitions:
+                msg = "topic %s exists with %d partitions, not the %d asked for"
+                log.warning(msg, name, existing, partitions)
+    return created
+
+
+def delete_topic(bootstrap: str, name: str, timeout: float = 30.0) -> bool:
+    """Delete a topic. Returns True if deleted, False if it did not exist."""
+    timeout_ms = max(1, int(timeout * 1000))
+    with admin_client(bootstrap, timeout) as admin:
+        try:
+            admin.delete_topics([name], timeout_ms=timeout_ms)
+        except UnknownTopicOrPartitionError:
+            log.debug("topic %s does not exist; nothing to delete", name)
+            return False
+    log.info("deleted topic %s", name)
+    return True
+
+
+def end_offsets(bootstrap: str, topic: str, timeout: float = 30.0) -> dict[int, int]:
+    """The log-end offset (offset of the next record) of every partition of ``topic``.
+
+    Raises ``kafka.errors.UnknownTopicOrPartitionError`` if the topic does not exist.
+    """
+    timeout_ms = max(1, int(timeout * 1000))
+    with admin_client(bootstrap, timeout) as admin:
+        specs = {TopicPartition(topic, p): OffsetSpec.LATEST for p in _partitions(admin, topic)}
+        result = admin.list_partition_offsets(specs, timeout_ms=timeout_ms)
+    return {tp.partition: int(o.offset) for tp, o in sorted(result.items())}
+
+
+def committed_offsets(
+    bootstrap: str, group: str, topic: str, timeout: float = 30.0
+) -> dict[int, int]:
+    """The offsets ``group`` has committed on ``topic``, by partition.
+
+    Only partitions with a committed offset appear: the result is empty for a group that
+    does not exist or has committed nothing on this topic. A committed offset is the offset of
+    the next record the group will read.
+    """
+    with admin_client(bootstrap, timeout) as admin:
+        result = _retry(
+            lambda: admin.list_group_offsets({group: None}), timeout, "list_group_offsets"
+        )
+    offsets = result.get(group, {})
+    return {
+        tp.partition: int(om.offset)
+        for tp, om in sorted(offsets.items())
+        if tp.topic == topic and om.offset is not None and om.offset >= 0
+    }

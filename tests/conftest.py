@@ -1,0 +1,83 @@
+"""Shared pytest fixtures: a real Kafka broker for the integration tests.
+
+``kafka_bootstrap`` (session) is the bootstrap address of a real broker: ``DWELL_TEST_BOOTSTRAP``
+if set, else a single-node KRaft broker started by ``stream.broker.LocalBroker`` on free ports
+in a temporary folder and stopped at the end of the session. The broker is started only if a
+test asks for it, so unit tests never pay for it.
+
+Tests under ``tests/integration/`` get the ``integration`` marker automatically:
+``pytest -m "not integration"`` runs the unit tests alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stream.admin import create_topic, delete_topic
+from stream.broker import LocalBroker, wait_until_ready
+
+log = logging.getLogger(__name__)
+
+INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the marker (also in pyproject.toml) and mute kafka-python's own deprecations."""
+    config.addinivalue_line(
+        "markers", "integration: needs a real Kafka broker (started by the session fixture)"
+    )
+    # kafka-python 3.0 loads its protocol schemas with importlib.resources.read_text/open_text,
+    # deprecated since Python 3.11: ~200 warnings per session that are not ours to fix.
+    config.addinivalue_line(
+        "filterwarnings", "ignore:(read_text|open_text) is deprecated:DeprecationWarning"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test under tests/integration/ with ``integration``."""
+    for item in items:
+        if INTEGRATION_DIR in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap address (``host:port``) of a real Kafka broker for this test session."""
+    external = os.environ.get("DWELL_TEST_BOOTSTRAP")
+    if external:
+        wait_until_ready(external, timeout=30)
+        yield external
+        return
+    broker = LocalBroker.on_free_ports(tmp_path_factory.mktemp("kafka"))
+    try:
+        # owner_pid: a watchdog stops the JVM even if this process is killed without cleanup.
+        yield broker.start(timeout=90, owner_pid=os.getpid())
+    finally:
+        # Runs on success, failure, Ctrl-C, and when start() itself failed half-way.
+        broker.stop(timeout=30)
+
+
+def _topic_name(nodeid: str) -> str:
+    """A unique, legal topic name that says which test made it."""
+    test = re.sub(r"[^A-Za-z0-9-]+", "-", nodeid.rsplit("::", 1)[-1]).strip("-")[:80]
+    return f"test-{test}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def topic(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, uniquely named 4-partition topic on the test broker; deleted afterwards."""
+    name = _topic_name(request.node.nodeid)
+    create_topic(kafka_bootstrap, name, partitions=4)
+    yield name
+    for leftover in (name, f"{name}.dlq"):
+        try:
+            delete_topic(kafka_bootstrap, leftover)
+        except Exception as exc:  # best effort: a failed clean-up must not fail the test
+            log.warning("could not delete topic %s: %r", leftover, exc)

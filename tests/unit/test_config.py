@@ -1,0 +1,53 @@
+"""Configuration precedence: flags over DWELL_* over TOML over defaults."""
+
+import argparse
+
+import pytest
+
+from learner.config import Config, add_config_args, config_from_args
+from stream.errors import ConfigError
+
+
+def test_precedence(tmp_path):
+    toml = tmp_path / "dwell.toml"
+    toml.write_text('topic = "from-toml"\nbatch_size = 10\nlr = 0.5\n')
+    cfg = Config.load(
+        flags={"topic": "from-flag", "lr": None},
+        env={"DWELL_TOPIC": "from-env", "DWELL_BATCH_SIZE": "20"},
+        toml_path=toml,
+    )
+    assert (cfg.topic, cfg.batch_size, cfg.lr, cfg.group) == ("from-flag", 20, 0.5, "dwell-learner")
+
+
+def test_dwell_table_in_toml(tmp_path):
+    toml = tmp_path / "dwell.toml"
+    toml.write_text("[dwell]\nuntil_end = true\n")
+    assert Config.load(env={}, toml_path=toml).until_end is True
+
+
+def test_bad_values_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="batch_size"):
+        Config.load(env={"DWELL_BATCH_SIZE": "many"})
+    with pytest.raises(ConfigError, match="until_end"):
+        Config.load(env={"DWELL_UNTIL_END": "perhaps"})
+    with pytest.raises(ConfigError, match="unknown settings: nope"):
+        Config.load(env={}, flags={"nope": 1})
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        Config.load(env={}, toml_path=tmp_path / "missing.toml")
+
+
+def test_flags_from_argparse(monkeypatch):
+    monkeypatch.delenv("DWELL_CONFIG", raising=False)
+    monkeypatch.setenv("DWELL_GROUP", "g-env")
+    parser = argparse.ArgumentParser()
+    add_config_args(parser)
+    args = parser.parse_args(["--batch-size", "7", "--until-end", "--dlq-topic", "dead"])
+    cfg = config_from_args(args)
+    assert (cfg.batch_size, cfg.until_end, cfg.group) == (7, True, "g-env")
+    assert cfg.dead_letter_topic == "dead"
+    assert Config(topic="t").dead_letter_topic == "t.dlq"
+
+
+def test_config_is_frozen():
+    with pytest.raises(AttributeError):
+        Config().topic = "x"

@@ -1,0 +1,72 @@
+"""The learner's pieces: table growth, id maps, test-then-train."""
+
+import numpy as np
+import orjson
+import torch
+
+from learner.backbones import GMF
+from learner.idmap import IdMap
+from learner.optim import MixedAdam, ensure_rows
+from learner.prequential import auc_score
+from learner.trainer import LearnerSettings, OnlineLearner
+from stream.event import decode_batch
+
+
+def test_idmap_keeps_int_and_str_apart_and_round_trips():
+    m = IdMap()
+    assert m.lookup([7, "7", 7, "x"]).tolist() == [0, 1, 0, 2]
+    assert m.lookup(["new"], add=False).tolist() == [-1]
+    clone = IdMap()
+    clone.load_state_dict(m.state_dict())
+    assert clone.lookup(["x", 7], add=False).tolist() == [2, 0]
+
+
+def test_growth_keeps_rows_and_adam_state():
+    torch.manual_seed(0)
+    model = GMF(dim=4, users=2, items=2)
+    opt = MixedAdam(model, lr=0.1)
+    loss = model(torch.tensor([0, 1]), torch.tensor([1, 0])).sum()
+    loss.backward()
+    opt.step()
+    before = model.user.weight.detach().clone()
+    state_before = opt.sparse.state[model.user.weight]["exp_avg"].clone()
+    ensure_rows(model, opt, users=5, items=2)
+    assert model.user.weight.shape == (8, 4) and model.rows() == (8, 2)
+    assert torch.equal(model.user.weight[:2], before)
+    state = opt.sparse.state[model.user.weight]
+    assert state["exp_avg"].shape == (8, 4) and torch.equal(state["exp_avg"][:2], state_before)
+    assert opt.sparse.param_groups[0]["params"][0] is model.user.weight
+    # the grown table still trains, new rows included
+    opt.zero_grad()
+    model(torch.tensor([6]), torch.tensor([1])).sum().backward()
+    row = model.user.weight[6].detach().clone()
+    opt.step()
+    assert not torch.equal(model.user.weight[6], row)
+
+
+def _events(n, rng):
+    users, videos = rng.integers(0, 30, n), rng.integers(0, 40, n)
+    like = (users % 2) == (videos % 2)
+    play = np.where(like, 20_000, 500)
+    return [
+        orjson.dumps({"user_id": int(u), "video_id": int(v), "play_ms": int(p),
+                      "duration_ms": 20_000, "ts_ms": i, "context": {"explicit": int(k)}})
+        for i, (u, v, p, k) in enumerate(zip(users, videos, play, like, strict=True))
+    ]
+
+
+def test_learner_scores_before_training_and_learns_a_pattern():
+    rng = np.random.default_rng(0)
+    learner = OnlineLearner(LearnerSettings(dim=8, lr=0.05, train_batch=32))
+    first = decode_batch(_events(256, rng))
+    before = learner.predict_many(first.user_id, first.video_id)
+    result = learner.learn_many(first)
+    assert result.counts == {"positive": int((first.play_ms >= 20_000).sum()),
+                             "negative": int((first.play_ms < 20_000).sum()), "vague": 0}
+    assert result.steps == 8
+    # the first batch was scored with the untrained model (exact window AUC of its scores)
+    labels = (first.play_ms >= 20_000).astype(int)
+    assert learner.evaluator.values()[("short", "dwell")] == auc_score(before, labels)
+    for _ in range(30):
+        learner.learn_many(decode_batch(_events(256, rng)))
+    assert learner.evaluator.values()[("short", "explicit")] > 0.9
