@@ -50,10 +50,11 @@ def _replay(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     mapping = dict(item.split("=", 1) for item in args.map) if args.map else None
-    result = read_log(args.file, args.format, mapping)
+    result = read_log(args.file, args.format, mapping, time_unit=args.time_unit)
     result.events = order_by_time(result.events)
-    if args.limit:
-        result.events = result.events[: args.limit]
+    if args.limit is not None and args.limit < len(result.events):
+        result.events = result.events[: args.limit]  # the earliest events by event time
+        result.rows_read = len(result.events) + result.rejected_total
     create_topic(cfg.bootstrap, cfg.topic, partitions=cfg.partitions)
     pacer = Pacer(rate=args.rate, speed=args.speed)
     stats = replay(result, bootstrap=cfg.bootstrap, topic=cfg.topic, pacer=pacer)
@@ -136,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", default=str(DEFAULT_DATA), help="log file")
     p.add_argument("--format", default="auto", help="auto, kuairand, kuairec, csv, tsv, jsonl")
     p.add_argument("--map", nargs="*", metavar="FIELD=COLUMN", help="column mapping (generic)")
+    p.add_argument("--time-unit", choices=["ms", "s"], default="ms",
+                   help="unit of the time column (generic)")
     pace = p.add_mutually_exclusive_group()
     pace.add_argument("--rate", type=float, help="events per second")
     pace.add_argument("--speed", type=float, help="multiple of real event time")
@@ -165,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    logging.getLogger("kafka").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
     try:
         return args.func(args)
     except DwellError as exc:

@@ -45,8 +45,8 @@ class Daemon:
         self._stop = threading.Event()
         self._targets: dict[int, int] | None = None
         self._targets_lock = threading.Lock()
-        self._started = time.monotonic()
-        self._last_commit = self._last_progress = self._started
+        self._last_commit = self._last_progress = time.monotonic()
+        self._consumed_at_progress = 0
         self.consumer: BatchConsumer | None = None
         self.dlq: DeadLetterQueue | None = None
 
@@ -148,12 +148,15 @@ class Daemon:
         for partition, value in lag.items():
             m.consumer_lag.labels(str(partition)).set(value)
         totals = m.totals()
-        elapsed = max(now - self._started, 1e-9)
+        rate = (totals["consumed"] - self._consumed_at_progress) / max(
+            now - self._last_progress, 1e-9
+        )
+        self._consumed_at_progress = totals["consumed"]
         auc = self.learner.evaluator.values()
         logger.info(
             "events %d (%.0f/s) | accepted %d dead-lettered %d | AUC dwell %.3f/%.3f "
             "explicit %.3f/%.3f (window/run) | lag %d",
-            totals["consumed"], totals["consumed"] / elapsed, totals["accepted"],
+            totals["consumed"], rate, totals["accepted"],
             totals["dead_lettered"], auc[("short", "dwell")], auc[("run", "dwell")],
             auc[("short", "explicit")], auc[("run", "explicit")], sum(lag.values()),
         )

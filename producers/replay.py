@@ -123,8 +123,9 @@ def replay(
         raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
     deliveries = _Deliveries()
     total = len(events) if isinstance(events, Sized) else None
-    bar = tqdm(total=total, unit="ev", desc=f"replay {topic}", disable=not progress,
-               mininterval=0.5)
+    bar = tqdm(
+        total=total, unit="ev", desc=f"replay {topic}", disable=not progress, mininterval=0.5
+    )
     count = 0
     finished = False
     start = time.perf_counter()
@@ -132,8 +133,9 @@ def replay(
         for count, event in enumerate(events, start=1):
             pacer.wait(event["ts_ms"])
             try:
-                future = producer.send(topic, value=orjson.dumps(event),
-                                       key=str(event["user_id"]).encode())
+                future = producer.send(
+                    topic, value=orjson.dumps(event), key=str(event["user_id"]).encode()
+                )
             except KafkaTimeoutError as exc:
                 deliveries.fail(exc)
                 raise BrokerError(f"Kafka at {bootstrap} stopped answering: {exc}") from exc
@@ -162,8 +164,17 @@ def replay(
         logger.info(
             "replay to %s at %s: %d rows read, %d events sent (acked), %d failed %s, "
             "%d rejected %s, %.1f s, %.0f events/s, pacing %s (slept %.1f s)",
-            topic, bootstrap, stats.rows_read, stats.events_sent, stats.failed,
-            dict(stats.errors), sum(stats.rejected.values()), dict(stats.rejected),
-            stats.seconds, stats.events_per_s, pacer.mode, pacer.slept_s,
+            topic,
+            bootstrap,
+            stats.rows_read,
+            stats.events_sent,
+            stats.failed,
+            dict(stats.errors),
+            sum(stats.rejected.values()),
+            dict(stats.rejected),
+            stats.seconds,
+            stats.events_per_s,
+            pacer.mode,
+            pacer.slept_s,
         )
     return stats

@@ -287,6 +287,8 @@ do_start() {  # do_start PORT CPORT DATA HEAP TIMEOUT OWNER
     >>"$data/server.out" 2>&1 </dev/null 9>&- &
   pid=$!
   echo "$pid" >"$pidfile"
+  # Started at once, so that the owner dying at any moment from here on stops the broker.
+  if [[ -n $owner ]]; then start_watchdog "$data" "$owner" "$pid"; fi
 
   deadline=$((SECONDS + timeout))
   while :; do
@@ -307,7 +309,6 @@ do_start() {  # do_start PORT CPORT DATA HEAP TIMEOUT OWNER
     sleep 0.2
   done
 
-  if [[ -n $owner ]]; then start_watchdog "$data" "$owner" "$pid"; fi
   log "running (pid $pid, 127.0.0.1:$port, data $data)"
   echo "127.0.0.1:$port"
 }

@@ -44,7 +44,11 @@ def read_kuairand(path: str | Path) -> ReadResult:
             raise DataError(f"{path}: not a readable TAB-separated KuaiRand log: {exc}") from exc
     logger.info(
         "read %d KuaiRand rows from %s: %d events, %d rejected %s",
-        result.rows_read, path, len(result.events), result.rejected_total, dict(result.rejected),
+        result.rows_read,
+        path,
+        len(result.events),
+        result.rejected_total,
+        dict(result.rejected),
     )
     return result
 
@@ -79,12 +83,14 @@ def _read_rows(reader, col: dict[str, int], result: ReadResult) -> None:
         except IndexError:
             rejected["short_row"] += 1
             continue
-        events.append({
-            "user_id": user,
-            "video_id": video,
-            "play_ms": play,
-            "duration_ms": duration,
-            "ts_ms": ts_ms,
-            "event_id": f"kuairand:{reader.line_num}",
-            "context": context,
-        })
+        events.append(
+            {
+                "user_id": user,
+                "video_id": video,
+                "play_ms": play,
+                "duration_ms": duration,
+                "ts_ms": ts_ms,
+                "event_id": f"kuairand:{reader.line_num}",
+                "context": context,
+            }
+        )

@@ -47,7 +47,11 @@ def read_kuairec(path: str | Path) -> ReadResult:
             raise DataError(f"{path}: not a readable KuaiRec CSV: {exc}") from exc
     logger.info(
         "read %d KuaiRec rows from %s: %d events, %d rejected %s",
-        result.rows_read, path, len(result.events), result.rejected_total, dict(result.rejected),
+        result.rows_read,
+        path,
+        len(result.events),
+        result.rejected_total,
+        dict(result.rejected),
     )
     return result
 
@@ -74,12 +78,14 @@ def _read_rows(reader, col: dict[str, int], result: ReadResult) -> None:
         except IndexError:
             rejected["short_row"] += 1
             continue
-        events.append({
-            "user_id": user,
-            "video_id": video,
-            "play_ms": play,
-            "duration_ms": duration,
-            "ts_ms": ts_ms,
-            "event_id": f"kuairec:{reader.line_num}",
-            "context": {"hour": beijing_hour(ts_ms)},
-        })
+        events.append(
+            {
+                "user_id": user,
+                "video_id": video,
+                "play_ms": play,
+                "duration_ms": duration,
+                "ts_ms": ts_ms,
+                "event_id": f"kuairec:{reader.line_num}",
+                "context": {"hour": beijing_hour(ts_ms)},
+            }
+        )

@@ -66,8 +66,10 @@ def check_mapping(mapping: Mapping[str, str] | None) -> dict[str, str]:
     if missing:
         raise ConfigError(f"column mapping lacks required field(s): {', '.join(missing)}")
     unknown = [
-        key for key in mapping
-        if key not in REQUIRED and key != "event_id"
+        key
+        for key in mapping
+        if key not in REQUIRED
+        and key != "event_id"
         and not (key.startswith("context.") and len(key) > len("context."))
     ]
     if unknown:
@@ -125,7 +127,11 @@ def read_table(
             raise DataError(f"{path}: not a readable {fmt.upper()} file: {exc}") from exc
     logger.info(
         "read %d %s rows from %s: %d events, %d rejected %s",
-        result.rows_read, fmt, path, len(result.events), result.rejected_total,
+        result.rows_read,
+        fmt,
+        path,
+        len(result.events),
+        result.rejected_total,
         dict(result.rejected),
     )
     return result
@@ -181,7 +187,7 @@ def _event(
     elif prefix is not None:
         event["event_id"] = f"{prefix}:{line}"
     context = {
-        key[len("context."):]: cell_value(row[column]) if typed else row[column]
+        key[len("context.") :]: cell_value(row[column]) if typed else row[column]
         for key, column in fields.items()
         if key.startswith("context.") and row.get(column) is not None
     }

@@ -112,7 +112,7 @@ def test_kuairand_order_by_time(kuairand: ReadResult) -> None:
 
 
 def test_order_by_time_is_stable() -> None:
-    events = [{"ts_ms": 5, "n": 0}, {"ts_ms": 1, "n": 1}, {"ts_ms": 5, "n": 2}, {"ts_ms": 1, "n": 3}]
+    events = [{"ts_ms": t, "n": n} for n, t in enumerate([5, 1, 5, 1])]
     assert [e["n"] for e in order_by_time(events)] == [1, 3, 0, 2]
 
 
@@ -124,8 +124,12 @@ def test_kuairand_rejects_bad_rows(tmp_path: Path) -> None:
     empty_time = lines[2].split("\t")
     empty_time[header.index("time_ms")] = ""
     path = tmp_path / "k.tsv"
-    path.write_text("\n".join([lines[0], "\t".join(bad_play), "\t".join(empty_time),
-                               lines[3], lines[4][:10], ""]) + "\n")
+    path.write_text(
+        "\n".join(
+            [lines[0], "\t".join(bad_play), "\t".join(empty_time), lines[3], lines[4][:10], ""]
+        )
+        + "\n"
+    )
     result = read_kuairand(path)
     assert result.rows_read == 4
     assert len(result.events) == 1
@@ -218,18 +222,36 @@ def test_read_table_csv(tmp_path: Path) -> None:
     assert result.rejected == {"not_numeric_play_ms": 1, "missing_user_id": 1, "short_row": 1}
     assert_balanced(result)
     first, zero, last = result.events
-    assert first == {"user_id": 1, "video_id": "v9", "play_ms": 1500, "duration_ms": 3000,
-                     "ts_ms": 1700000000500, "event_id": "e-1", "context": {"device": "ios"}}
-    assert zero == {"user_id": 3, "video_id": 10, "play_ms": 0, "duration_ms": 0,
-                    "ts_ms": 1700000002000}
+    assert first == {
+        "user_id": 1,
+        "video_id": "v9",
+        "play_ms": 1500,
+        "duration_ms": 3000,
+        "ts_ms": 1700000000500,
+        "event_id": "e-1",
+        "context": {"device": "ios"},
+    }
+    assert zero == {
+        "user_id": 3,
+        "video_id": 10,
+        "play_ms": 0,
+        "duration_ms": 0,
+        "ts_ms": 1700000002000,
+    }
     assert last["user_id"] == "u-6" and last["video_id"] == "007"  # ids kept as written
     assert last["context"] == {"device": 2}  # CSV context cells are typed
 
 
 def test_read_table_jsonl(tmp_path: Path) -> None:
     rows = [
-        {"uid": "alice", "vid": 7, "play": 1200, "dur": 3000, "ts": 1700000000000,
-         "ctx": {"os": "ios"}},
+        {
+            "uid": "alice",
+            "vid": 7,
+            "play": 1200,
+            "dur": 3000,
+            "ts": 1700000000000,
+            "ctx": {"os": "ios"},
+        },
         {"uid": 2, "vid": 8, "play": "fast", "dur": 3000, "ts": 1700000000001},
         {"uid": 3, "vid": 9, "play": 10.0, "dur": "4000", "ts": 1700000000002, "ctx": "7"},
         {"uid": 4, "vid": 9, "play": 10, "ts": 1700000000003},
@@ -242,13 +264,22 @@ def test_read_table_jsonl(tmp_path: Path) -> None:
     result = read_table(path, mapping, id_prefix="mine")
     assert result.rows_read == 6
     assert result.rejected == {
-        "not_numeric_play_ms": 1, "bad_json": 1, "not_an_object": 1, "missing_duration_ms": 1,
+        "not_numeric_play_ms": 1,
+        "bad_json": 1,
+        "not_an_object": 1,
+        "missing_duration_ms": 1,
     }
     assert_balanced(result)
     first, second = result.events
-    assert first == {"user_id": "alice", "video_id": 7, "play_ms": 1200, "duration_ms": 3000,
-                     "ts_ms": 1700000000000, "event_id": "mine:1",
-                     "context": {"extra": {"os": "ios"}}}
+    assert first == {
+        "user_id": "alice",
+        "video_id": 7,
+        "play_ms": 1200,
+        "duration_ms": 3000,
+        "ts_ms": 1700000000000,
+        "event_id": "mine:1",
+        "context": {"extra": {"os": "ios"}},
+    }
     assert second["play_ms"] == 10 and second["duration_ms"] == 4000
     assert second["event_id"] == "mine:6"  # physical line, blank and bad lines included
     assert second["context"] == {"extra": "7"}  # JSON values kept as they are
@@ -259,8 +290,9 @@ def test_read_table_tsv_gz_from_suffix(tmp_path: Path) -> None:
     with gzip.open(path, "wt") as handle:
         handle.write("uid\tvid\tplay\tdur\tts\n1\t2\t3\t4\t5\n")
     result = read_table(path, MAPPING)
-    assert result.events == [{"user_id": 1, "video_id": 2, "play_ms": 3, "duration_ms": 4,
-                              "ts_ms": 5}]
+    assert result.events == [
+        {"user_id": 1, "video_id": 2, "play_ms": 3, "duration_ms": 4, "ts_ms": 5}
+    ]
 
 
 def test_read_table_mapping_errors(tmp_path: Path) -> None:
