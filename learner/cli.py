@@ -93,6 +93,7 @@ def _learn(args: argparse.Namespace) -> int:
 def format_totals(totals: dict, auc: dict, sent: int | None = None) -> str:
     """The closing summary: counts that must add up, and the final AUCs."""
     lines = []
+    rate = totals["consumed"] / totals["seconds"] if totals["seconds"] else 0.0
     if sent is not None:
         lines.append(f"sent          {sent:,}")
     lines += [
@@ -102,6 +103,7 @@ def format_totals(totals: dict, auc: dict, sent: int | None = None) -> str:
         f"dead-lettered {totals['dead_lettered']:,}  "
         + "  ".join(f"{k} {v:,}" for k, v in totals["invalid"].items()),
         f"train steps   {totals['train_steps']:,}",
+        f"learning time {totals['seconds']:.1f} s ({rate:,.0f} events/s from the first batch)",
         "AUC (window/run)  dwell labels {:.4f}/{:.4f}  explicit like/hate {:.4f}/{:.4f}".format(
             auc[("short", "dwell")], auc[("run", "dwell")],
             auc[("short", "explicit")], auc[("run", "explicit")],

@@ -47,6 +47,7 @@ class Daemon:
         self._targets_lock = threading.Lock()
         self._last_commit = self._last_progress = time.monotonic()
         self._consumed_at_progress = 0
+        self._first_batch_at: float | None = None
         self.consumer: BatchConsumer | None = None
         self.dlq: DeadLetterQueue | None = None
 
@@ -79,6 +80,8 @@ class Daemon:
                 records = self.consumer.poll_batch()
                 now = time.monotonic()
                 if records:
+                    if self._first_batch_at is None:
+                        self._first_batch_at = now
                     self.process(records)
                     last_records = now
                 if now - self._last_commit >= cfg.commit_interval_s:
@@ -96,7 +99,10 @@ class Daemon:
             self._progress(time.monotonic())
             self.consumer.close()
             self.dlq.close()
-        return self.metrics.totals()
+        totals = self.metrics.totals()
+        first = self._first_batch_at
+        totals["seconds"] = time.monotonic() - first if first is not None else 0.0
+        return totals
 
     def process(self, records: list[ConsumerRecord]) -> None:
         """Dead-letter the invalid records of a micro-batch, test-then-train on the rest."""

@@ -119,7 +119,7 @@ prop() {  # prop FILE KEY: value of KEY in a .properties file
 }
 
 find_java() {
-  if [[ -n ${JAVA:-} ]]; then echo "$JAVA"
+  if [[ -n ${JAVA:-} ]]; then command -v "$JAVA" || return 1
   elif [[ -n ${JAVA_HOME:-} && -x $JAVA_HOME/bin/java ]]; then echo "$JAVA_HOME/bin/java"
   elif command -v java >/dev/null 2>&1; then command -v java
   else return 1
