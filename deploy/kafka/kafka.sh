@@ -213,14 +213,20 @@ share.coordinator.state.topic.min.isr=1
 EOF
 }
 
-print_tail() {  # print_tail DATA: the end of the broker's output, for a failed start
-  local data=$1 f
-  for f in "$data/server.out" "$data/server.log"; do
-    if [[ -s $f ]]; then
+print_tail() {  # print_tail DATA OUT_OFFSET LOG_OFFSET: what this start wrote, for a failure
+  local data=$1 f offset
+  for f in "$data/server.out:$2" "$data/server.log:$3"; do
+    offset=${f##*:}
+    f=${f%:*}
+    if [[ -s $f ]] && (( $(file_size "$f") > offset )); then
       echo "---- last lines of $f ----" >&2
-      tail -n 40 "$f" >&2
+      tail -c +"$((offset + 1))" "$f" | tail -n 40 >&2
     fi
   done
+}
+
+file_size() {  # file_size FILE: size in bytes, 0 if missing
+  if [[ -f $1 ]]; then wc -c <"$1" | tr -d ' '; else echo 0; fi
 }
 
 start_watchdog() {  # start_watchdog DATA OWNER BROKER: stop BROKER when OWNER exits
@@ -240,7 +246,7 @@ start_watchdog() {  # start_watchdog DATA OWNER BROKER: stop BROKER when OWNER e
 
 do_start() {  # do_start PORT CPORT DATA HEAP TIMEOUT OWNER
   local port=$1 cport=$2 data=$3 heap=$4 timeout=$5 owner=$6
-  local pidfile="$data/kafka.pid" pid java cluster_id deadline running_port
+  local pidfile="$data/kafka.pid" pid java cluster_id deadline running_port out_offset log_offset
 
   pid=$(read_pid "$pidfile")
   if [[ -n $pid ]] && is_broker_pid "$pid"; then
@@ -264,7 +270,7 @@ do_start() {  # do_start PORT CPORT DATA HEAP TIMEOUT OWNER
     cluster_id=$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
     log "formatting $data/logs (cluster id $cluster_id)"
     if ! "$java" -cp "$LIBS/*" \
-        -Dlog4j2.configurationFile="$LOG4J_CONF" -Dkafka.logs.dir="$data" \
+        -Dlog4j2.configurationFile="$LOG4J_CONF" -Dkafka.logs.dir="$data" -Dkafka.log.file=format.log \
         kafka.tools.StorageTool format -t "$cluster_id" -c "$data/server.properties" \
         >"$data/format.out" 2>&1; then
       cat "$data/format.out" >&2
@@ -280,9 +286,10 @@ do_start() {  # do_start PORT CPORT DATA HEAP TIMEOUT OWNER
   # setsid: own session, so a Ctrl-C in the starting terminal does not reach the broker.
   # In a non-interactive script the background child is no process-group leader, so setsid
   # and nohup exec in place and $! is the JVM's pid. 9>&- keeps the lock fd out of the JVM.
-  {
-    echo "==== $(date -u +%Y-%m-%dT%H:%M:%SZ) starting Kafka $KAFKA_VERSION on 127.0.0.1:$port"
-  } >>"$data/server.out"
+  out_offset=$(file_size "$data/server.out")
+  log_offset=$(file_size "$data/server.log")
+  echo "==== $(date -u +%Y-%m-%dT%H:%M:%SZ) starting Kafka $KAFKA_VERSION on 127.0.0.1:$port" \
+    >>"$data/server.out"
   setsid nohup "$java" "${jvm_opts[@]}" -cp "$LIBS/*" kafka.Kafka "$data/server.properties" \
     >>"$data/server.out" 2>&1 </dev/null 9>&- &
   pid=$!
@@ -295,7 +302,7 @@ do_start() {  # do_start PORT CPORT DATA HEAP TIMEOUT OWNER
     if ! pid_alive "$pid"; then
       rm -f "$pidfile"
       log "the broker exited during start-up"
-      print_tail "$data"
+      print_tail "$data" "$out_offset" "$log_offset"
       exit 1
     fi
     if port_open "$port"; then break; fi
@@ -303,7 +310,7 @@ do_start() {  # do_start PORT CPORT DATA HEAP TIMEOUT OWNER
       log "the broker did not accept connections on 127.0.0.1:$port within $timeout s; killing it"
       kill -KILL "$pid" 2>/dev/null || true
       rm -f "$pidfile"
-      print_tail "$data"
+      print_tail "$data" "$out_offset" "$log_offset"
       exit 1
     fi
     sleep 0.2
