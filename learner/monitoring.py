@@ -104,5 +104,13 @@ def serve_metrics(registry: CollectorRegistry, addr: str, port: int):
     """
     from prometheus_client import start_http_server
 
-    server, _thread = start_http_server(port, addr=addr, registry=registry)
+    from stream.errors import ConfigError
+
+    try:
+        server, _thread = start_http_server(port, addr=addr, registry=registry)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve /metrics on {addr}:{port}: {exc.strerror}; "
+            "choose another --metrics-port (0: any free port, -1: none)"
+        ) from None
     return server
