@@ -7,14 +7,15 @@ from __future__ import annotations
 
 from learner.backbones.base import Backbone
 from learner.backbones.gmf import GMF
+from learner.features import FEATURE_SIZES
 
 BACKBONES: dict[str, type[Backbone]] = {"gmf": GMF}
 
 
-def make_backbone(name: str, dim: int) -> Backbone:
+def make_backbone(name: str, dim: int, feature_sizes: tuple[int, ...] = FEATURE_SIZES) -> Backbone:
     """Build the backbone registered under ``name`` with ``dim`` latent factors."""
     try:
-        return BACKBONES[name](dim=dim)
+        return BACKBONES[name](dim=dim, feature_sizes=feature_sizes)
     except KeyError:
         from stream.errors import ConfigError
 

@@ -31,7 +31,11 @@ class Backbone(nn.Module):
     user_tables: tuple[str, ...] = ()
     item_tables: tuple[str, ...] = ()
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, users: torch.Tensor, items: torch.Tensor, feats: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One logit per (user row, item row) pair; ``feats`` is an (n, F) int64 tensor of
+        context feature ids (see :mod:`learner.features`), ignored by id-only models."""
         raise NotImplementedError
 
     def rows(self) -> tuple[int, int]:

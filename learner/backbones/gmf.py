@@ -20,11 +20,16 @@ class GMF(Backbone):
     user_tables = ("user",)
     item_tables = ("item",)
 
-    def __init__(self, dim: int = 32, users: int = 1024, items: int = 1024) -> None:
+    def __init__(
+        self, dim: int = 32, users: int = 1024, items: int = 1024,
+        feature_sizes: tuple[int, ...] = (),
+    ) -> None:
         super().__init__()
         self.user = sparse_table(users, dim)
         self.item = sparse_table(items, dim)
         self.predict = nn.Linear(dim, 1)
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, users: torch.Tensor, items: torch.Tensor, feats: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return self.predict(self.user(users) * self.item(items)).squeeze(-1)
