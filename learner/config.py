@@ -51,6 +51,14 @@ class Config:
     lr: float = _opt(0.01, "learning rate (Adam / SparseAdam)")
     loss: str = _opt("bce", "training loss")
     train_batch: int = _opt(64, "events per optimiser step within a micro-batch")
+    meta: str = _opt("none", "meta step: none, or ig (Inverse Gradient; needs loss idl)")
+    sample_lr: float = _opt(1e-3, "IG look-ahead step size")
+    lookahead: str = _opt("adam", "IG look-ahead: adam (fresh Adam's first step) or sgd")
+    meta_source: str = _opt("batch", "IG meta batch: batch (its genuine events) or reservoir")
+    meta_size: int = _opt(4096, "genuine events kept in the IG reservoir")
+    meta_batch: int = _opt(256, "events drawn from the reservoir per IG step")
+    num_neg: int = _opt(0, "unseen items sampled per event as extra vague events")
+    sampler: str = _opt("uniform", "how unseen items are drawn: uniform or popularity")
     seed: int = _opt(0, "random seed")
     device: str = _opt("cpu", "torch device (cpu, cuda)")
     auc_window: int = _opt(5000, "events in the short prequential AUC window")
@@ -68,7 +76,9 @@ class Config:
         return LearnerSettings(
             model=self.model, dim=self.dim, lr=self.lr, loss=self.loss,
             train_batch=self.train_batch, seed=self.seed, device=self.device,
-            auc_window=self.auc_window, labels=rule,
+            auc_window=self.auc_window, labels=rule, num_neg=self.num_neg, sampler=self.sampler,
+            meta=self.meta, sample_lr=self.sample_lr, lookahead=self.lookahead,
+            meta_source=self.meta_source, meta_size=self.meta_size, meta_batch=self.meta_batch,
         )
 
     @classmethod

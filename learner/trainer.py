@@ -3,17 +3,24 @@
 River's verbs, for batches: :meth:`OnlineLearner.predict_many` scores pairs,
 :meth:`OnlineLearner.learn_many` tests then trains on an :class:`~stream.event.EventBatch`.
 
+Per micro-batch: dwell labels (or labels given by the caller), id rows, context features;
+every real event is scored before any training on the batch; then ``num_neg`` unseen items
+per event are drawn as extra vague events, and the batch is trained in shuffled steps of
+``train_batch`` events, either with the configured loss or (``meta="ig"``) with the
+Inverse Gradient step of :mod:`learner.meta`, whose meta batch is the step's genuine events
+(``meta_source="batch"``) or a draw from a reservoir of recent genuine events.
+
 >>> from stream.event import decode_batch
 >>> learner = OnlineLearner(LearnerSettings(dim=4))
 >>> raw = b'{"user_id":1,"video_id":2,"play_ms":9000,"duration_ms":9000,"ts_ms":0}'
->>> batch = decode_batch([raw])
->>> learner.learn_many(batch).counts
+>>> learner.learn_many(decode_batch([raw])).counts
 {'positive': 1, 'negative': 0, 'vague': 0}
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
@@ -21,11 +28,15 @@ import numpy as np
 import torch
 
 from learner.backbones import make_backbone
+from learner.features import event_features
 from learner.idmap import IdMap
 from learner.labels import CLASS_NAMES, NEGATIVE, POSITIVE, VAGUE, LabelRule
 from learner.losses import make_loss
+from learner.meta import InverseGradient, Pairs
 from learner.optim import MixedAdam, ensure_rows
 from learner.prequential import Evaluator
+from learner.sampling import NegativeSampler, Reservoir
+from stream.errors import ConfigError
 from stream.event import EventBatch
 
 logger = logging.getLogger(__name__)
@@ -39,77 +50,187 @@ class LearnerSettings:
     dim: int = 32
     lr: float = 0.01
     loss: str = "bce"
-    train_batch: int = 256
+    train_batch: int = 64
     seed: int = 0
     device: str = "cpu"
     auc_window: int = 5000
     labels: LabelRule = field(default_factory=LabelRule)
+    num_neg: int = 0
+    sampler: str = "uniform"
+    meta: str = "none"
+    sample_lr: float = 1e-3
+    lookahead: str = "adam"
+    meta_source: str = "batch"
+    meta_size: int = 4096
+    meta_batch: int = 256
 
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
-    """What one micro-batch did: events per label class, training steps taken, mean loss."""
+    """What one micro-batch did."""
 
-    counts: dict[str, int]
+    counts: dict[str, int]  # real events by label class
     steps: int
     loss: float
+    sampled: int = 0  # sampled unseen items trained as vague
+    vague_positive: int = 0  # vague events (real and sampled) the model leaned positive on
+    vague_total: int = 0
+    branches: Counter = field(default_factory=Counter)  # IG branch kept, per step
 
 
 class OnlineLearner:
     """A backbone trained online on dwell-labelled micro-batches, evaluated prequentially."""
 
     def __init__(self, settings: LearnerSettings) -> None:
+        if settings.meta not in ("none", "ig"):
+            raise ConfigError(f"meta must be none or ig, not {settings.meta!r}")
+        if settings.meta == "ig" and settings.loss != "idl":
+            raise ConfigError("meta=ig trains vague events with IDL: use loss=idl")
+        if settings.meta_source not in ("batch", "reservoir"):
+            raise ConfigError(f"meta_source must be batch or reservoir: {settings.meta_source!r}")
         torch.manual_seed(settings.seed)
         self.settings = settings
         self.device = torch.device(settings.device)
         self.model = make_backbone(settings.model, settings.dim).to(self.device)
         self.optimizer = MixedAdam(self.model, lr=settings.lr)
         self.loss = make_loss(settings.loss)
+        self.ig = (
+            InverseGradient(self.model, self.optimizer, settings.sample_lr, settings.lookahead)
+            if settings.meta == "ig" else None
+        )
         self.users = IdMap()
         self.videos = IdMap()
+        self.sampler = NegativeSampler(settings.num_neg, settings.sampler, settings.seed)
+        self.reservoir = Reservoir(settings.meta_size, n_feats=2)
         self.evaluator = Evaluator(settings.auc_window)
+        self.steps = 0
+        self._item_duration = np.zeros(1024, dtype=np.int64)  # last duration bucket per item
         self._rng = np.random.default_rng(settings.seed)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
 
     def _rows(self, user_ids: Sequence[Hashable], video_ids: Sequence[Hashable]):
         users = self.users.lookup(user_ids)
         videos = self.videos.lookup(video_ids)
         ensure_rows(self.model, self.optimizer, len(self.users), len(self.videos))
-        return (
-            torch.from_numpy(users).to(self.device),
-            torch.from_numpy(videos).to(self.device),
-        )
+        if len(self.videos) > self._item_duration.size:
+            grown = np.zeros(self.model.rows()[1], dtype=np.int64)
+            grown[: self._item_duration.size] = self._item_duration
+            self._item_duration = grown
+        return users, videos
 
+    def _pairs(self, users, items, feats, index=None) -> Pairs:
+        if index is not None:
+            users, items, feats = users[index], items[index], feats[index]
+        return Pairs(self._tensor(users), self._tensor(items), self._tensor(feats))
+
+    # -- river's verbs ---------------------------------------------------------------------
     @torch.no_grad()
-    def predict_many(self, user_ids: Sequence[Hashable], video_ids: Sequence[Hashable]):
-        """Like probabilities for (user, video) pairs; unseen ids get fresh rows."""
-        users, videos = self._rows(user_ids, video_ids)
-        return torch.sigmoid(self.model(users, videos)).cpu().numpy()
+    def score_rows(self, users: np.ndarray, items: np.ndarray, feats: np.ndarray) -> np.ndarray:
+        """Like probabilities for (user row, item row, features) triples."""
+        p = self._pairs(users, items, feats)
+        return torch.sigmoid(self.model(p.users, p.items, p.feats)).cpu().numpy()
 
-    def learn_many(self, batch: EventBatch) -> BatchResult:
-        """Score the batch (prequential metrics), then train on it in ``train_batch`` steps."""
-        classes = self.settings.labels.classify(batch.play_ms, batch.duration_ms)
+    def predict_many(
+        self, user_ids: Sequence[Hashable], video_ids: Sequence[Hashable],
+        feats: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Like probabilities for (user, video) pairs; unseen ids get fresh rows.
+
+        ``feats`` (hour, duration bucket) per pair; by default hour 0 and each video's last
+        seen duration bucket.
+        """
+        users, videos = self._rows(user_ids, video_ids)
+        if feats is None:
+            feats = np.stack([np.zeros_like(videos), self._item_duration[videos]], axis=1)
+        return self.score_rows(users, videos, feats)
+
+    def learn_many(self, batch: EventBatch, classes: np.ndarray | None = None) -> BatchResult:
+        """Score the batch (prequential metrics), then train on it.
+
+        ``classes`` overrides the dwell-time labels (POSITIVE, NEGATIVE or VAGUE per event),
+        for data sets whose labels are not dwell times.
+        """
+        if classes is None:
+            classes = self.settings.labels.classify(batch.play_ms, batch.duration_ms)
         counts = {name: int((classes == c).sum()) for c, name in CLASS_NAMES.items()}
         if not len(batch):
             return BatchResult(counts, 0, float("nan"))
-        scores = self.predict_many(batch.user_id, batch.video_id)
+        users, videos = self._rows(batch.user_id, batch.video_id)
+        feats = event_features(batch.ts_ms, batch.duration_ms)
+        self._item_duration[videos] = feats[:, 1]
+
+        scores = self.score_rows(users, videos, feats)
         genuine = classes != VAGUE
         self.evaluator.update("dwell", scores[genuine], classes[genuine])
         explicit = ~np.isnan(batch.explicit)
         self.evaluator.update("explicit", scores[explicit], batch.explicit[explicit])
 
-        users, videos = self._rows(batch.user_id, batch.video_id)
-        targets = torch.from_numpy(classes == POSITIVE).float().to(self.device)
-        vague = torch.from_numpy(classes == VAGUE).to(self.device)
-        order = torch.from_numpy(self._rng.permutation(len(batch))).to(self.device)
-        losses = []
-        for chunk in order.split(self.settings.train_batch):
-            self.optimizer.zero_grad()
-            logits = self.model(users[chunk], videos[chunk])
-            loss = self.loss(logits, targets[chunk], vague[chunk])
+        self.sampler.observe(users, videos)
+        source, s_items = self.sampler.sample(np.arange(len(batch)), len(self.videos))
+        all_users = np.concatenate([users, users[source]])
+        all_items = np.concatenate([videos, s_items])
+        s_feats = np.stack([feats[source, 0], self._item_duration[s_items]], axis=1)
+        all_feats = np.concatenate([feats, s_feats.reshape(-1, 2)])
+        labels = np.concatenate([classes == POSITIVE, np.zeros(s_items.size, bool)])
+        vague = np.concatenate([classes == VAGUE, np.ones(s_items.size, bool)])
+        labels = labels.astype(np.float32)
+        if self.settings.meta_source == "reservoir":
+            self.reservoir.add(users[genuine], videos[genuine], feats[genuine],
+                               labels[: len(batch)][genuine])
+        return self._train(all_users, all_items, all_feats, labels, vague, counts)
+
+    # -- training --------------------------------------------------------------------------
+    def _train(self, users, items, feats, labels, vague, counts) -> BatchResult:
+        order = self._rng.permutation(users.size)
+        losses, branches, leaning = [], Counter(), 0
+        for chunk in np.array_split(order, max(1, -(-users.size // self.settings.train_batch))):
+            if self.ig is None:
+                loss, lean = self._loss_step(users, items, feats, labels, vague, chunk)
+            else:
+                loss, lean, branch = self._ig_step(users, items, feats, labels, vague, chunk)
+                branches[branch] += 1
+            losses.append(loss)
+            leaning += lean
+            self.steps += 1
+        real = sum(counts.values())
+        return BatchResult(
+            counts, len(losses), float(np.mean(losses)), sampled=int(users.size - real),
+            vague_positive=leaning, vague_total=int(vague.sum()), branches=branches,
+        )
+
+    def _loss_step(self, users, items, feats, labels, vague, chunk) -> tuple[float, int]:
+        p = self._pairs(users, items, feats, chunk)
+        target, mask = self._tensor(labels[chunk]), self._tensor(vague[chunk])
+        self.optimizer.zero_grad()
+        logits = self.model(p.users, p.items, p.feats)
+        loss = self.loss(logits, target, mask, self.steps)
+        if loss.requires_grad:
             loss.backward()
             self.optimizer.step()
-            losses.append(loss.detach())
-        return BatchResult(counts, len(losses), float(torch.stack(losses).mean()))
+        return float(loss.detach()), int(((logits.detach() > 0) & mask).sum())
+
+    def _ig_step(self, users, items, feats, labels, vague, chunk) -> tuple[float, int, str]:
+        v_idx, g_idx = chunk[vague[chunk]], chunk[~vague[chunk]]
+        if self.settings.meta_source == "reservoir" and len(self.reservoir):
+            r = self.reservoir
+            pick = r.sample(self.settings.meta_batch, self._rng)
+            meta = self._pairs(r.users, r.items, r.feats, pick)
+            meta_labels = self._tensor(r.labels[pick])
+        else:
+            meta = self._pairs(users, items, feats, g_idx)
+            meta_labels = self._tensor(labels[g_idx])
+        if v_idx.size == 0 or len(meta) == 0:  # nothing to correct, or nothing to judge by
+            loss, lean = self._loss_step(users, items, feats, labels, vague, chunk)
+            return loss, lean, "none"
+        vague_pairs = self._pairs(users, items, feats, v_idx)
+        with torch.no_grad():
+            lean = int((self.model(vague_pairs.users, vague_pairs.items, vague_pairs.feats)
+                        > 0).sum())
+        branch, _meta_losses, loss = self.ig.step(vague_pairs, meta, meta_labels)
+        return loss, lean, branch
 
 
 __all__ = ["BatchResult", "LearnerSettings", "OnlineLearner", "NEGATIVE", "POSITIVE", "VAGUE"]
