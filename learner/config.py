@@ -61,6 +61,7 @@ class Config:
     sampler: str = _opt("uniform", "how unseen items are drawn: uniform or popularity")
     seed: int = _opt(0, "random seed")
     device: str = _opt("cpu", "torch device (cpu, cuda)")
+    threads: int = _opt(1, "torch intra-op threads (0: torch's default)")
     auc_window: int = _opt(5000, "events in the short prequential AUC window")
     pos_ratio: float = _opt(0.9, "positive when play/duration >= this")
     long_view_ms: int = _opt(30_000, "positive when play_ms >= this")
@@ -79,6 +80,7 @@ class Config:
             auc_window=self.auc_window, labels=rule, num_neg=self.num_neg, sampler=self.sampler,
             meta=self.meta, sample_lr=self.sample_lr, lookahead=self.lookahead,
             meta_source=self.meta_source, meta_size=self.meta_size, meta_batch=self.meta_batch,
+            threads=self.threads,
         )
 
     @classmethod

@@ -117,6 +117,11 @@ class Daemon:
         for name, count in result.counts.items():
             m.events_labelled.labels(name).inc(count)
         m.batches.inc()
+        m.sampled.inc(result.sampled)
+        for branch, count in result.branches.items():
+            m.ig_branch.labels(branch).inc(count)
+        if result.vague_total:
+            m.vague_positive_share.set(result.vague_positive / result.vague_total)
         m.train_steps.inc(result.steps)
         if not math.isnan(result.loss):
             m.loss.set(result.loss)

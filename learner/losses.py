@@ -115,6 +115,7 @@ class ReweightedCE:
 
 def idl(logits, labels, vague, step=0):
     genuine = ~vague
+    labels = labels.masked_fill(vague, 0.0)  # a vague event's label may be anything, NaN too
     parts = logits.new_zeros(logits.shape)
     if bool(genuine.any()):
         parts = parts + torch.where(

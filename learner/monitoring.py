@@ -42,6 +42,19 @@ class Metrics:
             registry=r,
         )
         self.train_steps = Counter("dwell_train_steps", "Optimiser steps taken.", registry=r)
+        self.ig_branch = Counter(
+            "dwell_ig_branch",
+            "Inverse Gradient steps by branch kept (none: step without vague or meta events).",
+            ["branch"], registry=r,
+        )
+        self.sampled = Counter(
+            "dwell_vague_sampled", "Unseen items sampled and trained as vague events.", registry=r
+        )
+        self.vague_positive_share = Gauge(
+            "dwell_vague_positive_share",
+            "Share of the last micro-batch's vague events (real and sampled) scored > 0.5.",
+            registry=r,
+        )
         self.batches = Counter("dwell_batches", "Micro-batches processed.", registry=r)
         self.commits = Counter("dwell_offset_commits", "Offset commits to Kafka.", registry=r)
         self.loss = Gauge("dwell_loss", "Mean training loss of the last micro-batch.", registry=r)
@@ -72,6 +85,8 @@ class Metrics:
             self.events_invalid.labels(reason.value)
         for name in CLASS_NAMES.values():
             self.events_labelled.labels(name)
+        for branch in ("original", "forward", "inverse", "none"):
+            self.ig_branch.labels(branch)
 
     def _value(self, name: str, labels: dict[str, str] | None = None) -> int:
         value = self.registry.get_sample_value(name, labels or {})

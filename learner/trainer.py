@@ -19,6 +19,7 @@ Inverse Gradient step of :mod:`learner.meta`, whose meta batch is the step's gen
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Hashable, Sequence
@@ -63,6 +64,7 @@ class LearnerSettings:
     meta_source: str = "batch"
     meta_size: int = 4096
     meta_batch: int = 256
+    threads: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,7 @@ class BatchResult:
     vague_positive: int = 0  # vague events (real and sampled) the model leaned positive on
     vague_total: int = 0
     branches: Counter = field(default_factory=Counter)  # IG branch kept, per step
+    scores: np.ndarray | None = None  # prequential like probability of each real event
 
 
 class OnlineLearner:
@@ -89,6 +92,10 @@ class OnlineLearner:
         if settings.meta_source not in ("batch", "reservoir"):
             raise ConfigError(f"meta_source must be batch or reservoir: {settings.meta_source!r}")
         torch.manual_seed(settings.seed)
+        if settings.threads > 0:
+            # Process-wide. The tensors of a step are small: one intra-op thread is fastest,
+            # and with more, a busy second core (Kafka's client threads) stalls every op.
+            torch.set_num_threads(settings.threads)
         self.settings = settings
         self.device = torch.device(settings.device)
         self.model = make_backbone(settings.model, settings.dim).to(self.device)
@@ -180,7 +187,8 @@ class OnlineLearner:
         if self.settings.meta_source == "reservoir":
             self.reservoir.add(users[genuine], videos[genuine], feats[genuine],
                                labels[: len(batch)][genuine])
-        return self._train(all_users, all_items, all_feats, labels, vague, counts)
+        result = self._train(all_users, all_items, all_feats, labels, vague, counts)
+        return dataclasses.replace(result, scores=scores)
 
     # -- training --------------------------------------------------------------------------
     def _train(self, users, items, feats, labels, vague, counts) -> BatchResult:

@@ -7,6 +7,7 @@ gradients, table growth and determinism.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -46,6 +47,15 @@ def random_batch(
 
 def table_names(model: Backbone) -> tuple[str, ...]:
     return model.user_tables + model.item_tables
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models: intra-op threads only add overhead, and stall badly on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
