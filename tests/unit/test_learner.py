@@ -70,3 +70,25 @@ def test_learner_scores_before_training_and_learns_a_pattern():
     for _ in range(30):
         learner.learn_many(decode_batch(_events(256, rng)))
     assert learner.evaluator.values()[("short", "explicit")] > 0.9
+
+
+def test_vague_events_and_sampled_items_are_trained_with_ig():
+    import pytest as _pytest
+
+    from stream.errors import ConfigError
+
+    rng = np.random.default_rng(1)
+    learner = OnlineLearner(LearnerSettings(dim=8, loss="idl", meta="ig", num_neg=2,
+                                            train_batch=32))
+    total = 0
+    for _ in range(5):
+        batch = decode_batch(_events(200, rng))
+        result = learner.learn_many(batch)
+        total += sum(result.branches.values())
+        assert sum(result.branches.values()) == result.steps
+        assert result.sampled > 300  # ~2 per event, few dropped
+        assert 0 <= result.vague_positive <= result.vague_total == result.sampled
+        assert result.scores.shape == (200,)
+    assert total == learner.steps
+    with _pytest.raises(ConfigError, match="loss=idl"):
+        OnlineLearner(LearnerSettings(meta="ig", loss="bce"))
