@@ -123,3 +123,21 @@ def test_demo_command_runs_to_completion_and_adds_up():
     assert numbers["sent"] == numbers["consumed"] == 41_828
     assert numbers["accepted"] + numbers["dead-lettered"] == numbers["sent"]
     assert "totals add up: yes" in out
+
+
+def test_inverse_learning_in_the_daemon(kafka_bootstrap, topic):
+    result = read_log("data/kuairec_sample/big_matrix_1000.csv")
+    stats = replay(result, bootstrap=kafka_bootstrap, topic=topic, progress=False)
+    assert stats.events_sent == 1000
+
+    _daemon, totals, samples = learn_until_end(
+        kafka_bootstrap, topic, model="neumf", loss="idl", meta="ig", num_neg=2, batch_size=256
+    )
+
+    assert totals["accepted"] == 1000
+    branches = {b: metric(samples, "dwell_ig_branch_total", branch=b)
+                for b in ("original", "forward", "inverse", "none")}
+    assert sum(branches.values()) == totals["train_steps"] > 0
+    assert branches["forward"] + branches["inverse"] + branches["original"] > 0
+    assert metric(samples, "dwell_vague_sampled_total") > 1000
+    assert 0.0 <= metric(samples, "dwell_vague_positive_share") <= 1.0
