@@ -15,7 +15,7 @@ genuine half) and on the same model, in round-robin so that machine noise hits a
                   longer than ``reference_limit_s``)
 ================  ==========================================================================
 
-The design's target (docs/DESIGN.md, "Cost must not grow with the id space"): an IDL+IG step
+The design's target (../shared/DESIGN.md, "Cost must not grow with the id space"): an IDL+IG step
 within 3x a sparse BCE step, at any table size. Timings are medians of wall-clock
 (:func:`time.perf_counter`) per step; ratios divide medians taken in the same run.
 """
