@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
+import logging
 import math
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from stream.errors import DataError
 
+logger = logging.getLogger("producers.readers")
 _INT_RE = re.compile(r"-?(0|[1-9][0-9]*)")
 _HOUR_MS = 3_600_000
 _BEIJING_OFFSET_H = 8
@@ -170,3 +174,33 @@ def column_index(header: list[str], columns: list[str], path: str | Path) -> dic
             f"{path}: missing column(s) {', '.join(missing)}; header has {', '.join(position)}"
         )
     return {c: position[c] for c in columns}
+
+
+def read_delimited(
+    path: str | Path,
+    *,
+    kind: str,
+    delimiter: str,
+    columns: list[str],
+    read_rows: Callable[[Any, dict[str, int], ReadResult], None],
+) -> ReadResult:
+    """Open a delimited log with a header, check its columns, let ``read_rows`` fill the result.
+
+    ``kind`` names the format in errors and in the summary log line.
+    """
+    result = ReadResult()
+    with open_text(path) as handle:
+        reader = csv.reader(handle, delimiter=delimiter)
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"{path}: empty file, expected a {kind} header")
+            read_rows(reader, column_index(header, columns, path), result)
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise DataError(f"{path}: not a readable {kind} file: {exc}") from exc
+    logger.info(
+        "read %d %s rows from %s: %d events, %d rejected %s",
+        result.rows_read, kind, path, len(result.events), result.rejected_total,
+        dict(result.rejected),
+    )
+    return result

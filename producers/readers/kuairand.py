@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 
-from stream.errors import DataError
-
-from ._common import ReadResult, RowRejected, beijing_hour, column_index, open_text, to_int
+from ._common import ReadResult, RowRejected, beijing_hour, read_delimited, to_int
 
 logger = logging.getLogger(__name__)
 
@@ -31,26 +28,9 @@ def read_kuairand(path: str | Path) -> ReadResult:
     >>> r.rows_read, r.events[0]["event_id"], r.events[0]["context"]["explicit"]
     (41828, 'kuairand:2', 1)
     """
-    result = ReadResult()
-    with open_text(path) as handle:
-        reader = csv.reader(handle, delimiter="\t")
-        try:
-            header = next(reader, None)
-            if header is None:
-                raise DataError(f"{path}: empty file, expected a KuaiRand header")
-            col = column_index(header, COLUMNS, path)
-            _read_rows(reader, col, result)
-        except (UnicodeDecodeError, csv.Error) as exc:
-            raise DataError(f"{path}: not a readable TAB-separated KuaiRand log: {exc}") from exc
-    logger.info(
-        "read %d KuaiRand rows from %s: %d events, %d rejected %s",
-        result.rows_read,
-        path,
-        len(result.events),
-        result.rejected_total,
-        dict(result.rejected),
+    return read_delimited(
+        path, kind="KuaiRand", delimiter="\t", columns=COLUMNS, read_rows=_read_rows
     )
-    return result
 
 
 def _read_rows(reader, col: dict[str, int], result: ReadResult) -> None:

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
-
-from stream.errors import DataError
 
 from ._common import (
     ReadResult,
     RowRejected,
     beijing_hour,
-    column_index,
-    open_text,
+    read_delimited,
     to_int,
     to_ts_ms,
 )
@@ -34,26 +30,9 @@ def read_kuairec(path: str | Path) -> ReadResult:
     >>> r.events[0]["video_id"], r.events[0]["ts_ms"]
     (3649, 1593878903438)
     """
-    result = ReadResult()
-    with open_text(path) as handle:
-        reader = csv.reader(handle)
-        try:
-            header = next(reader, None)
-            if header is None:
-                raise DataError(f"{path}: empty file, expected a KuaiRec header")
-            col = column_index(header, COLUMNS, path)
-            _read_rows(reader, col, result)
-        except (UnicodeDecodeError, csv.Error) as exc:
-            raise DataError(f"{path}: not a readable KuaiRec CSV: {exc}") from exc
-    logger.info(
-        "read %d KuaiRec rows from %s: %d events, %d rejected %s",
-        result.rows_read,
-        path,
-        len(result.events),
-        result.rejected_total,
-        dict(result.rejected),
+    return read_delimited(
+        path, kind="KuaiRec", delimiter=",", columns=COLUMNS, read_rows=_read_rows
     )
-    return result
 
 
 def _read_rows(reader, col: dict[str, int], result: ReadResult) -> None:
