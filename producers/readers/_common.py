@@ -204,3 +204,34 @@ def read_delimited(
         dict(result.rejected),
     )
     return result
+
+
+def collect_rows(
+    reader: Any,
+    result: ReadResult,
+    parse: Callable[[list[str]], tuple[Any, Any, int, int, int, dict]],
+    source: str,
+) -> None:
+    """Turn each non-empty row into an event with ``parse`` or count why it could not.
+
+    ``parse`` returns (user, video, play_ms, duration_ms, ts_ms, context) or raises
+    ``RowRejected``; a row with too few cells is rejected as ``short_row``. The event id is
+    ``"<source>:<line>"``.
+    """
+    events, rejected = result.events, result.rejected
+    for row in reader:
+        if not row:
+            continue
+        result.rows_read += 1
+        try:
+            user, video, play, duration, ts_ms, context = parse(row)
+        except RowRejected as exc:
+            rejected[exc.reason] += 1
+            continue
+        except IndexError:
+            rejected["short_row"] += 1
+            continue
+        events.append({
+            "user_id": user, "video_id": video, "play_ms": play, "duration_ms": duration,
+            "ts_ms": ts_ms, "event_id": f"{source}:{reader.line_num}", "context": context,
+        })

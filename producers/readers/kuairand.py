@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ._common import ReadResult, RowRejected, beijing_hour, read_delimited, to_int
+from ._common import ReadResult, beijing_hour, collect_rows, read_delimited, to_int
 
 logger = logging.getLogger(__name__)
 
@@ -37,40 +37,22 @@ def _read_rows(reader, col: dict[str, int], result: ReadResult) -> None:
     i_user, i_video, i_ts = col["user_id"], col["video_id"], col["time_ms"]
     i_play, i_dur, i_label = col["play_time_ms"], col["duration_ms"], col["label"]
     flags = [(name, col[name]) for name in FLAGS]
-    events, rejected = result.events, result.rejected
-    for row in reader:
-        if not row:
-            continue
-        result.rows_read += 1
-        try:
-            try:  # fast path: every cell a plain integer
-                ts_ms = int(row[i_ts])
-                context = {"explicit": int(row[i_label]), "hour": beijing_hour(ts_ms)}
-                for name, i in flags:
-                    context[name] = int(row[i])
-                user, video = int(row[i_user]), int(row[i_video])
-                play, duration = int(row[i_play]), int(row[i_dur])
-            except ValueError:  # slow path: accept "12.0", else name the bad cell
-                ts_ms = to_int(row[i_ts], "ts_ms")
-                context = {"explicit": to_int(row[i_label], "label"), "hour": beijing_hour(ts_ms)}
-                for name, i in flags:
-                    context[name] = to_int(row[i], name)
-                user, video = to_int(row[i_user], "user_id"), to_int(row[i_video], "video_id")
-                play, duration = to_int(row[i_play], "play_ms"), to_int(row[i_dur], "duration_ms")
-        except RowRejected as exc:
-            rejected[exc.reason] += 1
-            continue
-        except IndexError:
-            rejected["short_row"] += 1
-            continue
-        events.append(
-            {
-                "user_id": user,
-                "video_id": video,
-                "play_ms": play,
-                "duration_ms": duration,
-                "ts_ms": ts_ms,
-                "event_id": f"kuairand:{reader.line_num}",
-                "context": context,
-            }
-        )
+
+    def parse(row: list[str]):
+        try:  # fast path: every cell a plain integer
+            ts_ms = int(row[i_ts])
+            context = {"explicit": int(row[i_label]), "hour": beijing_hour(ts_ms)}
+            for name, i in flags:
+                context[name] = int(row[i])
+            user, video = int(row[i_user]), int(row[i_video])
+            play, duration = int(row[i_play]), int(row[i_dur])
+        except ValueError:  # slow path: accept "12.0", else name the bad cell
+            ts_ms = to_int(row[i_ts], "ts_ms")
+            context = {"explicit": to_int(row[i_label], "label"), "hour": beijing_hour(ts_ms)}
+            for name, i in flags:
+                context[name] = to_int(row[i], name)
+            user, video = to_int(row[i_user], "user_id"), to_int(row[i_video], "video_id")
+            play, duration = to_int(row[i_play], "play_ms"), to_int(row[i_dur], "duration_ms")
+        return user, video, play, duration, ts_ms, context
+
+    collect_rows(reader, result, parse, "kuairand")

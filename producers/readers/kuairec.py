@@ -7,8 +7,8 @@ from pathlib import Path
 
 from ._common import (
     ReadResult,
-    RowRejected,
     beijing_hour,
+    collect_rows,
     read_delimited,
     to_int,
     to_ts_ms,
@@ -38,33 +38,15 @@ def read_kuairec(path: str | Path) -> ReadResult:
 def _read_rows(reader, col: dict[str, int], result: ReadResult) -> None:
     i_user, i_video, i_ts = col["user_id"], col["video_id"], col["timestamp"]
     i_play, i_dur = col["play_duration"], col["video_duration"]
-    events, rejected = result.events, result.rejected
-    for row in reader:
-        if not row:
-            continue
-        result.rows_read += 1
-        try:
-            try:  # fast path: integer cells
-                user, video = int(row[i_user]), int(row[i_video])
-                play, duration = int(row[i_play]), int(row[i_dur])
-            except ValueError:  # slow path: accept "12.0", else name the bad cell
-                user, video = to_int(row[i_user], "user_id"), to_int(row[i_video], "video_id")
-                play, duration = to_int(row[i_play], "play_ms"), to_int(row[i_dur], "duration_ms")
-            ts_ms = to_ts_ms(row[i_ts], "ts_ms", "s")
-        except RowRejected as exc:
-            rejected[exc.reason] += 1
-            continue
-        except IndexError:
-            rejected["short_row"] += 1
-            continue
-        events.append(
-            {
-                "user_id": user,
-                "video_id": video,
-                "play_ms": play,
-                "duration_ms": duration,
-                "ts_ms": ts_ms,
-                "event_id": f"kuairec:{reader.line_num}",
-                "context": {"hour": beijing_hour(ts_ms)},
-            }
-        )
+
+    def parse(row: list[str]):
+        try:  # fast path: integer cells
+            user, video = int(row[i_user]), int(row[i_video])
+            play, duration = int(row[i_play]), int(row[i_dur])
+        except ValueError:  # slow path: accept "12.0", else name the bad cell
+            user, video = to_int(row[i_user], "user_id"), to_int(row[i_video], "video_id")
+            play, duration = to_int(row[i_play], "play_ms"), to_int(row[i_dur], "duration_ms")
+        ts_ms = to_ts_ms(row[i_ts], "ts_ms", "s")
+        return user, video, play, duration, ts_ms, {"hour": beijing_hour(ts_ms)}
+
+    collect_rows(reader, result, parse, "kuairec")
