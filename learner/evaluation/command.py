@@ -63,9 +63,10 @@ def run_eval(args: argparse.Namespace) -> int:
     from learner.bench import machine_description
 
     extras = {"tuned": {s: tuned[s] for s in args.settings}, "machine": machine_description()}
-    if "kuairand" in args.settings:
+    rows = store.rows()
+    if any(r["setting"] == "kuairand" for r in rows):
         extras["baselines"] = protocol.kuairand_baselines()
         extras["label_quality"] = protocol.dwell_label_quality()
-    path = report.write_results(store.rows(), args.out, extras)
+    path = report.write_results(rows, args.out, extras)
     print(f"wrote {path}")
     return 0
