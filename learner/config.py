@@ -41,6 +41,12 @@ class Config:
     batch_timeout_s: float = _opt(0.5, "micro-batch: at most this long waiting for records")
     max_value_bytes: int = _opt(64 * 1024, "larger record values are invalid")
     commit_interval_s: float = _opt(1.0, "commit offsets at most this often (and on stop)")
+    checkpoint_dir: str = _opt("", "checkpoint folder ('': no checkpoints, commit after "
+                                   "training)")
+    checkpoint_interval_s: float = _opt(30.0, "checkpoint at least this often")
+    checkpoint_every: int = _opt(100_000, "checkpoint after this many events")
+    checkpoint_keep: int = _opt(3, "checkpoints kept")
+    audit_log: str = _opt("", "append one JSON line per batch, checkpoint and resume (tests)")
     until_end: bool = _opt(False, "stop once the end offsets seen at start are consumed")
     idle_timeout_s: float = _opt(0.0, "stop after this long without records (0: never)")
     metrics_addr: str = _opt("127.0.0.1", "address of the Prometheus /metrics server")

@@ -2,14 +2,24 @@
 
 One loop, one thread (the consumer's): poll a micro-batch, decode and validate it, send the
 invalid records to the dead-letter topic, let the :class:`~learner.trainer.OnlineLearner`
-score then train on the valid ones, mark the batch processed, and commit offsets on a timer
-(after flushing dead letters, so a committed offset never skips an unwritten dead letter),
-on revoke and on stop. :meth:`Daemon.stop` (wired to SIGINT/SIGTERM by the CLI) sets a flag;
-the loop finishes the batch in hand, commits and closes.
+score then train on the valid ones, and mark the batch processed. :meth:`Daemon.stop`
+(wired to SIGINT/SIGTERM by the CLI) sets a flag; the loop finishes the batch in hand,
+commits and closes.
+
+Without a checkpoint folder, offsets are committed on a timer, on revoke and on stop, after
+the batch is trained and its dead letters are flushed. With one (``checkpoint_dir``), the
+unit of progress is the checkpoint: every ``checkpoint_every`` events or
+``checkpoint_interval_s`` seconds, on revoke and on stop, the learner state and the next
+offset of every owned partition are written atomically, and only then committed. On start
+the newest readable checkpoint is loaded, and each partition it holds is resumed from its
+offset when assigned, so the model state after a crash equals the state after exactly the
+events up to the checkpoint. A checkpoint that cannot be written is logged as an error and
+counted; offsets stay uncommitted until one succeeds.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
@@ -19,6 +29,7 @@ from collections.abc import Mapping
 from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
+from learner.checkpoint import Checkpointer, CheckpointError
 from learner.config import Config
 from learner.monitoring import Metrics
 from learner.trainer import OnlineLearner
@@ -50,6 +61,13 @@ class Daemon:
         self._first_batch_at: float | None = None
         self.consumer: BatchConsumer | None = None
         self.dlq: DeadLetterQueue | None = None
+        self.checkpointer = (
+            Checkpointer(config.checkpoint_dir, config.checkpoint_keep)
+            if config.checkpoint_dir else None
+        )
+        self._resume: dict[int, int] = {}  # partition -> offset of the loaded checkpoint
+        self._since_checkpoint = 0
+        self._audit = open(config.audit_log, "a", buffering=1) if config.audit_log else None  # noqa: SIM115
 
     # -- control, callable from any thread ------------------------------------------------
     def stop(self) -> None:
@@ -65,12 +83,13 @@ class Daemon:
     def run(self) -> dict:
         """Consume until stopped, done or idle; return the totals."""
         cfg = self.config
+        self._restore()
         create_topic(cfg.bootstrap, cfg.dead_letter_topic, partitions=1)
         self.dlq = DeadLetterQueue(cfg.bootstrap, cfg.dead_letter_topic)
         self.consumer = BatchConsumer(
             cfg.bootstrap, cfg.topic, cfg.group,
             max_records=cfg.batch_size, max_wait_s=cfg.batch_timeout_s,
-            on_revoke=lambda _revoked: self.commit(),
+            on_revoke=self._on_revoke, on_assign=self._on_assign,
         )
         if cfg.until_end:
             self.finish_at(self.consumer.end_offsets())
@@ -84,7 +103,7 @@ class Daemon:
                         self._first_batch_at = now
                     self.process(records)
                     last_records = now
-                if now - self._last_commit >= cfg.commit_interval_s:
+                if self._commit_due(now):
                     self.commit()
                 if now - self._last_progress >= cfg.progress_interval_s:
                     self._progress(now)
@@ -99,6 +118,8 @@ class Daemon:
             self._progress(time.monotonic())
             self.consumer.close()
             self.dlq.close()
+            if self._audit is not None:
+                self._audit.close()
         totals = self.metrics.totals()
         first = self._first_batch_at
         totals["seconds"] = time.monotonic() - first if first is not None else 0.0
@@ -128,13 +149,83 @@ class Daemon:
         if len(batch):
             m.freshness.set(time.time() - batch.ts_ms.max() / 1000.0)
         self.consumer.mark_processed(records)
+        self._since_checkpoint += len(records)
+        if self._audit is not None:
+            spans: dict[int, list[int]] = {}
+            for r in records:
+                span = spans.setdefault(r.partition, [r.offset, r.offset])
+                span[0], span[1] = min(span[0], r.offset), max(span[1], r.offset)
+            self._write_audit("batch", spans)
 
     def commit(self) -> None:
-        """Flush dead letters, then commit processed offsets."""
-        self.dlq.flush()
-        if self.consumer.commit():
-            self.metrics.commits.inc()
+        """Make progress durable: flush dead letters, checkpoint if configured, commit."""
         self._last_commit = time.monotonic()
+        self.dlq.flush()
+        if self.checkpointer is None:
+            if self.consumer.commit():
+                self.metrics.commits.inc()
+            return
+        offsets = self.consumer.processed()
+        started = time.monotonic()
+        try:
+            path = self.checkpointer.save({
+                "format": 1, "topic": self.config.topic, "offsets": offsets,
+                "learner": self.learner.state_dict(),
+            })
+        except CheckpointError as exc:
+            self.metrics.checkpoint_failures.inc()
+            self.metrics.checkpoint_healthy.set(0)
+            logger.error("CHECKPOINT FAILED, offsets not committed (nothing is lost; the "
+                         "events since the last checkpoint will be trained again): %s", exc)
+            return
+        self.metrics.checkpoint_duration.set(time.monotonic() - started)
+        self.metrics.checkpoint_time.set(time.time())
+        self.metrics.checkpoint_healthy.set(1)
+        self._since_checkpoint = 0
+        self._write_audit("checkpoint", offsets, path=path.name)
+        if self.consumer.commit(offsets):
+            self.metrics.commits.inc()
+
+    def _commit_due(self, now: float) -> bool:
+        if self.checkpointer is None:
+            return now - self._last_commit >= self.config.commit_interval_s
+        return (
+            self._since_checkpoint >= self.config.checkpoint_every
+            or (self._since_checkpoint and now - self._last_commit
+                >= self.config.checkpoint_interval_s)
+        )
+
+    def _restore(self) -> None:
+        if self.checkpointer is None:
+            return
+        state = self.checkpointer.load_latest()
+        if state is None:
+            logger.info("no checkpoint in %s: starting fresh", self.config.checkpoint_dir)
+            return
+        if state["topic"] != self.config.topic:
+            from stream.errors import ConfigError
+
+            raise ConfigError(f"checkpoint in {self.config.checkpoint_dir} is for topic "
+                              f"{state['topic']!r}, not {self.config.topic!r}")
+        self.learner.load_state_dict(state["learner"])
+        self._resume = {int(p): int(o) for p, o in state["offsets"].items()}
+        self._write_audit("resume", self._resume)
+
+    def _on_revoke(self, revoked) -> None:
+        self.commit()
+        for tp in revoked:  # a partition that comes back resumes from the group's commit
+            self._resume.pop(tp.partition, None)
+
+    def _on_assign(self, partitions: set[int]) -> None:
+        for partition in sorted(partitions & set(self._resume)):
+            self.consumer.seek(partition, self._resume[partition])
+            logger.info("partition %d resumes from checkpoint offset %d",
+                        partition, self._resume[partition])
+
+    def _write_audit(self, kind: str, offsets: dict, **extra) -> None:
+        if self._audit is not None:
+            record = {"kind": kind, "offsets": {str(k): v for k, v in offsets.items()}, **extra}
+            self._audit.write(json.dumps(record) + "\n")
 
     # -- reporting ------------------------------------------------------------------------
     def _done(self) -> bool:

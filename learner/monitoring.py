@@ -55,6 +55,22 @@ class Metrics:
             "Share of the last micro-batch's vague events (real and sampled) scored > 0.5.",
             registry=r,
         )
+        self.checkpoint_time = Gauge(
+            "dwell_checkpoint_last_timestamp_seconds",
+            "Unix time of the last durable checkpoint.", registry=r,
+        )
+        self.checkpoint_duration = Gauge(
+            "dwell_checkpoint_duration_seconds", "Time the last checkpoint took to write.",
+            registry=r,
+        )
+        self.checkpoint_failures = Counter(
+            "dwell_checkpoint_failures",
+            "Checkpoints that could not be written (offsets stay uncommitted).", registry=r,
+        )
+        self.checkpoint_healthy = Gauge(
+            "dwell_checkpoint_healthy",
+            "1 when the last checkpoint attempt succeeded, 0 when it failed.", registry=r,
+        )
         self.batches = Counter("dwell_batches", "Micro-batches processed.", registry=r)
         self.commits = Counter("dwell_offset_commits", "Offset commits to Kafka.", registry=r)
         self.loss = Gauge("dwell_loss", "Mean training loss of the last micro-batch.", registry=r)

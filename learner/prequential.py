@@ -52,6 +52,13 @@ class WindowAUC:
         self._labels[slots] = labels
         self._seen += scores.size
 
+    def state_dict(self) -> dict:
+        return {"scores": self._scores.copy(), "labels": self._labels.copy(), "seen": self._seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._scores, self._labels = state["scores"].copy(), state["labels"].copy()
+        self.size, self._seen = self._scores.size, int(state["seen"])
+
     def get(self) -> float:
         n = min(self._seen, self.size)
         return auc_score(self._scores[:n], self._labels[:n])
@@ -70,6 +77,13 @@ class RunAUC:
         labels = labels.astype(bool)
         self.pos += np.bincount(slots[labels], minlength=self.bins)
         self.neg += np.bincount(slots[~labels], minlength=self.bins)
+
+    def state_dict(self) -> dict:
+        return {"pos": self.pos.copy(), "neg": self.neg.copy()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pos, self.neg = state["pos"].copy(), state["neg"].copy()
+        self.bins = self.pos.size
 
     def get(self) -> float:
         n_pos, n_neg = self.pos.sum(), self.neg.sum()
@@ -93,6 +107,15 @@ class Evaluator:
         if scores.size:
             self.window[target].update(scores, labels)
             self.run[target].update(scores, labels)
+
+    def state_dict(self) -> dict:
+        return {t: {"window": self.window[t].state_dict(), "run": self.run[t].state_dict()}
+                for t in self.TARGETS}
+
+    def load_state_dict(self, state: dict) -> None:
+        for t in self.TARGETS:
+            self.window[t].load_state_dict(state[t]["window"])
+            self.run[t].load_state_dict(state[t]["run"])
 
     def values(self) -> dict[tuple[str, str], float]:
         """AUC keyed by (window, target), window in {"short", "run"}."""

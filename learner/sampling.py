@@ -121,6 +121,15 @@ class Reservoir:
         self.feats[slots], self.labels[slots] = feats, labels
         self._count += users.size
 
+    def state_dict(self) -> dict:
+        return {"users": self.users.copy(), "items": self.items.copy(),
+                "feats": self.feats.copy(), "labels": self.labels.copy(), "count": self._count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.users, self.items = state["users"].copy(), state["items"].copy()
+        self.feats, self.labels = state["feats"].copy(), state["labels"].copy()
+        self.size, self._count = self.users.size, int(state["count"])
+
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """Positions of ``n`` events drawn uniformly without replacement (fewer if short)."""
         return rng.choice(len(self), size=min(n, len(self)), replace=False)

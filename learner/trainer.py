@@ -133,6 +133,50 @@ class OnlineLearner:
             users, items, feats = users[index], items[index], feats[index]
         return Pairs(self._tensor(users), self._tensor(items), self._tensor(feats))
 
+    # -- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything that evolves with the stream, for a checkpoint (numpy arrays inside)."""
+        return {
+            "model_config": {"model": self.settings.model, "dim": self.settings.dim},
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "users": self.users.state_dict(),
+            "videos": self.videos.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "reservoir": self.reservoir.state_dict(),
+            "evaluator": self.evaluator.state_dict(),
+            "steps": self.steps,
+            "item_duration": self._item_duration.copy(),
+            "rng": self._rng.bit_generator.state,
+            "sampler_rng": self.sampler.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),  # new table rows are drawn from it
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`; refuse one whose model configuration differs."""
+        mine = {"model": self.settings.model, "dim": self.settings.dim}
+        if state["model_config"] != mine:
+            raise ConfigError(
+                f"checkpoint is for model {state['model_config']}, this learner runs {mine}: "
+                "start with the same --model and --dim, or another --checkpoint-dir"
+            )
+        first_user = f"{self.model.user_tables[0]}.weight"
+        first_item = f"{self.model.item_tables[0]}.weight"
+        ensure_rows(self.model, self.optimizer, state["model"][first_user].shape[0],
+                    state["model"][first_item].shape[0])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.users.load_state_dict(state["users"])
+        self.videos.load_state_dict(state["videos"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.reservoir.load_state_dict(state["reservoir"])
+        self.evaluator.load_state_dict(state["evaluator"])
+        self.steps = int(state["steps"])
+        self._item_duration = state["item_duration"].copy()
+        self._rng.bit_generator.state = state["rng"]
+        self.sampler.rng.bit_generator.state = state["sampler_rng"]
+        torch.set_rng_state(state["torch_rng"])
+
     # -- river's verbs ---------------------------------------------------------------------
     @torch.no_grad()
     def score_rows(self, users: np.ndarray, items: np.ndarray, feats: np.ndarray) -> np.ndarray:

@@ -34,6 +34,8 @@ class _Listener(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         logger.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
+        if self.owner.on_assign is not None:
+            self.owner.on_assign({tp.partition for tp in assigned})
 
 
 class BatchConsumer:
@@ -49,11 +51,13 @@ class BatchConsumer:
         max_wait_s: float = 0.5,
         client_config: Mapping[str, Any] | None = None,
         on_revoke: Callable[[set[TopicPartition]], None] | None = None,
+        on_assign: Callable[[set[int]], None] | None = None,
     ) -> None:
         self.topic = topic
         self.max_records = max_records
         self.max_wait_s = max_wait_s
         self.on_revoke = on_revoke
+        self.on_assign = on_assign
         self._next: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
         self._consumer = KafkaConsumer(
@@ -86,9 +90,23 @@ class BatchConsumer:
         """Record that these records are done: their offsets may be committed."""
         self._next.update({TopicPartition(r.topic, r.partition): r.offset + 1 for r in records})
 
-    def commit(self) -> bool:
-        """Commit processed offsets not yet committed; True when something was committed."""
-        pending = {tp: off for tp, off in self._next.items() if self._committed.get(tp) != off}
+    def seek(self, partition: int, offset: int) -> None:
+        """Continue ``partition`` from ``offset`` (an assigned partition)."""
+        tp = TopicPartition(self.topic, partition)
+        self._consumer.seek(tp, offset)
+        self._next[tp] = offset
+
+    def processed(self) -> dict[int, int]:
+        """Next offset after the processed records (or the seek), per assigned partition."""
+        return {tp.partition: off for tp, off in self._next.items()}
+
+    def commit(self, offsets: dict[int, int] | None = None) -> bool:
+        """Commit ``offsets`` (default: the processed ones) where they moved; True if any."""
+        chosen = (
+            dict(self._next) if offsets is None
+            else {TopicPartition(self.topic, p): off for p, off in offsets.items()}
+        )
+        pending = {tp: off for tp, off in chosen.items() if self._committed.get(tp) != off}
         if not pending:
             return False
         self._consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in pending.items()})
