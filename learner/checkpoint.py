@@ -92,7 +92,10 @@ class Checkpointer:
             os.replace(tmp, final)
             _fsync_dir(self.folder)
         except OSError as exc:
-            tmp.unlink(missing_ok=True) if tmp.parent.exists() else None
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
             raise CheckpointError(f"cannot write checkpoint in {self.folder}: {exc}") from exc
         for old in self._existing()[: -self.keep]:
             try:
