@@ -37,6 +37,8 @@ class Config:
     dlq_topic: str = _opt("", "dead-letter topic (default: <topic>.dlq)")
     group: str = _opt("dwell-learner", "consumer group id")
     partitions: int = _opt(4, "partitions of a topic that dwell creates")
+    session_timeout_ms: int = _opt(10_000, "consumer group session timeout: how long a dead "
+                                   "learner holds its partitions")
     batch_size: int = _opt(1024, "micro-batch: at most this many records")
     batch_timeout_s: float = _opt(0.5, "micro-batch: at most this long waiting for records")
     max_value_bytes: int = _opt(64 * 1024, "larger record values are invalid")

@@ -83,6 +83,7 @@ class Daemon:
     def run(self) -> dict:
         """Consume until stopped, done or idle; return the totals."""
         cfg = self.config
+        self._write_audit("start", {})
         self._restore()
         create_topic(cfg.bootstrap, cfg.dead_letter_topic, partitions=1)
         self.dlq = DeadLetterQueue(cfg.bootstrap, cfg.dead_letter_topic)
@@ -90,6 +91,8 @@ class Daemon:
             cfg.bootstrap, cfg.topic, cfg.group,
             max_records=cfg.batch_size, max_wait_s=cfg.batch_timeout_s,
             on_revoke=self._on_revoke, on_assign=self._on_assign,
+            client_config={"session_timeout_ms": cfg.session_timeout_ms,
+                           "heartbeat_interval_ms": max(100, cfg.session_timeout_ms // 3)},
         )
         if cfg.until_end:
             self.finish_at(self.consumer.end_offsets())
@@ -157,15 +160,22 @@ class Daemon:
                 span[0], span[1] = min(span[0], r.offset), max(span[1], r.offset)
             self._write_audit("batch", spans)
 
-    def commit(self) -> None:
-        """Make progress durable: flush dead letters, checkpoint if configured, commit."""
+    def commit(self, blocking: bool = True) -> None:
+        """Make progress durable: flush dead letters, checkpoint if configured, commit.
+
+        ``blocking=False`` (in a rebalance callback) sends the offset commit without waiting.
+        """
         self._last_commit = time.monotonic()
         self.dlq.flush()
         if self.checkpointer is None:
-            if self.consumer.commit():
+            if self.consumer.commit(blocking=blocking):
                 self.metrics.commits.inc()
             return
-        offsets = self.consumer.processed()
+        offsets = {**self._resume, **self.consumer.processed()}
+        if self._since_checkpoint == 0:  # nothing new: the loaded checkpoint holds these
+            if self.consumer.commit(offsets, blocking):
+                self.metrics.commits.inc()
+            return
         started = time.monotonic()
         try:
             path = self.checkpointer.save({
@@ -183,7 +193,7 @@ class Daemon:
         self.metrics.checkpoint_healthy.set(1)
         self._since_checkpoint = 0
         self._write_audit("checkpoint", offsets, path=path.name)
-        if self.consumer.commit(offsets):
+        if self.consumer.commit(offsets, blocking):
             self.metrics.commits.inc()
 
     def _commit_due(self, now: float) -> bool:
@@ -212,7 +222,7 @@ class Daemon:
         self._write_audit("resume", self._resume)
 
     def _on_revoke(self, revoked) -> None:
-        self.commit()
+        self.commit(blocking=False)
         for tp in revoked:  # a partition that comes back resumes from the group's commit
             self._resume.pop(tp.partition, None)
 

@@ -100,8 +100,12 @@ class BatchConsumer:
         """Next offset after the processed records (or the seek), per assigned partition."""
         return {tp.partition: off for tp, off in self._next.items()}
 
-    def commit(self, offsets: dict[int, int] | None = None) -> bool:
-        """Commit ``offsets`` (default: the processed ones) where they moved; True if any."""
+    def commit(self, offsets: dict[int, int] | None = None, blocking: bool = True) -> bool:
+        """Commit ``offsets`` (default: the processed ones) where they moved; True if any.
+
+        ``blocking=False`` sends the commit without waiting: the only kind allowed inside a
+        rebalance callback, which kafka-python runs on its IO thread.
+        """
         chosen = (
             dict(self._next) if offsets is None
             else {TopicPartition(self.topic, p): off for p, off in offsets.items()}
@@ -109,7 +113,11 @@ class BatchConsumer:
         pending = {tp: off for tp, off in chosen.items() if self._committed.get(tp) != off}
         if not pending:
             return False
-        self._consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in pending.items()})
+        request = {tp: OffsetAndMetadata(off, "", -1) for tp, off in pending.items()}
+        if blocking:
+            self._consumer.commit(request)
+        else:
+            self._consumer.commit_async(request)
         self._committed.update(pending)
         return True
 

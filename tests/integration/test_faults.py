@@ -1,0 +1,202 @@
+"""Fault injection against the real broker: SIGKILL loops, exact resume, a full disk."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from learner.checkpoint import Checkpointer
+from producers.readers import order_by_time, read_log
+from producers.replay import replay
+from stream.admin import committed_offsets, create_topic, end_offsets
+from tests.integration.helpers import learn_until_end, read_topic
+
+KUAIRAND = "data/kuairand27k_like_hate/processed_standard_kcore_15.tsv"
+INVALID_ROWS = 7_738  # duration_ms = 0
+
+
+def _fill(bootstrap: str, topic: str) -> int:
+    result = read_log(KUAIRAND)
+    result.events = order_by_time(result.events)
+    return replay(result, bootstrap=bootstrap, topic=topic, progress=False).events_sent
+
+
+def _learner(bootstrap, topic, group, ckpt, audit, *extra) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "learner.cli", "learn", "--bootstrap", bootstrap,
+         "--topic", topic, "--group", group, "--checkpoint-dir", str(ckpt),
+         "--audit-log", str(audit), "--metrics-port", "-1", "--batch-timeout-s", "0.2",
+         "--progress-interval-s", "60", "--session-timeout-ms", "2000", *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def _audit(path: Path) -> list[dict]:
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by SIGKILL
+            pass
+    return records
+
+
+def _wait_for(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def test_sigkill_ten_times_loses_nothing(kafka_bootstrap, topic, tmp_path):
+    sent = _fill(kafka_bootstrap, topic)
+    ckpt, audit, group = tmp_path / "ckpt", tmp_path / "audit.jsonl", f"{topic}-g"
+    audit.touch()
+    rng = random.Random(11)
+    kills = 0
+    for _ in range(10):
+        before = len(_audit(audit))
+        proc = _learner(kafka_bootstrap, topic, group, ckpt, audit, "--batch-size", "256",
+                        "--checkpoint-every", "1024")
+        wanted = before + rng.randint(2, 8)  # start record + a few batches, then SIGKILL
+        _wait_for(lambda: len(_audit(audit)) >= wanted, timeout=40)  # noqa: B023
+        time.sleep(rng.uniform(0, 0.3))
+        _kill(proc)
+        kills += 1
+    daemon, totals, _ = learn_until_end(kafka_bootstrap, topic, group=group,
+                                        checkpoint_dir=str(ckpt), audit_log=str(audit),
+                                        batch_size=256, checkpoint_every=1024,
+                                        session_timeout_ms=2000)
+    ends = end_offsets(kafka_bootstrap, topic)
+    assert kills == 10 and sum(ends.values()) == sent
+
+    # split the audit into runs; check each run resumes where a checkpoint left off and
+    # trains contiguously from there
+    runs, trained, checkpointed = [], {p: [] for p in ends}, {p: 0 for p in ends}
+    for record in _audit(audit):
+        if record["kind"] == "start":
+            runs.append({"resume": None, "spans": {p: [] for p in ends}})
+        elif record["kind"] == "resume":
+            runs[-1]["resume"] = {int(p): o for p, o in record["offsets"].items()}
+        elif record["kind"] == "batch":
+            for p, (first, last) in record["offsets"].items():
+                runs[-1]["spans"][int(p)].append((first, last))
+        elif record["kind"] == "checkpoint":
+            for p, o in record["offsets"].items():
+                checkpointed[int(p)] = max(checkpointed[int(p)], o)
+            runs[-1]["checkpoint"] = dict(checkpointed)
+    assert len(runs) == 11
+    twice = 0
+    previous_checkpoint = {p: 0 for p in ends}
+    for run in runs:
+        resume = run["resume"] or {}
+        for p, spans in run["spans"].items():
+            position = resume.get(p, previous_checkpoint[p])
+            assert position >= previous_checkpoint[p]  # never behind a durable checkpoint
+            for first, last in spans:
+                assert first == position, (p, first, position)  # contiguous from the resume
+                position = last + 1
+            trained[p].extend(spans)
+        previous_checkpoint = run.get("checkpoint", previous_checkpoint)
+    for p, end in ends.items():
+        counts = torch.zeros(end, dtype=torch.int64)
+        for first, last in trained[p]:
+            counts[first : last + 1] += 1
+        assert bool((counts >= 1).all()), f"partition {p}: an offset was never trained"
+        twice += int((counts > 1).sum())
+    # the final state has seen everything; offsets committed; dead letters all there
+    assert committed_offsets(kafka_bootstrap, group, topic) == ends
+    final = Checkpointer(ckpt).load_latest()
+    assert {int(p): o for p, o in final["offsets"].items()} == ends
+    dead = read_topic(kafka_bootstrap, f"{topic}.dlq")
+    sources = {(dict(r.headers)["dwell.source.partition"], dict(r.headers)["dwell.source.offset"])
+               for r in dead}
+    assert len(sources) == INVALID_ROWS  # each invalid record dead-lettered (maybe twice)
+    print(f"kills 10, events {sent}, trained twice {twice}, dead letters {len(dead)}")
+
+
+def test_killed_and_resumed_run_ends_with_the_same_model(kafka_bootstrap, tmp_path):
+    name = f"test-resume-{time.time_ns()}"
+    create_topic(kafka_bootstrap, name, partitions=1)
+    _fill(kafka_bootstrap, name)
+    common = {"batch_size": 500, "checkpoint_every": 1500, "dim": 16}
+
+    learn_until_end(kafka_bootstrap, name, group="whole", checkpoint_dir=str(tmp_path / "a"),
+                    **common)
+
+    ckpt, audit = tmp_path / "b", tmp_path / "b.jsonl"
+    proc = _learner(kafka_bootstrap, name, "killed", ckpt, audit, "--batch-size", "500",
+                    "--checkpoint-every", "1500", "--dim", "16", "--until-end")
+    assert _wait_for(lambda: ckpt.is_dir() and any(ckpt.glob("ckpt-*.pt")), timeout=60)
+    _kill(proc)
+    interrupted = [r for r in _audit(audit) if r["kind"] == "batch"]
+    assert interrupted and interrupted[-1]["offsets"]["0"][1] < 41_000  # killed mid-way
+    learn_until_end(kafka_bootstrap, name, group="killed", checkpoint_dir=str(ckpt),
+                    session_timeout_ms=2000, **common)
+
+    whole = Checkpointer(tmp_path / "a").load_latest()["learner"]["model"]
+    resumed = Checkpointer(ckpt).load_latest()["learner"]["model"]
+    assert whole.keys() == resumed.keys()
+    for key in whole:
+        assert torch.allclose(whole[key], resumed[key], atol=1e-6), key
+
+
+def test_unwritable_checkpoint_folder_stops_commits_until_it_recovers(kafka_bootstrap, topic,
+                                                                      tmp_path):
+    import threading
+
+    from learner.config import Config
+    from learner.daemon import Daemon
+
+    group, folder = f"{topic}-disk", tmp_path / "ckpt"
+    daemon = Daemon(Config(bootstrap=kafka_bootstrap, topic=topic, group=group,
+                           checkpoint_dir=str(folder), checkpoint_every=1024,
+                           checkpoint_interval_s=0.2, batch_timeout_s=0.2))
+    sample = daemon.metrics.registry.get_sample_value
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    try:
+        half = read_log(KUAIRAND)
+        half.events = order_by_time(half.events)[:20_000]
+        replay(half, bootstrap=kafka_bootstrap, topic=topic, progress=False)
+        assert _wait_for(lambda: sample("dwell_checkpoint_healthy") == 1, timeout=60)
+        committed_before = committed_offsets(kafka_bootstrap, group, topic)
+        assert committed_before
+
+        moved = tmp_path / "ckpt-away"
+        folder.rename(moved)
+        folder.write_text("the disk is gone")  # every checkpoint write now fails
+        rest = read_log(KUAIRAND)
+        rest.events = order_by_time(rest.events)[20_000:]
+        replay(rest, bootstrap=kafka_bootstrap, topic=topic, progress=False)
+        assert _wait_for(lambda: (sample("dwell_checkpoint_failures_total") or 0) >= 2, 60)
+        assert sample("dwell_checkpoint_healthy") == 0
+        time.sleep(1.0)
+        assert committed_offsets(kafka_bootstrap, group, topic) == committed_before
+
+        folder.unlink()
+        moved.rename(folder)  # the disk is back
+        ends = end_offsets(kafka_bootstrap, topic)
+        daemon.finish_at(ends)
+        thread.join(timeout=120)
+        assert not thread.is_alive()
+        assert sample("dwell_checkpoint_healthy") == 1
+    finally:
+        daemon.stop()
+        thread.join(timeout=120)
+    assert committed_offsets(kafka_bootstrap, group, topic) == ends
+    assert sample("dwell_events_consumed_total") == 41_828  # nothing lost, nothing repeated
