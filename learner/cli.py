@@ -18,7 +18,7 @@ from stream.errors import DwellError
 
 logger = logging.getLogger("dwell")
 
-KAFKA_FLAGS = ("bootstrap", "topic", "partitions")
+KAFKA_FLAGS = ("bootstrap", "topic", "partitions", "kafka_options")
 DEFAULT_DATA = (
     Path(__file__).resolve().parents[1]
     / "data/kuairand27k_like_hate/processed_standard_kcore_15.tsv"
@@ -57,7 +57,8 @@ def _replay(args: argparse.Namespace) -> int:
         result.rows_read = len(result.events) + result.rejected_total
     create_topic(cfg.bootstrap, cfg.topic, partitions=cfg.partitions)
     pacer = Pacer(rate=args.rate, speed=args.speed)
-    stats = replay(result, bootstrap=cfg.bootstrap, topic=cfg.topic, pacer=pacer)
+    stats = replay(result, bootstrap=cfg.bootstrap, topic=cfg.topic, pacer=pacer,
+                   producer_config=cfg.client_options())
     print(
         f"rows read {stats.rows_read:,} | events sent {stats.events_sent:,} | "
         f"failed {stats.failed:,} | not an event {sum(stats.rejected.values()):,} "

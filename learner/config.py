@@ -37,6 +37,10 @@ class Config:
     dlq_topic: str = _opt("", "dead-letter topic (default: <topic>.dlq)")
     group: str = _opt("dwell-learner", "consumer group id")
     partitions: int = _opt(4, "partitions of a topic that dwell creates")
+    kafka_options: str = field(default="", repr=False, metadata={"help": (
+        "extra kafka-python client settings, KEY=VALUE[,KEY=VALUE] (SASL/TLS: "
+        "security_protocol, sasl_mechanism, sasl_plain_username, sasl_plain_password, "
+        "ssl_cafile, ...); never logged")})
     session_timeout_ms: int = _opt(10_000, "consumer group session timeout: how long a dead "
                                    "learner holds its partitions")
     batch_size: int = _opt(1024, "micro-batch: at most this many records")
@@ -76,6 +80,16 @@ class Config:
     skip_ms: int = _opt(3_000, "negative when play_ms < this (and not positive)")
     neg_ratio: float = _opt(0.2, "negative when play/duration < this (and not positive)")
 
+    def client_options(self) -> dict[str, Any]:
+        """``kafka_options`` as keyword arguments for kafka-python's clients."""
+        options: dict[str, Any] = {}
+        for item in filter(None, (part.strip() for part in self.kafka_options.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"kafka option {key.strip()!r}: expected KEY=VALUE")
+            options[key.strip()] = _option_value(value.strip())
+        return options
+
     @property
     def dead_letter_topic(self) -> str:
         return self.dlq_topic or f"{self.topic}.dlq"
@@ -114,6 +128,15 @@ class Config:
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
         return cls(**{k: _coerce(known[k], v) for k, v in values.items()})
+
+
+def _option_value(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

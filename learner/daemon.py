@@ -86,13 +86,14 @@ class Daemon:
         self._write_audit("start", {})
         self._restore()
         create_topic(cfg.bootstrap, cfg.dead_letter_topic, partitions=1)
-        self.dlq = DeadLetterQueue(cfg.bootstrap, cfg.dead_letter_topic)
+        self.dlq = DeadLetterQueue(cfg.bootstrap, cfg.dead_letter_topic, cfg.client_options())
         self.consumer = BatchConsumer(
             cfg.bootstrap, cfg.topic, cfg.group,
             max_records=cfg.batch_size, max_wait_s=cfg.batch_timeout_s,
             on_revoke=self._on_revoke, on_assign=self._on_assign,
             client_config={"session_timeout_ms": cfg.session_timeout_ms,
-                           "heartbeat_interval_ms": max(100, cfg.session_timeout_ms // 3)},
+                           "heartbeat_interval_ms": max(100, cfg.session_timeout_ms // 3),
+                           **cfg.client_options()},
         )
         if cfg.until_end:
             self.finish_at(self.consumer.end_offsets())

@@ -82,7 +82,8 @@ def _run(cfg, args: argparse.Namespace) -> int:
     thread = threading.Thread(target=learn, name="dwell-learner", daemon=True)
     thread.start()
     try:
-        stats = replay(result, bootstrap=cfg.bootstrap, topic=cfg.topic)
+        stats = replay(result, bootstrap=cfg.bootstrap, topic=cfg.topic,
+                       producer_config=cfg.client_options())
         logger.info("replay done: %d events sent at %.0f events/s; learner catching up",
                     stats.events_sent, stats.events_per_s)
         if args.keep_serving:

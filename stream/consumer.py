@@ -60,15 +60,12 @@ class BatchConsumer:
         self.on_assign = on_assign
         self._next: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap.split(","),
-            group_id=group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=max_records,
-            client_id=f"dwell-{group}",
+        self._consumer = KafkaConsumer(**{
+            "auto_offset_reset": "earliest", "client_id": f"dwell-{group}",
             **dict(client_config or {}),
-        )
+            "bootstrap_servers": bootstrap.split(","), "group_id": group,
+            "enable_auto_commit": False, "max_poll_records": max_records,
+        })
         self._consumer.subscribe([topic], listener=_Listener(self))
 
     def poll_batch(self) -> list[ConsumerRecord]:

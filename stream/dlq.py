@@ -48,15 +48,11 @@ class DeadLetterQueue:
     ) -> None:
         self.topic = topic
         self._pending = []
-        self._producer = KafkaProducer(
-            bootstrap_servers=bootstrap.split(","),
-            acks="all",
-            retries=10,
-            linger_ms=5,
-            max_request_size=4 * 1024 * 1024,
-            client_id="dwell-dlq",
-            **dict(client_config or {}),
-        )
+        self._producer = KafkaProducer(**{
+            "acks": "all", "retries": 10, "linger_ms": 5,
+            "max_request_size": 4 * 1024 * 1024, "client_id": "dwell-dlq",
+            **dict(client_config or {}), "bootstrap_servers": bootstrap.split(","),
+        })
 
     def send(self, record: ConsumerRecord, reason: Reason, detail: str) -> None:
         future = self._producer.send(

@@ -130,9 +130,12 @@ def test_inverse_learning_in_the_daemon(kafka_bootstrap, topic):
     stats = replay(result, bootstrap=kafka_bootstrap, topic=topic, progress=False)
     assert stats.events_sent == 1000
 
-    _daemon, totals, samples = learn_until_end(
-        kafka_bootstrap, topic, model="neumf", loss="idl", meta="ig", num_neg=2, batch_size=256
+    daemon, totals, samples = learn_until_end(
+        kafka_bootstrap, topic, model="neumf", loss="idl", meta="ig", num_neg=2, batch_size=256,
+        kafka_options="client_id=dwell-options-test,request_timeout_ms=31000",
     )
+    assert daemon.consumer._consumer.config["client_id"] == "dwell-options-test"
+    assert daemon.dlq._producer.config["request_timeout_ms"] == 31000
 
     assert totals["accepted"] == 1000
     branches = {b: metric(samples, "dwell_ig_branch_total", branch=b)

@@ -51,3 +51,33 @@ def test_flags_from_argparse(monkeypatch):
 def test_config_is_frozen():
     with pytest.raises(AttributeError):
         Config().topic = "x"
+
+
+def test_kafka_options_pass_through_and_stay_secret():
+    cfg = Config.load(env={}, flags={"kafka_options": (
+        "security_protocol=SASL_SSL, sasl_mechanism=PLAIN,sasl_plain_username=u,"
+        "sasl_plain_password=hunter2,ssl_check_hostname=false,request_timeout_ms=40000")})
+    assert cfg.client_options() == {
+        "security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN",
+        "sasl_plain_username": "u", "sasl_plain_password": "hunter2",
+        "ssl_check_hostname": False, "request_timeout_ms": 40000,
+    }
+    assert "hunter2" not in repr(cfg) and "hunter2" not in str(cfg)
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        Config(kafka_options="oops").client_options()
+
+
+def test_kafka_clients_accept_sasl_and_tls_settings():
+    from kafka import KafkaConsumer
+
+    options = Config(kafka_options=(
+        "security_protocol=SASL_SSL,sasl_mechanism=SCRAM-SHA-256,sasl_plain_username=u,"
+        "sasl_plain_password=p")).client_options()
+    # kafka-python validates its configuration at construction; nothing listens on port 9
+    consumer = KafkaConsumer(bootstrap_servers="127.0.0.1:9", api_version=(3, 7),
+                             **options)
+    try:
+        assert consumer.config["security_protocol"] == "SASL_SSL"
+        assert consumer.config["sasl_mechanism"] == "SCRAM-SHA-256"
+    finally:
+        consumer.close()
