@@ -223,9 +223,11 @@ class Daemon:
         self._write_audit("resume", self._resume)
 
     def _on_revoke(self, revoked) -> None:
+        # Where this learner's state stands on every partition; a partition that comes back
+        # resumes there (the group's commit, sent asynchronously, may not have landed yet).
+        positions = self.consumer.processed()
         self.commit(blocking=False)
-        for tp in revoked:  # a partition that comes back resumes from the group's commit
-            self._resume.pop(tp.partition, None)
+        self._resume.update(positions)
 
     def _on_assign(self, partitions: set[int]) -> None:
         for partition in sorted(partitions & set(self._resume)):
