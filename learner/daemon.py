@@ -27,6 +27,7 @@ import time
 from collections.abc import Mapping
 
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from learner.checkpoint import Checkpointer, CheckpointError
@@ -169,13 +170,11 @@ class Daemon:
         self._last_commit = time.monotonic()
         self.dlq.flush()
         if self.checkpointer is None:
-            if self.consumer.commit(blocking=blocking):
-                self.metrics.commits.inc()
+            self._commit_offsets(None, blocking)
             return
         offsets = {**self._resume, **self.consumer.processed()}
         if self._since_checkpoint == 0:  # nothing new: the loaded checkpoint holds these
-            if self.consumer.commit(offsets, blocking):
-                self.metrics.commits.inc()
+            self._commit_offsets(offsets, blocking)
             return
         started = time.monotonic()
         try:
@@ -194,8 +193,15 @@ class Daemon:
         self.metrics.checkpoint_healthy.set(1)
         self._since_checkpoint = 0
         self._write_audit("checkpoint", offsets, path=path.name)
-        if self.consumer.commit(offsets, blocking):
-            self.metrics.commits.inc()
+        self._commit_offsets(offsets, blocking)
+
+    def _commit_offsets(self, offsets: dict[int, int] | None, blocking: bool) -> None:
+        """Commit, surviving a broker that is away: the offsets are committed next time."""
+        try:
+            if self.consumer.commit(offsets, blocking):
+                self.metrics.commits.inc()
+        except KafkaError as exc:
+            logger.warning("offset commit failed (%r): will retry at the next commit", exc)
 
     def _commit_due(self, now: float) -> bool:
         if self.checkpointer is None:

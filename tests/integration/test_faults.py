@@ -250,3 +250,64 @@ def test_broker_restart_in_the_middle_of_a_replay(tmp_path):
             for p, (first, last) in record["offsets"].items():
                 trained[int(p)].update(range(first, last + 1))
     assert all(trained[p] == set(range(end)) for p, end in ends.items())
+
+
+def test_rebalance_between_two_learners(kafka_bootstrap, topic, tmp_path):
+    import threading
+
+    from learner.config import Config
+    from learner.daemon import Daemon
+    from producers.pacing import Pacer
+
+    def learner(name: str) -> tuple[Daemon, threading.Thread, Path]:
+        audit = tmp_path / f"{name}.jsonl"
+        daemon = Daemon(Config(bootstrap=kafka_bootstrap, topic=topic, group=f"{topic}-g",
+                               checkpoint_dir=str(tmp_path / name), checkpoint_every=1024,
+                               audit_log=str(audit), batch_timeout_s=0.2,
+                               session_timeout_ms=6000, metrics_port=-1))
+        thread = threading.Thread(target=daemon.run)
+        thread.start()
+        return daemon, thread, audit
+
+    result = read_log(KUAIRAND)
+    result.events = order_by_time(result.events)
+    first, first_thread, first_audit = learner("first")
+    stats = {}
+    producer = threading.Thread(target=lambda: stats.update(s=replay(
+        result, bootstrap=kafka_bootstrap, topic=topic, pacer=Pacer(rate=5000),
+        progress=False)))
+    producer.start()
+    second = None
+    try:
+        time.sleep(2.0)
+        second, second_thread, second_audit = learner("second")  # joins: partitions split
+        assert _wait_for(lambda: len(second.consumer.assignment if second.consumer else ()) > 0,
+                         timeout=60)
+        time.sleep(1.5)
+        first.stop()  # leaves the group cleanly: checkpoint, commit, close
+        first_thread.join(timeout=120)
+        assert not first_thread.is_alive()
+        producer.join(timeout=300)
+        ends = end_offsets(kafka_bootstrap, topic)
+        second.finish_at(ends)
+        second_thread.join(timeout=300)
+        assert not second_thread.is_alive()
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+    assert stats["s"].events_sent == 41_828
+    trained = {p: set() for p in ends}
+    owners = {"first": set(), "second": set()}
+    for name, audit in (("first", first_audit), ("second", second_audit)):
+        for record in _audit(audit):
+            if record["kind"] == "batch":
+                for p, (lo, hi) in record["offsets"].items():
+                    trained[int(p)].update(range(lo, hi + 1))
+                    owners[name].add(int(p))
+    assert all(trained[p] == set(range(end)) for p, end in ends.items())  # nothing lost
+    assert owners["first"] and owners["second"]  # both learned
+    assert committed_offsets(kafka_bootstrap, f"{topic}-g", topic) == ends
+    # the second learner's checkpoint now holds every partition, at the end
+    final = Checkpointer(tmp_path / "second").load_latest()
+    assert {int(p): o for p, o in final["offsets"].items()} == ends
