@@ -260,7 +260,8 @@ class Daemon:
 
     def _progress(self, now: float) -> None:
         m = self.metrics
-        for (window, target), value in self.learner.evaluator.values().items():
+        auc = self.learner.evaluator.values()
+        for (window, target), value in auc.items():
             if not math.isnan(value):
                 m.auc.labels(window, target).set(value)
         m.idmap_size.labels("user").set(len(self.learner.users))
@@ -273,7 +274,6 @@ class Daemon:
             now - self._last_progress, 1e-9
         )
         self._consumed_at_progress = totals["consumed"]
-        auc = self.learner.evaluator.values()
         logger.info(
             "events %d (%.0f/s) | accepted %d dead-lettered %d | AUC dwell %.3f/%.3f "
             "explicit %.3f/%.3f (window/run) | lag %d",

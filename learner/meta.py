@@ -72,6 +72,7 @@ class InverseGradient:
             raise ConfigError(f"lookahead must be adam or sgd, not {lookahead!r}")
         self.model, self.optimizer = model, optimizer
         self.sample_lr, self.lookahead = sample_lr, lookahead
+        self.last_vague_positive = 0  # vague events the last step's model leaned positive on
 
     def _gather(self, both: Pairs) -> tuple[dict[str, torch.Tensor], Pairs, torch.Tensor,
                                              torch.Tensor]:
@@ -121,7 +122,9 @@ class InverseGradient:
         n_vague = len(vague)
         params, local, users, items = self._gather(_cat(vague, meta))
         vague_part, meta_part = slice(0, n_vague), slice(n_vague, None)
-        loss_v = inverse_dual_loss(self._logits(params, local, vague_part)).mean()
+        logits_v = self._logits(params, local, vague_part)
+        self.last_vague_positive = int((logits_v.detach() > 0).sum())
+        loss_v = inverse_dual_loss(logits_v).mean()
         names = list(params)
         grads = torch.autograd.grad(loss_v, [params[n] for n in names], allow_unused=True)
         with torch.no_grad():

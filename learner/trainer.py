@@ -278,10 +278,8 @@ class OnlineLearner:
             loss, lean = self._loss_step(users, items, feats, labels, vague, chunk)
             return loss, lean, "none"
         vague_pairs = self._pairs(users, items, feats, v_idx)
-        with torch.no_grad():
-            lean = int((self.model(vague_pairs.users, vague_pairs.items, vague_pairs.feats)
-                        > 0).sum())
         branch, _meta_losses, loss = self.ig.step(vague_pairs, meta, meta_labels)
+        lean = self.ig.last_vague_positive  # from the look-ahead's own forward pass
         return loss, lean, branch
 
 
