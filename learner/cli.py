@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-from learner.config import add_config_args, config_from_args
+from learner.config import Config, add_config_args, config_from_args
 from stream.errors import DwellError
 
 logger = logging.getLogger("dwell")
@@ -55,7 +55,8 @@ def _replay(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < len(result.events):
         result.events = result.events[: args.limit]  # the earliest events by event time
         result.rows_read = len(result.events) + result.rejected_total
-    create_topic(cfg.bootstrap, cfg.topic, partitions=cfg.partitions)
+    create_topic(cfg.bootstrap, cfg.topic, partitions=cfg.partitions,
+                 options=cfg.client_options())
     pacer = Pacer(rate=args.rate, speed=args.speed)
     stats = replay(result, bootstrap=cfg.bootstrap, topic=cfg.topic, pacer=pacer,
                    producer_config=cfg.client_options())
@@ -73,7 +74,8 @@ def _learn(args: argparse.Namespace) -> int:
     from learner.daemon import Daemon
     from learner.monitoring import serve_metrics
 
-    cfg = config_from_args(args)
+    cfg = learn_config(args)
+    logger.info("checkpoints in %s", cfg.checkpoint_dir or "(none: --checkpoint-dir '')")
     registry = CollectorRegistry()
     daemon = Daemon(cfg, registry)
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -89,6 +91,15 @@ def _learn(args: argparse.Namespace) -> int:
             server.shutdown()
     print(format_totals(totals, daemon.learner.evaluator.values()))
     return 0
+
+
+def learn_config(args: argparse.Namespace, home: Path = DWELL_HOME) -> Config:
+    """The settings of ``dwell learn``: as given, checkpointing into ``home`` by default.
+
+    The default folder is ``home/checkpoints/GROUP``; ``--checkpoint-dir ''`` turns it off.
+    """
+    group = config_from_args(args).group
+    return config_from_args(args, {"checkpoint_dir": str(home / "checkpoints" / group)})
 
 
 def format_totals(totals: dict, auc: dict, sent: int | None = None) -> str:
@@ -149,7 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p, KAFKA_FLAGS)
     p.set_defaults(func=_replay)
 
-    p = sub.add_parser("learn", help="run the learner daemon on a topic")
+    p = sub.add_parser(
+        "learn", help="run the learner daemon on a topic",
+        description="Run the learner daemon. It checkpoints into "
+        f"{DWELL_HOME}/checkpoints/GROUP unless --checkpoint-dir says otherwise "
+        "(--checkpoint-dir '' turns checkpoints off; DWELL_HOME moves the default).",
+    )
     add_config_args(p)
     p.set_defaults(func=_learn)
 

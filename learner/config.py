@@ -52,6 +52,8 @@ class Config:
     checkpoint_interval_s: float = _opt(30.0, "checkpoint at least this often")
     checkpoint_every: int = _opt(100_000, "checkpoint after this many events")
     checkpoint_keep: int = _opt(3, "checkpoints kept")
+    final_commit_timeout_s: float = _opt(30.0, "on stop, retry a failed dead-letter or "
+                                         "checkpoint write this long before giving up")
     audit_log: str = _opt("", "append one JSON line per batch, checkpoint and resume (tests)")
     until_end: bool = _opt(False, "stop once the end offsets seen at start are consumed")
     idle_timeout_s: float = _opt(0.0, "stop after this long without records (0: never)")
@@ -111,11 +113,15 @@ class Config:
         flags: Mapping[str, Any] | None = None,
         env: Mapping[str, str] | None = None,
         toml_path: str | Path | None = None,
+        defaults: Mapping[str, Any] | None = None,
     ) -> Config:
-        """Merge defaults < TOML < environment < flags (flags set to None are ignored)."""
+        """Merge field defaults < ``defaults`` (a command's own) < TOML < environment < flags.
+
+        Flags set to None are ignored; a flag set to ``""`` overrides like any other value.
+        """
         env = os.environ if env is None else env
         toml_path = toml_path or env.get("DWELL_CONFIG")
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = dict(defaults or {})
         if toml_path:
             values.update(_read_toml(Path(toml_path)))
         for f in dataclasses.fields(cls):
@@ -178,8 +184,11 @@ def add_config_args(parser: argparse.ArgumentParser, names: Iterable[str] | None
                         help="TOML file of settings (or DWELL_CONFIG)")
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    """The Config for parsed arguments: flags over environment over TOML over defaults."""
+def config_from_args(
+    args: argparse.Namespace, defaults: Mapping[str, Any] | None = None
+) -> Config:
+    """The Config for parsed arguments: flags over environment over TOML over ``defaults``."""
     names = {f.name for f in dataclasses.fields(Config)}
     flags = {k: v for k, v in vars(args).items() if k in names}
-    return Config.load(flags=flags, toml_path=getattr(args, "config_file", None))
+    return Config.load(flags=flags, toml_path=getattr(args, "config_file", None),
+                       defaults=defaults)

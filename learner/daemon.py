@@ -13,8 +13,8 @@ unit of progress is the checkpoint: every ``checkpoint_every`` events or
 offset of every owned partition are written atomically, and only then committed. On start
 the newest readable checkpoint is loaded, and each partition it holds is resumed from its
 offset when assigned, so the model state after a crash equals the state after exactly the
-events up to the checkpoint. A checkpoint that cannot be written is logged as an error and
-counted; offsets stay uncommitted until one succeeds.
+events up to the checkpoint. A checkpoint or a dead letter that cannot be written is logged
+as an error and counted; offsets stay uncommitted until the next attempt succeeds.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from learner.monitoring import Metrics
 from learner.trainer import OnlineLearner
 from stream.admin import create_topic
 from stream.consumer import BatchConsumer
-from stream.dlq import DeadLetterQueue
+from stream.dlq import DeadLetterError, DeadLetterQueue
 from stream.event import decode_batch
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,8 @@ class Daemon:
         cfg = self.config
         self._write_audit("start", {})
         self._restore()
-        create_topic(cfg.bootstrap, cfg.dead_letter_topic, partitions=1)
+        create_topic(cfg.bootstrap, cfg.dead_letter_topic, partitions=1,
+                     options=cfg.client_options())
         self.dlq = DeadLetterQueue(cfg.bootstrap, cfg.dead_letter_topic, cfg.client_options())
         self.consumer = BatchConsumer(
             cfg.bootstrap, cfg.topic, cfg.group,
@@ -118,7 +119,7 @@ class Daemon:
                 if cfg.idle_timeout_s and now - last_records >= cfg.idle_timeout_s:
                     logger.info("no records for %.1f s: stopping", cfg.idle_timeout_s)
                     break
-            self.commit()
+            self._final_commit()
         finally:
             self._progress(time.monotonic())
             self.consumer.close()
@@ -162,20 +163,28 @@ class Daemon:
                 span[0], span[1] = min(span[0], r.offset), max(span[1], r.offset)
             self._write_audit("batch", spans)
 
-    def commit(self, blocking: bool = True) -> None:
+    def commit(self, blocking: bool = True) -> bool:
         """Make progress durable: flush dead letters, checkpoint if configured, commit.
 
         ``blocking=False`` (in a rebalance callback) sends the offset commit without waiting.
+        Returns False when a dead letter or the checkpoint could not be written (then
+        nothing is committed and the next commit tries again).
         """
         self._last_commit = time.monotonic()
-        self.dlq.flush()
+        try:
+            self.dlq.flush()
+        except DeadLetterError as exc:
+            self.metrics.dead_letter_failures.inc()
+            logger.error("DEAD-LETTER WRITE FAILED, offsets not committed (nothing is lost; "
+                         "the dead letters are sent again and the commit retried): %s", exc)
+            return False
         if self.checkpointer is None:
             self._commit_offsets(None, blocking)
-            return
+            return True
         offsets = {**self._resume, **self.consumer.processed()}
         if self._since_checkpoint == 0:  # nothing new: the loaded checkpoint holds these
             self._commit_offsets(offsets, blocking)
-            return
+            return True
         started = time.monotonic()
         try:
             path = self.checkpointer.save({
@@ -187,13 +196,25 @@ class Daemon:
             self.metrics.checkpoint_healthy.set(0)
             logger.error("CHECKPOINT FAILED, offsets not committed (nothing is lost; the "
                          "events since the last checkpoint will be trained again): %s", exc)
-            return
+            return False
         self.metrics.checkpoint_duration.set(time.monotonic() - started)
         self.metrics.checkpoint_time.set(time.time())
         self.metrics.checkpoint_healthy.set(1)
         self._since_checkpoint = 0
         self._write_audit("checkpoint", offsets, path=path.name)
         self._commit_offsets(offsets, blocking)
+        return True
+
+    def _final_commit(self) -> None:
+        """Commit on the way out, retrying a failed dead-letter or checkpoint write a while."""
+        deadline = time.monotonic() + self.config.final_commit_timeout_s
+        while not self.commit():
+            if time.monotonic() >= deadline:
+                logger.error("stopping without committing the last offsets: their events "
+                             "will be read again by the next learner of group %s",
+                             self.config.group)
+                return
+            time.sleep(1.0)
 
     def _commit_offsets(self, offsets: dict[int, int] | None, blocking: bool) -> None:
         """Commit, surviving a broker that is away: the offsets are committed next time."""

@@ -64,7 +64,8 @@ def run_demo(args: argparse.Namespace) -> int:
 def _run(cfg, args: argparse.Namespace) -> int:
     result = read_log(args.file)
     result.events = order_by_time(result.events)
-    create_topic(cfg.bootstrap, cfg.topic, partitions=cfg.partitions)
+    create_topic(cfg.bootstrap, cfg.topic, partitions=cfg.partitions,
+                 options=cfg.client_options())
     registry = CollectorRegistry()
     daemon = Daemon(cfg, registry)
     server = None
@@ -91,7 +92,7 @@ def _run(cfg, args: argparse.Namespace) -> int:
             while thread.is_alive():
                 thread.join(1.0)
         else:
-            daemon.finish_at(end_offsets(cfg.bootstrap, cfg.topic))
+            daemon.finish_at(end_offsets(cfg.bootstrap, cfg.topic, options=cfg.client_options()))
             thread.join()
     finally:
         daemon.stop()

@@ -71,6 +71,11 @@ class Metrics:
             "dwell_checkpoint_healthy",
             "1 when the last checkpoint attempt succeeded, 0 when it failed.", registry=r,
         )
+        self.dead_letter_failures = Counter(
+            "dwell_dead_letter_failures",
+            "Commits skipped because a dead letter could not be written (sent again).",
+            registry=r,
+        )
         self.batches = Counter("dwell_batches", "Micro-batches processed.", registry=r)
         self.commits = Counter("dwell_offset_commits", "Offset commits to Kafka.", registry=r)
         self.loss = Gauge("dwell_loss", "Mean training loss of the last micro-batch.", registry=r)

@@ -1,8 +1,10 @@
 """Small Kafka administration helpers (topics and offsets) on kafka-python's admin client.
 
 Each call opens a short-lived ``KafkaAdminClient`` and closes it: these helpers are for
-set-up, tests and monitoring, not for a hot path. Errors of the Kafka client
-(``kafka.errors.KafkaError`` and subclasses) propagate, except where a docstring says otherwise.
+set-up, tests and monitoring, not for a hot path. Every helper takes ``options``: client
+settings such as SASL/TLS (``--kafka-options``), of which the admin client's own are used.
+Errors of the Kafka client (``kafka.errors.KafkaError`` and subclasses) propagate, except
+where a docstring says otherwise.
 """
 
 from __future__ import annotations
@@ -22,16 +24,35 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def admin_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The part of a client's ``options`` that the admin client understands.
+
+    ``--kafka-options`` carries settings for every client (SASL/TLS, client ids, producer
+    acks, ...); the admin client takes the connection and security ones and rejects the rest.
+
+    >>> admin_options({"security_protocol": "SASL_SSL", "acks": "all"})
+    {'security_protocol': 'SASL_SSL'}
+    """
+    known = KafkaAdminClient.DEFAULT_CONFIG
+    return {k: v for k, v in (options or {}).items() if k in known}
+
+
 @contextmanager
-def admin_client(bootstrap: str, timeout: float = 30.0) -> Iterator[KafkaAdminClient]:
-    """A KafkaAdminClient for ``bootstrap`` whose connect and request timeouts are ``timeout``."""
+def admin_client(
+    bootstrap: str, timeout: float = 30.0, options: Mapping[str, Any] | None = None
+) -> Iterator[KafkaAdminClient]:
+    """A KafkaAdminClient for ``bootstrap`` whose connect and request timeouts are ``timeout``.
+
+    ``options`` are extra client settings (see :func:`admin_options`), e.g. SASL/TLS.
+    """
     timeout_ms = max(1, int(timeout * 1000))
-    admin = KafkaAdminClient(
-        bootstrap_servers=bootstrap,
-        client_id="dwell-admin",
-        bootstrap_timeout_ms=timeout_ms,
-        request_timeout_ms=timeout_ms,
-    )
+    admin = KafkaAdminClient(**{
+        "client_id": "dwell-admin",
+        **admin_options(options),
+        "bootstrap_servers": bootstrap,
+        "bootstrap_timeout_ms": timeout_ms,
+        "request_timeout_ms": timeout_ms,
+    })
     try:
         yield admin
     finally:
@@ -55,9 +76,11 @@ def _retry(call: Callable[[], T], timeout: float, what: str) -> T:
             time.sleep(0.2)
 
 
-def list_topics(bootstrap: str, timeout: float = 30.0) -> list[str]:
+def list_topics(
+    bootstrap: str, timeout: float = 30.0, options: Mapping[str, Any] | None = None
+) -> list[str]:
     """Names of the topics on the cluster, internal ones included, sorted."""
-    with admin_client(bootstrap, timeout) as admin:
+    with admin_client(bootstrap, timeout, options) as admin:
         return sorted(admin.list_topics())
 
 
@@ -77,6 +100,7 @@ def create_topic(
     replication: int = 1,
     config: Mapping[str, Any] | None = None,
     timeout: float = 30.0,
+    options: Mapping[str, Any] | None = None,
 ) -> bool:
     """Create a topic and wait until every partition has a leader.
 
@@ -91,7 +115,7 @@ def create_topic(
         }
     }
     timeout_ms = max(1, int(timeout * 1000))
-    with admin_client(bootstrap, timeout) as admin:
+    with admin_client(bootstrap, timeout, options) as admin:
         try:
             admin.create_topics(spec, timeout_ms=timeout_ms)
             created = True
@@ -109,10 +133,13 @@ def create_topic(
     return created
 
 
-def delete_topic(bootstrap: str, name: str, timeout: float = 30.0) -> bool:
+def delete_topic(
+    bootstrap: str, name: str, timeout: float = 30.0,
+    options: Mapping[str, Any] | None = None,
+) -> bool:
     """Delete a topic. Returns True if deleted, False if it did not exist."""
     timeout_ms = max(1, int(timeout * 1000))
-    with admin_client(bootstrap, timeout) as admin:
+    with admin_client(bootstrap, timeout, options) as admin:
         try:
             admin.delete_topics([name], timeout_ms=timeout_ms)
         except UnknownTopicOrPartitionError:
@@ -122,20 +149,24 @@ def delete_topic(bootstrap: str, name: str, timeout: float = 30.0) -> bool:
     return True
 
 
-def end_offsets(bootstrap: str, topic: str, timeout: float = 30.0) -> dict[int, int]:
+def end_offsets(
+    bootstrap: str, topic: str, timeout: float = 30.0,
+    options: Mapping[str, Any] | None = None,
+) -> dict[int, int]:
     """The log-end offset (offset of the next record) of every partition of ``topic``.
 
     Raises ``kafka.errors.UnknownTopicOrPartitionError`` if the topic does not exist.
     """
     timeout_ms = max(1, int(timeout * 1000))
-    with admin_client(bootstrap, timeout) as admin:
+    with admin_client(bootstrap, timeout, options) as admin:
         specs = {TopicPartition(topic, p): OffsetSpec.LATEST for p in _partitions(admin, topic)}
         result = admin.list_partition_offsets(specs, timeout_ms=timeout_ms)
     return {tp.partition: int(o.offset) for tp, o in sorted(result.items())}
 
 
 def committed_offsets(
-    bootstrap: str, group: str, topic: str, timeout: float = 30.0
+    bootstrap: str, group: str, topic: str, timeout: float = 30.0,
+    options: Mapping[str, Any] | None = None,
 ) -> dict[int, int]:
     """The offsets ``group`` has committed on ``topic``, by partition.
 
@@ -143,7 +174,7 @@ def committed_offsets(
     does not exist or has committed nothing on this topic. A committed offset is the offset of
     the next record the group will read.
     """
-    with admin_client(bootstrap, timeout) as admin:
+    with admin_client(bootstrap, timeout, options) as admin:
         result = _retry(
             lambda: admin.list_group_offsets({group: None}), timeout, "list_group_offsets"
         )

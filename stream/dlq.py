@@ -4,7 +4,8 @@ Each dead letter keeps the original key and value and carries headers ``dwell.re
 ``dwell.detail``, ``dwell.source.topic``, ``dwell.source.partition`` and
 ``dwell.source.offset``. :meth:`DeadLetterQueue.flush` waits for every acknowledgement and
 raises if one failed, so the owner commits source offsets only after their dead letters
-are durable.
+are durable. A dead letter that failed is sent again by that flush and waited for by the
+next one: nothing is dropped, and the owner retries by flushing again later.
 """
 
 from __future__ import annotations
@@ -47,12 +48,13 @@ class DeadLetterQueue:
         self, bootstrap: str, topic: str, client_config: Mapping[str, Any] | None = None
     ) -> None:
         self.topic = topic
-        self._pending = []
-        self._producer = KafkaProducer(**{
+        self._pending: list[tuple[Any, ConsumerRecord, Reason, str]] = []
+        self._config = {
             "acks": "all", "retries": 10, "linger_ms": 5,
             "max_request_size": 4 * 1024 * 1024, "client_id": "dwell-dlq",
             **dict(client_config or {}), "bootstrap_servers": bootstrap.split(","),
-        })
+        }
+        self._producer = KafkaProducer(**self._config)
 
     def send(self, record: ConsumerRecord, reason: Reason, detail: str) -> None:
         future = self._producer.send(
@@ -61,17 +63,34 @@ class DeadLetterQueue:
             value=record.value,
             headers=dead_letter_headers(record, reason, detail),
         )
-        self._pending.append(future)
+        self._pending.append((future, record, reason, detail))
+
+    @property
+    def pending(self) -> int:
+        """Dead letters sent and not yet acknowledged by a flush."""
+        return len(self._pending)
 
     def flush(self) -> None:
-        """Block until every dead letter sent so far is acknowledged; raise if one failed."""
+        """Block until every dead letter sent so far is acknowledged.
+
+        Raises :class:`DeadLetterError` if one failed; the failed ones are sent again and
+        stay pending, so a later ``flush`` succeeds once the topic is writable.
+        """
         if not self._pending:
             return
         self._producer.flush()
-        failed = [f.exception for f in self._pending if f.failed()]
-        self._pending = []
+        pending, self._pending = self._pending, []
+        failed = [(f.exception, *rest) for f, *rest in pending if f.failed()]
         if failed:
-            raise DeadLetterError(f"{len(failed)} dead letters not written: {failed[0]!r}")
+            # An idempotent producer that met a fatal error refuses every later send.
+            self._producer.close(timeout=1)
+            self._producer = KafkaProducer(**self._config)
+        for _exc, record, reason, detail in failed:
+            self.send(record, reason, detail)
+        if failed:
+            raise DeadLetterError(
+                f"{len(failed)} dead letters not written (sent again): {failed[0][0]!r}"
+            )
 
     def close(self) -> None:
         self._producer.close()

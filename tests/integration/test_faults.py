@@ -311,3 +311,48 @@ def test_rebalance_between_two_learners(kafka_bootstrap, topic, tmp_path):
     # the second learner's checkpoint now holds every partition, at the end
     final = Checkpointer(tmp_path / "second").load_latest()
     assert {int(p): o for p, o in final["offsets"].items()} == ends
+
+
+def test_unwritable_dead_letter_topic_holds_commits_until_it_recovers(kafka_bootstrap, topic):
+    """The broker rejects every dead letter (records over the topic's size limit); the daemon
+    keeps running, commits nothing past them, and writes them all once the limit is raised."""
+    import threading
+
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    from learner.config import Config
+    from learner.daemon import Daemon
+    from stream.admin import admin_client
+
+    dlq = f"{topic}.dlq"
+    create_topic(kafka_bootstrap, dlq, partitions=1, config={"max.message.bytes": 16})
+    group = f"{topic}-dlq"
+    daemon = Daemon(Config(bootstrap=kafka_bootstrap, topic=topic, group=group,
+                           batch_timeout_s=0.2, commit_interval_s=0.2))
+    sample = daemon.metrics.registry.get_sample_value
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    try:
+        sent = _fill(kafka_bootstrap, topic)
+        assert _wait_for(lambda: (sample("dwell_dead_letter_failures_total") or 0) >= 2, 60)
+        assert thread.is_alive()
+        ends = end_offsets(kafka_bootstrap, topic)
+        committed = committed_offsets(kafka_bootstrap, group, topic)
+        assert sum(committed.values()) < sum(ends.values())  # held back by the dead letters
+
+        with admin_client(kafka_bootstrap) as admin:  # the operator fixes the topic
+            admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, dlq,
+                                                configs={"max.message.bytes": "1048588"})])
+        daemon.finish_at(ends)
+        thread.join(timeout=120)
+        assert not thread.is_alive()
+    finally:
+        daemon.stop()
+        thread.join(timeout=120)
+    assert committed_offsets(kafka_bootstrap, group, topic) == ends
+    totals = daemon.metrics.totals()
+    assert totals["consumed"] == sent == totals["accepted"] + totals["dead_lettered"]
+    dead = read_topic(kafka_bootstrap, dlq)
+    sources = {(dict(r.headers)["dwell.source.partition"], dict(r.headers)["dwell.source.offset"])
+               for r in dead}
+    assert len(sources) == INVALID_ROWS == totals["dead_lettered"]

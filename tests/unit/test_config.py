@@ -81,3 +81,42 @@ def test_kafka_clients_accept_sasl_and_tls_settings():
         assert consumer.config["sasl_mechanism"] == "SCRAM-SHA-256"
     finally:
         consumer.close()
+
+
+def test_command_defaults_sit_below_every_other_source(tmp_path):
+    toml = tmp_path / "d.toml"
+    toml.write_text('checkpoint_dir = "/from/toml"\n')
+    defaults = {"checkpoint_dir": "/from/command"}
+    assert Config.load(env={}, defaults=defaults).checkpoint_dir == "/from/command"
+    assert Config.load(env={}, defaults=defaults, toml_path=toml).checkpoint_dir == "/from/toml"
+    env = {"DWELL_CHECKPOINT_DIR": "/from/env"}
+    assert Config.load(env=env, defaults=defaults).checkpoint_dir == "/from/env"
+    off = Config.load(env=env, defaults=defaults, flags={"checkpoint_dir": ""})
+    assert off.checkpoint_dir == ""
+    assert Config().checkpoint_dir == ""  # the library itself never writes checkpoints
+
+
+def test_learn_checkpoints_by_default_one_folder_per_group(tmp_path, monkeypatch):
+    from learner.cli import build_parser, learn_config
+
+    for key in ("DWELL_CHECKPOINT_DIR", "DWELL_GROUP", "DWELL_CONFIG"):
+        monkeypatch.delenv(key, raising=False)
+    parse = build_parser().parse_args
+    cfg = learn_config(parse(["learn", "--group", "g1"]), home=tmp_path)
+    assert cfg.checkpoint_dir == str(tmp_path / "checkpoints" / "g1")
+    cfg = learn_config(parse(["learn", "--checkpoint-dir", "/x"]), home=tmp_path)
+    assert cfg.checkpoint_dir == "/x"
+    cfg = learn_config(parse(["learn", "--checkpoint-dir", ""]), home=tmp_path)
+    assert cfg.checkpoint_dir == ""
+
+
+def test_admin_client_takes_the_security_settings_and_ignores_the_rest():
+    from stream.admin import admin_options
+
+    options = Config(kafka_options=(
+        "security_protocol=SASL_PLAINTEXT,sasl_mechanism=PLAIN,sasl_plain_username=u,"
+        "sasl_plain_password=p,acks=all,enable_idempotence=true")).client_options()
+    assert admin_options(options) == {
+        "security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
+        "sasl_plain_username": "u", "sasl_plain_password": "p",
+    }
