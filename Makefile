@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint broker-fetch clean
+.PHONY: install demo test lint broker-fetch prometheus clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,13 +14,20 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) broker-fetch
 
+# Debian's prometheus package: the server and promtool for the monitoring tests.
+prometheus:
+	@command -v promtool >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
+
 broker-fetch:
 	bash deploy/kafka/kafka.sh fetch
 
 demo: install
 	$(BIN)/dwell demo
 
-test: install
+test: install prometheus
 	$(BIN)/ruff check stream learner producers tests
 	$(BIN)/pytest
 

@@ -169,11 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.set_defaults(func=_learn)
 
-    from learner import bench
+    from learner import bench, runreport
     from learner.evaluation import command as evaluation
 
     evaluation.add_parser(sub)
     bench.add_parser(sub)
+    runreport.add_parser(sub)
 
     p = sub.add_parser("demo", help="broker + replay of the shipped data + learner, end to end")
     p.add_argument("file", nargs="?", default=str(DEFAULT_DATA), help="log file to replay")

@@ -77,6 +77,12 @@ class Config:
     device: str = _opt("cpu", "torch device (cpu, cuda)")
     threads: int = _opt(1, "torch intra-op threads (0: torch's default)")
     auc_window: int = _opt(5000, "events in the short prequential AUC window")
+    auc_long_window: int = _opt(50_000, "events in the long prequential AUC window")
+    drift_detector: str = _opt("page_hinkley", "drift detector on chunk AUC and log loss: "
+                               "page_hinkley or adwin")
+    drift_chunk: int = _opt(1000, "genuine events per drift-detector observation")
+    metrics_log: str = _opt("", "append progress and drift records (JSON lines) here; '' "
+                            "with checkpoints: CHECKPOINT_DIR/metrics.jsonl")
     pos_ratio: float = _opt(0.9, "positive when play/duration >= this")
     long_view_ms: int = _opt(30_000, "positive when play_ms >= this")
     skip_ms: int = _opt(3_000, "negative when play_ms < this (and not positive)")
@@ -101,7 +107,8 @@ class Config:
         return LearnerSettings(
             model=self.model, dim=self.dim, lr=self.lr, loss=self.loss,
             train_batch=self.train_batch, seed=self.seed, device=self.device,
-            auc_window=self.auc_window, labels=rule, num_neg=self.num_neg, sampler=self.sampler,
+            auc_window=self.auc_window, auc_long_window=self.auc_long_window, labels=rule,
+            num_neg=self.num_neg, sampler=self.sampler,
             meta=self.meta, sample_lr=self.sample_lr, lookahead=self.lookahead,
             meta_source=self.meta_source, meta_size=self.meta_size, meta_batch=self.meta_batch,
             threads=self.threads,

@@ -19,20 +19,25 @@ as an error and counted; offsets stay uncommitted until the next attempt succeed
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
+import numpy as np
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from learner.checkpoint import Checkpointer, CheckpointError
 from learner.config import Config
-from learner.monitoring import Metrics
+from learner.drift import DriftMonitor
+from learner.labels import POSITIVE, VAGUE
+from learner.monitoring import AUC_WINDOWS, TARGETS, WINDOWS, Metrics
 from learner.trainer import OnlineLearner
 from stream.admin import create_topic
 from stream.consumer import BatchConsumer
@@ -69,6 +74,10 @@ class Daemon:
         self._resume: dict[int, int] = {}  # partition -> offset of the loaded checkpoint
         self._since_checkpoint = 0
         self._audit = open(config.audit_log, "a", buffering=1) if config.audit_log else None  # noqa: SIM115
+        self.drift = DriftMonitor(config.drift_detector, config.drift_chunk)
+        self.metrics.info.info({"model": config.model, "loss": config.loss, "meta": config.meta,
+                                "drift_detector": config.drift_detector})
+        self._runlog = None
 
     # -- control, callable from any thread ------------------------------------------------
     def stop(self) -> None:
@@ -85,6 +94,7 @@ class Daemon:
         """Consume until stopped, done or idle; return the totals."""
         cfg = self.config
         self._write_audit("start", {})
+        self._open_run_log()
         self._restore()
         create_topic(cfg.bootstrap, cfg.dead_letter_topic, partitions=1,
                      options=cfg.client_options())
@@ -129,6 +139,9 @@ class Daemon:
         totals = self.metrics.totals()
         first = self._first_batch_at
         totals["seconds"] = time.monotonic() - first if first is not None else 0.0
+        if self._runlog is not None:
+            self._append(self._runlog, {"kind": "stop", "time": time.time(), "totals": totals})
+            self._runlog.close()
         return totals
 
     def process(self, records: list[ConsumerRecord]) -> None:
@@ -141,6 +154,11 @@ class Daemon:
                 m.events_invalid.labels(rejected.reason.value).inc()
             result = self.learner.learn_many(batch)
         m.events_consumed.inc(len(records))
+        if len(batch):
+            record_ms = np.fromiter((r.timestamp for r in records), np.float64, len(records))
+            m.event_to_update.observe_many(np.maximum(time.time() - record_ms / 1000.0, 0.0))
+            m.step_duration.observe_many(result.step_seconds)
+            self._watch_drift(result.scores, result.classes)
         for name, count in result.counts.items():
             m.events_labelled.labels(name).inc(count)
         m.batches.inc()
@@ -162,6 +180,21 @@ class Daemon:
                 span = spans.setdefault(r.partition, [r.offset, r.offset])
                 span[0], span[1] = min(span[0], r.offset), max(span[1], r.offset)
             self._write_audit("batch", spans)
+
+    def _watch_drift(self, scores: np.ndarray, classes: np.ndarray) -> None:
+        genuine = classes != VAGUE
+        for found in self.drift.update(scores[genuine], classes[genuine] == POSITIVE):
+            self.metrics.drift_detections.labels(found.signal).inc()
+            now = time.time()
+            self.metrics.drift_last.set(now)
+            consumed = self.metrics.totals()["consumed"]
+            logger.warning("DRIFT: %s %s on chunk %s %.4f after %d events",
+                           self.drift.detector, found.signal, found.signal, found.value,
+                           consumed)
+            if self._runlog is not None:
+                self._append(self._runlog, {
+                    "kind": "drift", "time": now, "events": consumed, "signal": found.signal,
+                    "detector": self.drift.detector, "value": found.value})
 
     def commit(self, blocking: bool = True) -> bool:
         """Make progress durable: flush dead letters, checkpoint if configured, commit.
@@ -265,7 +298,23 @@ class Daemon:
     def _write_audit(self, kind: str, offsets: dict, **extra) -> None:
         if self._audit is not None:
             record = {"kind": kind, "offsets": {str(k): v for k, v in offsets.items()}, **extra}
-            self._audit.write(json.dumps(record) + "\n")
+            self._append(self._audit, record)
+
+    @staticmethod
+    def _append(stream, record: dict) -> None:
+        stream.write(json.dumps(_finite(record), allow_nan=False) + "\n")
+
+    def _open_run_log(self) -> None:
+        cfg = self.config
+        path = cfg.metrics_log or (
+            str(Path(cfg.checkpoint_dir) / "metrics.jsonl") if cfg.checkpoint_dir else "")
+        if not path:
+            return
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._runlog = open(path, "a", buffering=1)  # noqa: SIM115
+        settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "kafka_options"}
+        self._append(self._runlog, {"kind": "start", "time": time.time(), "config": settings})
+        logger.info("run metrics log: %s (dwell report %s)", path, Path(path).parent)
 
     # -- reporting ------------------------------------------------------------------------
     def _done(self) -> bool:
@@ -280,11 +329,19 @@ class Daemon:
         return all(positions[p] >= targets.get(p, 0) for p in positions)
 
     def _progress(self, now: float) -> None:
+        """Publish the slow gauges, append a run-log record, log a progress line."""
         m = self.metrics
         auc = self.learner.evaluator.values()
         for (window, target), value in auc.items():
-            if not math.isnan(value):
-                m.auc.labels(window, target).set(value)
+            m.auc.labels(window, target).set(value)
+        drift = {t: auc[("short", t)] - auc[("long", t)] for t in TARGETS}
+        for target, value in drift.items():
+            m.auc_drift.labels(target).set(value)
+        means = self.learner.evaluator.window_means()
+        for window in WINDOWS:
+            m.log_loss.labels(window).set(means[("log_loss", window)])
+            m.positive_rate.labels(window).set(means[("positive", window)])
+            m.vague_share.labels(window).set(means[("vague", window)])
         m.idmap_size.labels("user").set(len(self.learner.users))
         m.idmap_size.labels("video").set(len(self.learner.videos))
         lag = self.consumer.lag() if self.consumer else {}
@@ -295,11 +352,36 @@ class Daemon:
             now - self._last_progress, 1e-9
         )
         self._consumed_at_progress = totals["consumed"]
+        if self._runlog is not None:
+            self._append(self._runlog, {
+                "kind": "progress", "time": time.time(), "events": totals["consumed"],
+                "accepted": totals["accepted"], "dead_lettered": totals["dead_lettered"],
+                "events_per_s": rate, "lag": sum(lag.values()),
+                "auc": {f"{w}/{t}": auc[(w, t)] for w in AUC_WINDOWS for t in TARGETS},
+                "auc_drift": drift,
+                **{name: {w: means[(key, w)] for w in WINDOWS} for name, key in (
+                    ("log_loss", "log_loss"), ("positive_rate", "positive"),
+                    ("vague_share", "vague"))},
+                "drift_detections": sum(
+                    m.registry.get_sample_value("dwell_drift_detections_total", {"signal": s})
+                    or 0 for s in ("auc", "log_loss")),
+            })
         logger.info(
             "events %d (%.0f/s) | accepted %d dead-lettered %d | AUC dwell %.3f/%.3f "
-            "explicit %.3f/%.3f (window/run) | lag %d",
+            "explicit %.3f/%.3f (short/long window) | lag %d",
             totals["consumed"], rate, totals["accepted"],
-            totals["dead_lettered"], auc[("short", "dwell")], auc[("run", "dwell")],
-            auc[("short", "explicit")], auc[("run", "explicit")], sum(lag.values()),
+            totals["dead_lettered"], auc[("short", "dwell")], auc[("long", "dwell")],
+            auc[("short", "explicit")], auc[("long", "explicit")], sum(lag.values()),
         )
         self._last_progress = now
+
+
+def _finite(value):
+    """``value`` with NaN and infinities as None (JSON null), recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

@@ -13,14 +13,71 @@ Every test builds its own ``CollectorRegistry``.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import threading
+from collections.abc import Sequence
 
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
+
+from learner.drift import SIGNALS
 from learner.labels import CLASS_NAMES
 from stream.event import Reason
 
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-WINDOWS = ("short", "run")
+STEP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
+WINDOWS = ("short", "long")
+AUC_WINDOWS = ("short", "long", "run")
 TARGETS = ("dwell", "explicit")
+TABLES = ("user", "video")
+
+
+class BulkHistogram:
+    """A Prometheus histogram that observes a whole numpy array at once.
+
+    ``prometheus_client``'s Histogram observes one value per call; a micro-batch has a
+    thousand. This collector counts them with one ``searchsorted`` and exports the usual
+    ``_bucket``/``_sum``/``_count`` series.
+
+    >>> h = BulkHistogram("demo_seconds", "A demo.", (0.1, 1.0), CollectorRegistry())
+    >>> h.observe_many(np.array([0.05, 0.5, 0.5, 7.0]))
+    >>> [(s.labels["le"], s.value) for s in next(iter(h.collect())).samples[:3]]
+    [('0.1', 1.0), ('1.0', 3.0), ('+Inf', 4.0)]
+    """
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name, self.documentation = name, documentation
+        self._upper = np.array([*buckets, np.inf])
+        self._counts = np.zeros(self._upper.size, dtype=np.int64)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.float64)
+        counts = np.bincount(np.searchsorted(self._upper, values), minlength=self._upper.size)
+        with self._lock:
+            self._counts += counts
+            self._sum += float(values.sum())
+
+    def collect(self):
+        with self._lock:
+            cumulative, total = np.cumsum(self._counts), self._sum
+        yield HistogramMetricFamily(
+            self.name, self.documentation,
+            buckets=[(floatToGoString(le), float(c))
+                     for le, c in zip(self._upper, cumulative, strict=True)],
+            sum_value=total,
+        )
+
+    def describe(self):
+        return [HistogramMetricFamily(self.name, self.documentation, buckets=[("+Inf", 0)],
+                                      sum_value=0)]
 
 
 class Metrics:
@@ -79,12 +136,49 @@ class Metrics:
         self.batches = Counter("dwell_batches", "Micro-batches processed.", registry=r)
         self.commits = Counter("dwell_offset_commits", "Offset commits to Kafka.", registry=r)
         self.loss = Gauge("dwell_loss", "Mean training loss of the last micro-batch.", registry=r)
+        self.info = Info("dwell_learner", "Model, loss, meta-correction and drift detector.",
+                         registry=r)
         self.auc = Gauge(
             "dwell_auc",
-            "Prequential AUC: window short (sliding) or run (since start); target dwell "
-            "(dwell-derived labels of genuine events) or explicit (like/dislike in context).",
+            "Prequential AUC: window short or long (sliding, --auc-window and "
+            "--auc-long-window events) or run (since start); target dwell (dwell-derived "
+            "labels of genuine events) or explicit (like/dislike in context).",
             ["window", "target"],
             registry=r,
+        )
+        self.auc_drift = Gauge(
+            "dwell_auc_drift",
+            "Short-window AUC minus long-window AUC: negative when quality is falling.",
+            ["target"], registry=r,
+        )
+        self.log_loss = Gauge(
+            "dwell_log_loss", "Prequential log loss of genuine events over the window.",
+            ["window"], registry=r,
+        )
+        self.positive_rate = Gauge(
+            "dwell_positive_rate", "Share of accepted events labelled positive, over the window.",
+            ["window"], registry=r,
+        )
+        self.vague_share = Gauge(
+            "dwell_vague_share", "Share of accepted events labelled vague, over the window.",
+            ["window"], registry=r,
+        )
+        self.drift_detections = Counter(
+            "dwell_drift_detections",
+            "Drift detections (quality got worse) by signal: chunk AUC or chunk log loss.",
+            ["signal"], registry=r,
+        )
+        self.drift_last = Gauge(
+            "dwell_drift_last_detection_timestamp_seconds",
+            "Unix time of the last drift detection (0: none yet).", registry=r,
+        )
+        self.step_duration = BulkHistogram(
+            "dwell_step_duration_seconds", "Wall time of one optimiser step.", STEP_BUCKETS, r,
+        )
+        self.event_to_update = BulkHistogram(
+            "dwell_event_to_update_seconds",
+            "From an event's Kafka record timestamp to the end of the model update that "
+            "includes it.", LATENCY_BUCKETS, r,
         )
         self.batch_duration = Histogram(
             "dwell_batch_duration_seconds",
@@ -97,6 +191,10 @@ class Metrics:
             registry=r,
         )
         self.idmap_size = Gauge("dwell_idmap_size", "Distinct ids mapped.", ["table"], registry=r)
+        self.idmap_evictions = Counter(
+            "dwell_idmap_evictions", "Ids evicted from a full id map (their rows reused).",
+            ["table"], registry=r,
+        )
         self.freshness = Gauge(
             "dwell_event_freshness_seconds",
             "Wall-clock now minus the newest event time trained.",
@@ -108,6 +206,10 @@ class Metrics:
             self.events_labelled.labels(name)
         for branch in ("original", "forward", "inverse", "none"):
             self.ig_branch.labels(branch)
+        for signal in SIGNALS:
+            self.drift_detections.labels(signal)
+        for table in TABLES:
+            self.idmap_evictions.labels(table)
 
     def _value(self, name: str, labels: dict[str, str] | None = None) -> int:
         value = self.registry.get_sample_value(name, labels or {})

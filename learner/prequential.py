@@ -7,8 +7,9 @@ Two estimators with one ``update(scores, labels)`` / ``get()`` interface:
   [0, 1]; exact up to scores that fall in the same bin (width 1/bins), which count as ties.
   Memory is constant however long the stream.
 
-:class:`Evaluator` keeps one of each against the dwell-derived labels of genuine events and,
-when events carry ``context.explicit`` (like/dislike), one of each against that as well.
+:class:`Evaluator` keeps a short and a long window and a whole-run estimate against the
+dwell-derived labels of genuine events and, when events carry ``context.explicit``
+(like/dislike), against that as well; with windowed log loss and label shares beside them.
 
 >>> import numpy as np
 >>> auc = WindowAUC(size=4)
@@ -94,33 +95,102 @@ class RunAUC:
         return float(wins / (n_pos * n_neg))
 
 
-class Evaluator:
-    """Short-window and whole-run AUC, against dwell labels and against explicit feedback."""
+class WindowMean:
+    """Mean of the last ``size`` values (a ring buffer); NaN before the first.
 
-    TARGETS = ("dwell", "explicit")
+    >>> w = WindowMean(size=3)
+    >>> w.update(np.array([1.0, 2.0, 3.0, 4.0]))
+    >>> w.get()
+    3.0
+    """
 
-    def __init__(self, window: int = 5000) -> None:
-        self.window = {t: WindowAUC(window) for t in self.TARGETS}
-        self.run = {t: RunAUC() for t in self.TARGETS}
+    def __init__(self, size: int = 5000) -> None:
+        self.size = size
+        self._values = np.zeros(size, dtype=np.float64)
+        self._seen = 0
 
-    def update(self, target: str, scores: np.ndarray, labels: np.ndarray) -> None:
-        if scores.size:
-            self.window[target].update(scores, labels)
-            self.run[target].update(scores, labels)
+    def update(self, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.float64)[-self.size :]
+        slots = (self._seen + np.arange(values.size)) % self.size
+        self._values[slots] = values
+        self._seen += values.size
 
     def state_dict(self) -> dict:
-        return {t: {"window": self.window[t].state_dict(), "run": self.run[t].state_dict()}
-                for t in self.TARGETS}
+        return {"values": self._values.copy(), "seen": self._seen}
 
     def load_state_dict(self, state: dict) -> None:
-        for t in self.TARGETS:
-            self.window[t].load_state_dict(state[t]["window"])
-            self.run[t].load_state_dict(state[t]["run"])
+        self._values, self._seen = state["values"].copy(), int(state["seen"])
+        self.size = self._values.size
+
+    def get(self) -> float:
+        n = min(self._seen, self.size)
+        return float(self._values[:n].mean()) if n else float("nan")
+
+
+def log_loss(scores: np.ndarray, labels: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+    """Per-event log loss of like probabilities ``scores`` against 0/1 ``labels``."""
+    p = np.clip(scores, eps, 1.0 - eps)
+    return -np.where(labels.astype(bool), np.log(p), np.log1p(-p))
+
+
+class Evaluator:
+    """Prequential quality of the learner, as an on-call engineer wants to watch it.
+
+    - AUC over a short and a long sliding window and over the whole run, against the
+      dwell-derived labels of genuine events and against explicit like/dislike;
+    - log loss of the dwell labels over the short and the long window;
+    - the positive rate and vague share of accepted events over both windows.
+    """
+
+    TARGETS = ("dwell", "explicit")
+    WINDOWS = ("short", "long")
+
+    def __init__(self, window: int = 5000, long_window: int = 50_000) -> None:
+        sizes = {"short": window, "long": long_window}
+        self.auc = {(w, t): WindowAUC(sizes[w]) for w in self.WINDOWS for t in self.TARGETS}
+        self.run = {t: RunAUC() for t in self.TARGETS}
+        self.means = {
+            (name, w): WindowMean(sizes[w])
+            for name in ("log_loss", "positive", "vague") for w in self.WINDOWS
+        }
+
+    def update(self, target: str, scores: np.ndarray, labels: np.ndarray) -> None:
+        """Add scored events with their 0/1 ``labels`` against ``target``."""
+        if not scores.size:
+            return
+        for w in self.WINDOWS:
+            self.auc[(w, target)].update(scores, labels)
+            if target == "dwell":
+                self.means[("log_loss", w)].update(log_loss(scores, labels))
+        self.run[target].update(scores, labels)
+
+    def update_classes(self, positive: np.ndarray, vague: np.ndarray) -> None:
+        """Add the label classes of accepted events (boolean masks)."""
+        for w in self.WINDOWS:
+            self.means[("positive", w)].update(positive)
+            self.means[("vague", w)].update(vague)
+
+    def state_dict(self) -> dict:
+        return {
+            "auc": {f"{w}/{t}": a.state_dict() for (w, t), a in self.auc.items()},
+            "run": {t: r.state_dict() for t, r in self.run.items()},
+            "means": {f"{n}/{w}": m.state_dict() for (n, w), m in self.means.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for (w, t), a in self.auc.items():
+            a.load_state_dict(state["auc"][f"{w}/{t}"])
+        for t, r in self.run.items():
+            r.load_state_dict(state["run"][t])
+        for (n, w), m in self.means.items():
+            m.load_state_dict(state["means"][f"{n}/{w}"])
 
     def values(self) -> dict[tuple[str, str], float]:
-        """AUC keyed by (window, target), window in {"short", "run"}."""
-        out = {}
-        for target in self.TARGETS:
-            out[("short", target)] = self.window[target].get()
-            out[("run", target)] = self.run[target].get()
+        """AUC keyed by (window, target), window in {"short", "long", "run"}."""
+        out = {key: a.get() for key, a in self.auc.items()}
+        out.update({("run", t): r.get() for t, r in self.run.items()})
         return out
+
+    def window_means(self) -> dict[tuple[str, str], float]:
+        """Log loss, positive rate and vague share keyed by (name, window)."""
+        return {key: m.get() for key, m in self.means.items()}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections import Counter
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class LearnerSettings:
     seed: int = 0
     device: str = "cpu"
     auc_window: int = 5000
+    auc_long_window: int = 50_000
     labels: LabelRule = field(default_factory=LabelRule)
     num_neg: int = 0
     sampler: str = "uniform"
@@ -79,6 +81,8 @@ class BatchResult:
     vague_total: int = 0
     branches: Counter = field(default_factory=Counter)  # IG branch kept, per step
     scores: np.ndarray | None = None  # prequential like probability of each real event
+    classes: np.ndarray | None = None  # label class of each real event (POSITIVE, ...)
+    step_seconds: np.ndarray | None = None  # wall time of each optimiser step
 
 
 class OnlineLearner:
@@ -109,7 +113,7 @@ class OnlineLearner:
         self.videos = IdMap()
         self.sampler = NegativeSampler(settings.num_neg, settings.sampler, settings.seed)
         self.reservoir = Reservoir(settings.meta_size, n_feats=2)
-        self.evaluator = Evaluator(settings.auc_window)
+        self.evaluator = Evaluator(settings.auc_window, settings.auc_long_window)
         self.steps = 0
         self._item_duration = np.zeros(1024, dtype=np.int64)  # last duration bucket per item
         self._rng = np.random.default_rng(settings.seed)
@@ -218,6 +222,7 @@ class OnlineLearner:
         self.evaluator.update("dwell", scores[genuine], classes[genuine])
         explicit = ~np.isnan(batch.explicit)
         self.evaluator.update("explicit", scores[explicit], batch.explicit[explicit])
+        self.evaluator.update_classes(classes == POSITIVE, classes == VAGUE)
 
         self.sampler.observe(users, videos)
         source, s_items = self.sampler.sample(np.arange(len(batch)), len(self.videos))
@@ -232,13 +237,16 @@ class OnlineLearner:
             self.reservoir.add(users[genuine], videos[genuine], feats[genuine],
                                labels[: len(batch)][genuine])
         result = self._train(all_users, all_items, all_feats, labels, vague, counts)
-        return dataclasses.replace(result, scores=scores)
+        return dataclasses.replace(result, scores=scores, classes=classes)
 
     # -- training --------------------------------------------------------------------------
     def _train(self, users, items, feats, labels, vague, counts) -> BatchResult:
         order = self._rng.permutation(users.size)
         losses, branches, leaning = [], Counter(), 0
-        for chunk in np.array_split(order, max(1, -(-users.size // self.settings.train_batch))):
+        chunks = np.array_split(order, max(1, -(-users.size // self.settings.train_batch)))
+        seconds = np.zeros(len(chunks))
+        for i, chunk in enumerate(chunks):
+            started = time.perf_counter()
             if self.ig is None:
                 loss, lean = self._loss_step(users, items, feats, labels, vague, chunk)
             else:
@@ -247,10 +255,12 @@ class OnlineLearner:
             losses.append(loss)
             leaning += lean
             self.steps += 1
+            seconds[i] = time.perf_counter() - started
         real = sum(counts.values())
         return BatchResult(
             counts, len(losses), float(np.mean(losses)), sampled=int(users.size - real),
             vague_positive=leaning, vague_total=int(vague.sum()), branches=branches,
+            step_seconds=seconds,
         )
 
     def _loss_step(self, users, items, feats, labels, vague, chunk) -> tuple[float, int]:

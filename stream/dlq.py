@@ -16,12 +16,14 @@ from typing import Any
 
 from kafka import KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import KafkaError
 
 from stream.errors import DwellError
 from stream.event import Reason
 
 logger = logging.getLogger(__name__)
 MAX_DETAIL_BYTES = 1024
+FLUSH_TIMEOUT_S = 30.0
 
 
 class DeadLetterError(DwellError):
@@ -78,12 +80,16 @@ class DeadLetterQueue:
         """
         if not self._pending:
             return
-        self._producer.flush()
+        try:
+            self._producer.flush(timeout=FLUSH_TIMEOUT_S)
+        except KafkaError as exc:  # e.g. a producer gone fatal: its batches never complete
+            logger.warning("dead-letter flush: %r", exc)
         pending, self._pending = self._pending, []
-        failed = [(f.exception, *rest) for f, *rest in pending if f.failed()]
+        failed = [(f.exception or "not acknowledged", *rest)
+                  for f, *rest in pending if not f.succeeded()]
         if failed:
             # An idempotent producer that met a fatal error refuses every later send.
-            self._producer.close(timeout=1)
+            self._close_producer(timeout=1)
             self._producer = KafkaProducer(**self._config)
         for _exc, record, reason, detail in failed:
             self.send(record, reason, detail)
@@ -92,5 +98,12 @@ class DeadLetterQueue:
                 f"{len(failed)} dead letters not written (sent again): {failed[0][0]!r}"
             )
 
+    def _close_producer(self, timeout: float) -> None:
+        try:
+            self._producer.close(timeout=timeout)
+        except KafkaError as exc:
+            logger.warning("dead-letter producer close: %r (unacknowledged dead letters are "
+                           "dropped here; their source offsets were not committed)", exc)
+
     def close(self) -> None:
-        self._producer.close()
+        self._close_producer(timeout=FLUSH_TIMEOUT_S)
