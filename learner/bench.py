@@ -365,24 +365,26 @@ def format_markdown(
     return "\n".join(lines) + "\n"
 
 
-def replace_section(text: str, section: str) -> str:
-    """``text`` with the part between the step-cost markers replaced by ``section``.
+def replace_section(text: str, section: str, name: str = "bench:step-cost") -> str:
+    """``text`` with the part between the markers of section ``name`` replaced by ``section``.
 
-    Without markers the section is appended (markers included); the rest is kept as is.
+    The markers are ``<!-- name -->`` and ``<!-- /name -->``. Without them the section is
+    appended (markers included); the rest is kept as is.
     """
-    block = f"{START}\n{section.rstrip()}\n{END}"
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.DOTALL)
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    block = f"{start}\n{section.rstrip()}\n{end}"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
     if pattern.search(text):
         return pattern.sub(lambda _: block, text, count=1)
-    if START in text or END in text:
-        raise ValueError(f"unbalanced markers {START} / {END}")
+    if start in text or end in text:
+        raise ValueError(f"unbalanced markers {start} / {end}")
     return (text.rstrip("\n") + "\n\n" if text.strip() else "") + block + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) the step-cost section of the file at ``path``."""
+def write_section(path: Path, section: str, name: str = "bench:step-cost") -> None:
+    """Replace (or append) the section ``name`` of the file at ``path``."""
     text = path.read_text() if path.exists() else ""
-    path.write_text(replace_section(text, section))
+    path.write_text(replace_section(text, section, name))
 
 
 def _csv(kind: Callable[[str], object]) -> Callable[[str], tuple]:

@@ -55,6 +55,12 @@ def _replay(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < len(result.events):
         result.events = result.events[: args.limit]  # the earliest events by event time
         result.rows_read = len(result.events) + result.rejected_total
+    if args.shift:
+        from producers.shift import inject_shift
+
+        at = args.shift_at if args.shift_at is not None else len(result.events) // 2
+        result.events = inject_shift(result.events, at, args.shift)
+        logger.info("concept shift %s injected from event %d on", args.shift, at)
     create_topic(cfg.bootstrap, cfg.topic, partitions=cfg.partitions,
                  options=cfg.client_options())
     pacer = Pacer(rate=args.rate, speed=args.speed)
@@ -157,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     pace.add_argument("--rate", type=float, help="events per second")
     pace.add_argument("--speed", type=float, help="multiple of real event time")
     p.add_argument("--limit", type=int, help="send at most this many events")
+    p.add_argument("--shift", choices=["invert", "swap_items"],
+                   help="inject a concept shift (a drift-detection drill; producers/shift.py)")
+    p.add_argument("--shift-at", type=int, help="first shifted event (default: the middle)")
     add_config_args(p, KAFKA_FLAGS)
     p.set_defaults(func=_replay)
 
@@ -171,10 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from learner import bench, runreport
     from learner.evaluation import command as evaluation
+    from learner.evaluation import drift as drift_eval
 
     evaluation.add_parser(sub)
     bench.add_parser(sub)
     runreport.add_parser(sub)
+    drift_eval.add_parser(sub)
 
     p = sub.add_parser("demo", help="broker + replay of the shipped data + learner, end to end")
     p.add_argument("file", nargs="?", default=str(DEFAULT_DATA), help="log file to replay")

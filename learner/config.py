@@ -80,7 +80,8 @@ class Config:
     auc_long_window: int = _opt(50_000, "events in the long prequential AUC window")
     drift_detector: str = _opt("page_hinkley", "drift detector on chunk AUC and log loss: "
                                "page_hinkley or adwin")
-    drift_chunk: int = _opt(1000, "genuine events per drift-detector observation")
+    drift_chunk: int = _opt(500, "genuine events per chunk AUC (and, for page_hinkley, "
+                                               "chunk log loss) fed to the drift detector")
     metrics_log: str = _opt("", "append progress and drift records (JSON lines) here; '' "
                             "with checkpoints: CHECKPOINT_DIR/metrics.jsonl")
     pos_ratio: float = _opt(0.9, "positive when play/duration >= this")

@@ -188,9 +188,8 @@ class Daemon:
             now = time.time()
             self.metrics.drift_last.set(now)
             consumed = self.metrics.totals()["consumed"]
-            logger.warning("DRIFT: %s %s on chunk %s %.4f after %d events",
-                           self.drift.detector, found.signal, found.signal, found.value,
-                           consumed)
+            logger.warning("DRIFT detected by %s: %s got worse (%.4f) after %d events",
+                           self.drift.detector, found.signal, found.value, consumed)
             if self._runlog is not None:
                 self._append(self._runlog, {
                     "kind": "drift", "time": now, "events": consumed, "signal": found.signal,

@@ -1,11 +1,11 @@
 """Drift detection on the learner's prequential quality, with river's detectors.
 
 Genuine events (dwell-labelled positive or negative) are scored before the model learns from
-them. :class:`DriftMonitor` gathers them into chunks of ``chunk`` events, computes each
-chunk's AUC and mean log loss, and feeds the two series to a detector each: river's ADWIN or
-Page-Hinkley (``detector``). Only a *degradation* counts as drift: AUC falling, log loss
-rising. An online model improves as it learns, and a detector that fired on that would page
-someone for good news, so:
+them. :class:`DriftMonitor` watches two signals of that prequential quality, AUC and log
+loss, with a detector each: river's Page-Hinkley (chunk AUC and chunk mean log loss) or
+ADWIN (chunk AUC, and the log loss of every event). Only a *degradation* counts as drift:
+AUC falling, log loss rising. An online model improves as it learns, and a detector that
+fired on that would page someone for good news, so:
 
 - ADWIN is two-sided; when it cuts its window, the mean of what it keeps is compared with the
   mean before the cut, and the detection counts only if quality got worse.
@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 DETECTORS = ("adwin", "page_hinkley")
 SIGNALS = ("auc", "log_loss")
+LOSS_CAP = 5.0  # per-event log loss fed to ADWIN is capped here (a score of 0.0067 or 0.9933)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +71,7 @@ class SignalDetector:
             defaults = {"delta": 0.002, "grace_period": 10, "clock": 1}
             self._detector = drift.ADWIN(**{**defaults, **params})
         else:
-            defaults = {"min_instances": 10, "delta": 0.005, "threshold": 0.5, "mode": worse}
+            defaults = {"min_instances": 10, "delta": 0.005, "threshold": 0.2, "mode": worse}
             self._detector = drift.PageHinkley(**{**defaults, **params})
 
     def update(self, value: float) -> bool:
@@ -86,14 +87,21 @@ class SignalDetector:
 
 
 class DriftMonitor:
-    """Chunks genuine events and watches chunk AUC and log loss for degradation."""
+    """Watches prequential AUC and log loss of genuine events for degradation.
 
-    def __init__(self, detector: str = "adwin", chunk: int = 1000, **params) -> None:
+    Each detector gets the series it is built for. Page-Hinkley (the default) watches the AUC
+    and the mean log loss of chunks of ``chunk`` genuine events. ADWIN, whose bound needs many
+    observations, watches the log loss of every event (capped at ``LOSS_CAP``) and the chunk
+    AUC.
+    """
+
+    def __init__(self, detector: str = "page_hinkley", chunk: int = 500, **params) -> None:
         self.detector, self.chunk = detector, chunk
         self._signals = {
             "auc": SignalDetector(detector, "down", **params),
             "log_loss": SignalDetector(detector, "up", **params),
         }
+        self._per_event_loss = detector == "adwin"
         self._scores: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
         self._held = 0
@@ -101,18 +109,27 @@ class DriftMonitor:
 
     def update(self, scores: np.ndarray, labels: np.ndarray) -> list[Detection]:
         """Add scored genuine events (``labels`` true for positive); return new detections."""
-        self._scores.append(np.asarray(scores, dtype=np.float64))
-        self._labels.append(np.asarray(labels, dtype=bool))
-        self._held += len(scores)
-        self.events += len(scores)
+        scores = np.asarray(scores, dtype=np.float64)
+        labels = np.asarray(labels, dtype=bool)
         found: list[Detection] = []
+        if self._per_event_loss:
+            detector = self._signals["log_loss"]
+            losses = np.minimum(log_loss(scores, labels), LOSS_CAP).tolist()
+            found += [Detection("log_loss", x, self.events + i + 1)
+                      for i, x in enumerate(losses) if detector.update(x)]
+        self.events += len(scores)
+        self._scores.append(scores)
+        self._labels.append(labels)
+        self._held += len(scores)
         if self._held < self.chunk:
             return found
         scores, labels = np.concatenate(self._scores), np.concatenate(self._labels)
         self._scores, self._labels, self._held = [], [], 0
         for start in range(0, len(scores) - self.chunk + 1, self.chunk):
             s, y = scores[start:start + self.chunk], labels[start:start + self.chunk]
-            values = {"auc": auc_score(s, y), "log_loss": float(log_loss(s, y).mean())}
+            values = {"auc": auc_score(s, y)}
+            if not self._per_event_loss:
+                values["log_loss"] = float(log_loss(s, y).mean())
             for signal, value in values.items():
                 if not math.isnan(value) and self._signals[signal].update(value):
                     found.append(Detection(signal, value, self.events))
