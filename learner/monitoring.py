@@ -165,7 +165,7 @@ class Metrics:
         )
         self.drift_detections = Counter(
             "dwell_drift_detections",
-            "Drift detections (quality got worse) by signal: chunk AUC or chunk log loss.",
+            "Drift detections (quality got worse) by signal: auc or log_loss.",
             ["signal"], registry=r,
         )
         self.drift_last = Gauge(
