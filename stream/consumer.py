@@ -133,12 +133,17 @@ class BatchConsumer:
         return {tp.partition: off for tp, off in self._consumer.end_offsets(tps).items()}
 
     def lag(self) -> dict[int, int]:
-        """Records between processed position and the high watermark, per assigned partition."""
+        """Records between processed position and the high watermark, per assigned partition.
+
+        From the consumer's last fetch responses only: no request is made, so this never
+        blocks or fails while the broker is away. A partition not fetched yet is left out.
+        """
         out = {}
         for tp in self.assignment:
             high = self._consumer.highwater(tp)
-            if high is not None:
-                out[tp.partition] = max(0, high - self._next.get(tp, self._consumer.position(tp)))
+            position = self._next.get(tp)
+            if high is not None and position is not None:
+                out[tp.partition] = max(0, high - position)
         return out
 
     def close(self) -> None:
