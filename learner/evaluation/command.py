@@ -60,7 +60,7 @@ def run_eval(args: argparse.Namespace) -> int:
                        "params": params, **result})
             logger.info("%s %s %s seed %d: %s", setting, method, model, seed,
                         {k: round(v, 4) for k, v in result.items() if isinstance(v, float)})
-    from learner.bench import machine_description
+    from learner.bench.report import machine_description
 
     extras = {"tuned": {s: tuned[s] for s in args.settings}, "machine": machine_description()}
     rows = store.rows()

@@ -23,7 +23,7 @@ import numpy as np
 import orjson
 from tqdm import tqdm
 
-from learner.bench import machine_description, write_section
+from learner.bench.report import machine_description, write_section
 from learner.config import Config
 from learner.drift import DETECTORS, DriftMonitor
 from learner.labels import POSITIVE, VAGUE

@@ -12,8 +12,10 @@ import datetime as dt
 import pytest
 import torch
 
-from learner import bench
+from learner import bench as cli
 from learner.backbones import BACKBONES, make_backbone
+from learner.bench import report
+from learner.bench import steps as bench
 from learner.meta import InverseGradient, Pairs
 from learner.optim import MixedAdam, ensure_rows
 
@@ -49,7 +51,7 @@ def test_markdown_has_a_row_per_result_and_a_verdict_per_case(quick_rows):
 
 
 def test_machine_description_names_the_versions():
-    text = bench.machine_description()
+    text = report.machine_description()
     assert torch.__version__ in text and "Python" in text and "numpy" in text
 
 
@@ -83,37 +85,38 @@ SECTION = "## Step cost\n\n| a | b |\n| --- | --- |\n| 1 | 2 |\n"
 
 def test_section_is_appended_then_replaced_in_place():
     before = "# Benchmarks\n\nIntro.\n"
-    once = bench.replace_section(before, SECTION)
+    once = report.replace_section(before, SECTION)
     assert once.startswith(before)
     assert once.count(bench.START) == 1 and once.count(bench.END) == 1
-    assert bench.replace_section(once, SECTION) == once  # idempotent
+    assert report.replace_section(once, SECTION) == once  # idempotent
 
     around = once + "\n## Later\n\nKept.\n"
-    updated = bench.replace_section(around, "## Step cost\n\nnew figures\n")
+    updated = report.replace_section(around, "## Step cost\n\nnew figures\n")
     assert updated.startswith(before) and updated.endswith("## Later\n\nKept.\n")
     assert "new figures" in updated and "| 1 | 2 |" not in updated
-    assert bench.replace_section(updated, "## Step cost\n\nnew figures\n") == updated
+    assert report.replace_section(updated, "## Step cost\n\nnew figures\n") == updated
 
 
 def test_section_text_with_backslashes_is_kept_verbatim():
-    once = bench.replace_section("x\n", "old\n")
-    assert r"a \1 \g<0> b" in bench.replace_section(once, "a \\1 \\g<0> b\n")
+    once = report.replace_section("x\n", "old\n")
+    assert r"a \1 \g<0> b" in report.replace_section(once, "a \\1 \\g<0> b\n")
 
 
 def test_unbalanced_markers_are_refused():
     with pytest.raises(ValueError):
-        bench.replace_section(f"x\n{bench.START}\ny\n", SECTION)
+        report.replace_section(f"x\n{bench.START}\ny\n", SECTION)
 
 
 def test_bench_subcommand_writes_the_section(tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="dwell")
-    bench.add_parser(parser.add_subparsers(dest="command", required=True))
-    report = tmp_path / "BENCHMARKS.md"
-    report.write_text("# Benchmarks\n\nKeep me.\n")
-    args = parser.parse_args(["bench", "--models", "gmf", "--quick", "--write", str(report)])
+    cli.add_parser(parser.add_subparsers(dest="command", required=True))
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text("# Benchmarks\n\nKeep me.\n")
+    args = parser.parse_args(["bench", "--suites", "steps", "--models", "gmf", "--quick",
+                              "--write", str(doc)])
     assert args.models == ("gmf",)
     assert args.func(args) == 0
-    text = report.read_text()
+    text = doc.read_text()
     assert text.startswith("# Benchmarks\n\nKeep me.\n")
     assert text.count(bench.START) == 1 and "| gmf | 64 | 500 | idl+ig |" in text
     assert "| gmf | 64 | 500 | bce |" in capsys.readouterr().out
@@ -121,7 +124,7 @@ def test_bench_subcommand_writes_the_section(tmp_path, capsys):
 
 def test_bench_subcommand_defaults_and_lists():
     parser = argparse.ArgumentParser(prog="dwell")
-    bench.add_parser(parser.add_subparsers(dest="command", required=True))
+    cli.add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["bench"])
     assert args.models == ("gmf", "neumf")
     assert args.batch_sizes == (1024, 8192) and args.table_sizes == (10_000, 1_000_000)

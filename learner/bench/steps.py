@@ -1,4 +1,4 @@
-"""``dwell bench``: the cost of one training step, per backbone, batch size, table size, method.
+"""The cost of one training step, per backbone, batch size, table size, method.
 
 Methods, each timed on the same random batch (half the events vague, random labels on the
 genuine half) and on the same model, in round-robin so that machine noise hits all alike:
@@ -28,14 +28,10 @@ import datetime as dt
 import logging
 import math
 import os
-import platform
-import re
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -46,21 +42,23 @@ from learner.losses import LOSSES, inverse_dual_loss
 from learner.meta import BRANCHES, InverseGradient, Pairs
 from learner.optim import MixedAdam, ensure_rows
 
+from .report import THREAD_ENV, csv
+
 logger = logging.getLogger(__name__)
 
 METHODS = ("bce", "idl", "idl+ig", "ig-reference")
 TARGET_RATIO = 3.0
 LR = 1e-3
 SAMPLE_LR = 1e-3
-START = "<!-- bench:step-cost -->"
-END = "<!-- /bench:step-cost -->"
+SECTION = "bench:step-cost"
+START = f"<!-- {SECTION} -->"
+END = f"<!-- /{SECTION} -->"
 
 DEFAULT_MODELS = ("gmf", "neumf")
 DEFAULT_BATCH_SIZES = (1024, 8192)
 DEFAULT_TABLE_SIZES = (10_000, 1_000_000)
 DEFAULT_REPEATS = 15
 DEFAULT_WARMUP = 2
-THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "GOMP_SPINCOUNT")
 QUICK_BATCH_SIZES = (64,)
 QUICK_TABLE_SIZES = (500,)
 QUICK_REPEATS = 2
@@ -275,52 +273,6 @@ def _run_case(
     return rows
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _ram_gib() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) / 2**20
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def machine_description() -> str:
-    """One line: CPU model, cores, RAM, OS, Python, torch and numpy versions, device, and the
-    OpenMP settings from the environment if any (they change small-op timings a lot)."""
-    import numpy
-
-    ram = _ram_gib()
-    parts = [
-        f"{os.cpu_count()} cores {_cpu_model()} ({platform.machine()})",
-        f"{ram:.0f} GiB RAM" if ram is not None else "RAM unknown",
-        platform.platform(terse=True),
-        f"Python {platform.python_version()}",
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
-        f"numpy {numpy.__version__}",
-        "device cpu",
-    ]
-    if hasattr(os, "getloadavg"):
-        parts.append(f"load average {os.getloadavg()[0]:.1f} when described")
-    env = [f"{k}={os.environ[k]}" for k in THREAD_ENV if k in os.environ]
-    if env:
-        parts.append(" ".join(env))
-    return ", ".join(parts)
-
-
 def _fmt_ms(value: float | None) -> str:
     if value is None:
         return "not timed"
@@ -365,41 +317,9 @@ def format_markdown(
     return "\n".join(lines) + "\n"
 
 
-def replace_section(text: str, section: str, name: str = "bench:step-cost") -> str:
-    """``text`` with the part between the markers of section ``name`` replaced by ``section``.
-
-    The markers are ``<!-- name -->`` and ``<!-- /name -->``. Without them the section is
-    appended (markers included); the rest is kept as is.
-    """
-    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
-    block = f"{start}\n{section.rstrip()}\n{end}"
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
-    if pattern.search(text):
-        return pattern.sub(lambda _: block, text, count=1)
-    if start in text or end in text:
-        raise ValueError(f"unbalanced markers {start} / {end}")
-    return (text.rstrip("\n") + "\n\n" if text.strip() else "") + block + "\n"
-
-
-def write_section(path: Path, section: str, name: str = "bench:step-cost") -> None:
-    """Replace (or append) the section ``name`` of the file at ``path``."""
-    text = path.read_text() if path.exists() else ""
-    path.write_text(replace_section(text, section, name))
-
-
-def _csv(kind: Callable[[str], object]) -> Callable[[str], tuple]:
-    def parse(value: str) -> tuple:
-        try:
-            return tuple(kind(v.strip()) for v in value.split(",") if v.strip())
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return parse
-
-
 def _command_line(args: argparse.Namespace) -> str:
     env = " ".join(f"{k}={os.environ[k]}" for k in THREAD_ENV if k in os.environ)
-    words = [env, "dwell bench", "--models", ",".join(args.models)]
+    words = [env, "dwell bench --suites steps", "--models", ",".join(args.models)]
     if not args.quick:  # --quick overrides the sizes
         words += ["--batch-sizes", ",".join(map(str, args.batch_sizes)),
                   "--table-sizes", ",".join(map(str, args.table_sizes))]
@@ -415,46 +335,21 @@ def _command_line(args: argparse.Namespace) -> str:
     return " ".join(w for w in words if w)
 
 
-def _bench(args: argparse.Namespace) -> int:
-    machine = machine_description()  # before the run: its load average is the neighbours'
-    rows = step_costs(args.models, args.batch_sizes, args.table_sizes, dim=args.dim,
-                      repeats=args.repeats, warmup=args.warmup, quick=args.quick)
-    text = format_markdown(rows, machine, command=_command_line(args))
-    print(text)
-    if args.write:
-        write_section(Path(args.write), text)
-        logger.info("wrote the step-cost section of %s", args.write)
-    return 0
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register the ``bench`` subcommand on the ``dwell`` command's subparsers."""
-    p = subparsers.add_parser("bench", help="time one training step of each method")
-    p.add_argument("--models", type=_csv(str), default=DEFAULT_MODELS,
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The step-cost options of ``dwell bench``."""
+    p.add_argument("--models", type=csv(str), default=DEFAULT_MODELS,
                    help="comma-separated backbones (default gmf,neumf)")
-    p.add_argument("--batch-sizes", type=_csv(int), default=DEFAULT_BATCH_SIZES,
+    p.add_argument("--batch-sizes", type=csv(int), default=DEFAULT_BATCH_SIZES,
                    help="comma-separated batch sizes (default 1024,8192)")
-    p.add_argument("--table-sizes", type=_csv(int), default=DEFAULT_TABLE_SIZES,
+    p.add_argument("--table-sizes", type=csv(int), default=DEFAULT_TABLE_SIZES,
                    help="comma-separated user counts; items are a fifth (default 10000,1000000)")
     p.add_argument("--dim", type=int, default=32, help="latent factors")
     p.add_argument("--repeats", type=int, help=f"timed rounds (default {DEFAULT_REPEATS})")
     p.add_argument("--warmup", type=int, help=f"untimed rounds (default {DEFAULT_WARMUP})")
-    p.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test")
-    p.add_argument("--write", metavar="FILE",
-                   help="replace (or append) the step-cost section of FILE, e.g. "
-                        "docs/BENCHMARKS.md")
-    p.set_defaults(func=_bench)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m learner.bench ...``: the ``bench`` subcommand on its own."""
-    parser = argparse.ArgumentParser(prog="dwell")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
-                        "%(message)s", datefmt="%H:%M:%S")
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def run(args: argparse.Namespace, machine: str) -> str:
+    """Time the steps; the Markdown section."""
+    rows = step_costs(args.models, args.batch_sizes, args.table_sizes, dim=args.dim,
+                      repeats=args.repeats, warmup=args.warmup, quick=args.quick)
+    return format_markdown(rows, machine, command=_command_line(args))

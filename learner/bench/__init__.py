@@ -1,0 +1,72 @@
+"""``dwell bench``: speed and memory, each measured side by side in one run.
+
+Suites (``--suites``, comma list; default all), each writing its own section of
+``docs/BENCHMARKS.md`` with ``--write``:
+
+===========  ===============================================================================
+``steps``    the cost of one training step: BCE, IDL, IDL+IG, IG the reference's way
+===========  ===============================================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+from .report import csv, machine_description, write_section
+
+logger = logging.getLogger(__name__)
+
+SUITES = ("steps",)
+
+
+def _suite(name: str):
+    return importlib.import_module(f"learner.bench.{name}")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    for name in args.suites:
+        machine = machine_description()  # before the run: its load average is the neighbours'
+        module = _suite(name)
+        text = module.run(args, machine)
+        print(text)
+        if args.write:
+            write_section(Path(args.write), text, module.SECTION)
+            logger.info("wrote the %s section of %s", module.SECTION, args.write)
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``bench`` subcommand on the ``dwell`` command's subparsers."""
+    p = subparsers.add_parser("bench", help="measure speed and memory (docs/BENCHMARKS.md)")
+    p.add_argument("--suites", type=csv(str), default=SUITES,
+                   help=f"comma list of {', '.join(SUITES)} (default: all)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test")
+    p.add_argument("--write", metavar="FILE",
+                   help="replace (or append) each suite's section of FILE, e.g. "
+                        "docs/BENCHMARKS.md")
+    for name in SUITES:
+        _suite(name).add_arguments(p)
+    p.set_defaults(func=_run_checked)
+
+
+def _run_checked(args: argparse.Namespace) -> int:
+    unknown = set(args.suites) - set(SUITES)
+    if unknown:
+        from stream.errors import ConfigError
+
+        raise ConfigError(f"unknown bench suites {sorted(unknown)}; choose from {SUITES}")
+    return _bench(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m learner.bench ...``: the ``bench`` subcommand on its own."""
+    parser = argparse.ArgumentParser(prog="dwell")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s", datefmt="%H:%M:%S")
+    return args.func(args)
