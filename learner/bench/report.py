@@ -41,6 +41,20 @@ def _ram_gib() -> float | None:
         return None
 
 
+def _kafka_clients() -> str:
+    import kafka
+    from kafka.record import util
+
+    crc = "crc32c (C)" if util.crc32c_c is not None else "pure-Python CRC-32C"
+    text = f"kafka-python {kafka.__version__} with {crc}"
+    try:
+        import confluent_kafka
+    except ImportError:
+        return text + ", no confluent-kafka"
+    return text + (f", confluent-kafka {confluent_kafka.__version__} "
+                   f"(librdkafka {confluent_kafka.libversion()[0]})")
+
+
 def machine_description() -> str:
     """One line: CPU model, cores, RAM, OS, Python, torch and numpy versions, device, and the
     OpenMP settings from the environment if any (they change small-op timings a lot)."""
@@ -54,7 +68,8 @@ def machine_description() -> str:
         f"Python {platform.python_version()}",
         f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
         f"numpy {numpy.__version__}",
-        "device cpu",
+        (f"GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU"),
+        _kafka_clients(),
     ]
     if hasattr(os, "getloadavg"):
         parts.append(f"load average {os.getloadavg()[0]:.1f} when described")

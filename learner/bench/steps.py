@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from learner.backbones import Backbone, make_backbone
+from learner.devices import resolve_device
 from learner.losses import LOSSES, inverse_dual_loss
 from learner.meta import BRANCHES, InverseGradient, Pairs
 from learner.optim import MixedAdam, ensure_rows
@@ -50,6 +51,7 @@ METHODS = ("bce", "idl", "idl+ig", "ig-reference")
 TARGET_RATIO = 3.0
 LR = 1e-3
 SAMPLE_LR = 1e-3
+CPU = torch.device("cpu")
 SECTION = "bench:step-cost"
 START = f"<!-- {SECTION} -->"
 END = f"<!-- /{SECTION} -->"
@@ -81,9 +83,12 @@ class _Case:
     meta_labels: torch.Tensor
 
 
-def _make_case(name: str, dim: int, batch: int, users: int, items: int, seed: int) -> _Case:
+def _make_case(
+    name: str, dim: int, batch: int, users: int, items: int, seed: int,
+    device: torch.device = CPU,
+) -> _Case:
     torch.manual_seed(seed)
-    model = make_backbone(name, dim)
+    model = make_backbone(name, dim).to(device)
     model.train()
     opt = MixedAdam(model, lr=LR)
     ensure_rows(model, opt, users, items)
@@ -93,6 +98,7 @@ def _make_case(name: str, dim: int, batch: int, users: int, items: int, seed: in
     labels = torch.randint(0, 2, (batch,), generator=gen).float()
     half = batch // 2
     vague = torch.arange(batch) < half
+    u, i, labels, vague = (t.to(device) for t in (u, i, labels, vague))
     return _Case(
         model=model, opt=opt, ig=InverseGradient(model, opt, sample_lr=SAMPLE_LR),
         users=u, items=i, labels=labels, vague=vague,
@@ -168,6 +174,8 @@ STEPS: dict[str, Callable[[_Case], None]] = {
 def _timed(fn: Callable[[_Case], None], case: _Case) -> float:
     start = time.perf_counter()
     fn(case)
+    if case.users.is_cuda:  # a CUDA step is queued, not done, when the call returns
+        torch.cuda.synchronize(case.users.device)
     return time.perf_counter() - start
 
 
@@ -192,6 +200,7 @@ def step_costs(
     quick: bool = False,
     progress: bool = True,
     seed: int = 0,
+    device: str = "cpu",
 ) -> list[dict]:
     """Median wall-clock ms of one training step, per model x batch size x table size x method.
 
@@ -221,7 +230,8 @@ def step_costs(
         for k, (name, batch, table) in enumerate(cases):
             bar.set_postfix_str(f"{name} batch {batch} users {table:,}")
             rows += _run_case(name, dim, batch, table, repeats, warmup, reference_repeats,
-                              reference_budget_s, reference_limit_s, seed + k, bar)
+                              reference_budget_s, reference_limit_s, seed + k, bar,
+                              resolve_device(device))
     finally:
         bar.close()
     return rows
@@ -230,10 +240,10 @@ def step_costs(
 def _run_case(
     name: str, dim: int, batch: int, table: int, repeats: int, warmup: int,
     reference_repeats: int, reference_budget_s: float, reference_limit_s: float, seed: int,
-    bar: tqdm,
+    bar: tqdm, device: torch.device = CPU,
 ) -> list[dict]:
     users, items = table, max(1, table // 5)
-    case = _make_case(name, dim, batch, users, items, seed)
+    case = _make_case(name, dim, batch, users, items, seed, device)
     times: dict[str, list[float]] = {m: [] for m in METHODS}
     reference_rounds = _spread(min(reference_repeats, repeats), repeats)  # if no warm-up
     for r in range(warmup):
@@ -325,6 +335,8 @@ def _command_line(args: argparse.Namespace) -> str:
                   "--table-sizes", ",".join(map(str, args.table_sizes))]
     if args.dim != 32:
         words += ["--dim", str(args.dim)]
+    if args.device != "cpu":
+        words += ["--device", args.device]
     for flag in ("repeats", "warmup"):
         if getattr(args, flag) is not None:
             words += [f"--{flag}", str(getattr(args, flag))]
@@ -344,6 +356,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--table-sizes", type=csv(int), default=DEFAULT_TABLE_SIZES,
                    help="comma-separated user counts; items are a fifth (default 10000,1000000)")
     p.add_argument("--dim", type=int, default=32, help="latent factors")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (step cost)")
     p.add_argument("--repeats", type=int, help=f"timed rounds (default {DEFAULT_REPEATS})")
     p.add_argument("--warmup", type=int, help=f"untimed rounds (default {DEFAULT_WARMUP})")
 
@@ -351,5 +364,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, machine: str) -> str:
     """Time the steps; the Markdown section."""
     rows = step_costs(args.models, args.batch_sizes, args.table_sizes, dim=args.dim,
-                      repeats=args.repeats, warmup=args.warmup, quick=args.quick)
+                      repeats=args.repeats, warmup=args.warmup, quick=args.quick,
+                      device=args.device)
     return format_markdown(rows, machine, command=_command_line(args))

@@ -1,7 +1,12 @@
 """Validation of each field rule of the wire event."""
 
+import json
+
+import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stream.event import MAX_DURATION_MS, Reason, decode_batch
 
@@ -111,3 +116,56 @@ def test_explicit_only_from_zero_or_one():
     assert [x if x == x else None for x in decode_batch(values).explicit.tolist()] == [
         0.0, 1.0, None, None, None, None, None
     ]
+
+
+def _same(a, b) -> None:
+    assert a.index.tolist() == b.index.tolist()
+    assert a.user_id == b.user_id and a.video_id == b.video_id and a.context == b.context
+    for name in ("play_ms", "duration_ms", "ts_ms"):
+        assert getattr(a, name).tolist() == getattr(b, name).tolist()
+    assert np.array_equal(a.explicit, b.explicit, equal_nan=True)
+    assert a.rejected == b.rejected
+
+
+_VALUES = st.one_of(
+    st.integers(min_value=-(2**65), max_value=2**65), st.booleans(), st.none(),
+    st.floats(allow_nan=False), st.text(max_size=40), st.text(min_size=30, max_size=140),
+    st.just(""), st.dictionaries(st.sampled_from(["explicit", "hour"]), st.integers(-1, 2)),
+)
+_FIELDS = ["user_id", "video_id", "play_ms", "duration_ms", "ts_ms", "event_id", "context"]
+
+
+@st.composite
+def _record(draw) -> bytes:
+    good = {"user_id": draw(st.integers(0, 10**6) | st.text(min_size=1, max_size=10)),
+            "video_id": draw(st.integers(0, 10**6)), "play_ms": draw(st.integers(0, 10**6)),
+            "duration_ms": draw(st.integers(0, 10**6)), "ts_ms": draw(st.integers(0, 2**45)),
+            "context": {"explicit": draw(st.integers(0, 1))}}
+    kind = draw(st.integers(0, 9))
+    if kind < 6:
+        return orjson.dumps(good)
+    if kind == 6:
+        good[draw(st.sampled_from(_FIELDS))] = draw(_VALUES)
+        return json.dumps(good).encode()  # the standard library writes ints of any size
+    if kind == 7:
+        del good[draw(st.sampled_from(_FIELDS[:5]))]
+        return orjson.dumps(good)
+    return draw(st.sampled_from([b"nope", b"[1]", b"null", b'"x"', b"{}", b"x" * 70_000]))
+
+
+@given(st.lists(_record(), min_size=1, max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_column_path_and_record_path_agree(values):
+    from stream.event import decode_each
+
+    _same(decode_batch(values), decode_each(values))
+
+
+def test_clean_batch_takes_the_column_path():
+    from stream.event import _decode_columns
+
+    values = [orjson.dumps({"user_id": i, "video_id": "v" * 40, "play_ms": 5,
+                            "duration_ms": 10 * (i % 3), "ts_ms": 1}) for i in range(9)]
+    fast = _decode_columns(values, 65536)
+    assert fast is not None and len(fast) == 6  # duration 0 is out of range
+    assert {r.reason.value for r in fast.rejected} == {"out_of_range"}

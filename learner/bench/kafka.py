@@ -1,0 +1,236 @@
+"""Kafka benchmarks, side by side in one run on one broker: ceilings, end to end, latency, replay.
+
+1. **Consume ceiling** of each client: a bare consumer (assigned every partition, no group,
+   no decoding, no work) draining the benchmark topic. This is the most the learner can do.
+2. **End to end**: the learner daemon (its real code path: poll, decode, dead-letter, score,
+   train, commit) draining the same topic with each client, for several learner setups;
+   events/s from its first micro-batch, and the ratio to that client's ceiling.
+3. **Latency**: a replay paced at half the learner's measured rate into a fresh topic while
+   the learner consumes it; per record, the time from its Kafka timestamp (set by the
+   producer at send) to the end of the model update that includes it: p50, p99.
+4. **Replay**: producer events/s with each client (acks=all, idempotent).
+
+The topic holds the shipped KuaiRand log repeated ``--kafka-repeat`` times (ids suffixed per
+repeat, so the learner keeps meeting new users and videos), 4 partitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from learner.config import Config
+from learner.daemon import Daemon
+from producers.pacing import Pacer
+from producers.readers import order_by_time, read_log
+from producers.replay import replay
+from stream.admin import create_topic, end_offsets
+from stream.broker import LocalBroker
+
+from .report import csv
+
+logger = logging.getLogger(__name__)
+
+SECTION = "bench:kafka"
+KUAIRAND = Path(__file__).resolve().parents[2] / (
+    "data/kuairand27k_like_hate/processed_standard_kcore_15.tsv")
+CLIENTS = ("kafka-python", "confluent")
+SETUPS = {  # learner setups measured end to end: name -> Config overrides
+    "GMF IDL+IG": {"loss": "idl", "meta": "ig", "num_neg": 1},
+    "GMF IDL+IG, train batch 1024": {"loss": "idl", "meta": "ig", "num_neg": 1,
+                                     "train_batch": 1024, "lr": 0.05},
+    "NeuMF IDL+IG": {"model": "neumf", "loss": "idl", "meta": "ig", "num_neg": 1},
+    "GMF BCE": {"loss": "bce"},
+}
+
+
+@dataclass(frozen=True)
+class Measure:
+    what: str
+    client: str
+    events: int
+    seconds: float
+    extra: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+def bench_events(repeat: int) -> list[dict]:
+    """The KuaiRand log ``repeat`` times, ids made distinct per repeat, in one time order."""
+    base = order_by_time(read_log(KUAIRAND).events)
+    span = base[-1]["ts_ms"] - base[0]["ts_ms"] + 1
+    out = []
+    for r in range(repeat):
+        for e in base:
+            out.append({**e, "user_id": f"{e['user_id']}-{r}", "video_id": f"{e['video_id']}-{r}",
+                        "ts_ms": e["ts_ms"] + r * span})
+    return out
+
+
+@contextlib.contextmanager
+def _broker(bootstrap: str | None) -> Iterator[str]:
+    if bootstrap:
+        yield bootstrap
+        return
+    with tempfile.TemporaryDirectory(prefix="dwell-bench-") as folder:
+        broker = LocalBroker.on_free_ports(Path(folder) / "kafka", heap="1g")
+        try:
+            yield broker.start(timeout=120)
+        finally:
+            broker.stop()
+
+
+def consume_ceiling(client: str, bootstrap: str, topic: str, total: int) -> Measure:
+    """A bare consumer of ``client`` drains ``topic``: no group, no decoding, no work."""
+    parts = sorted(end_offsets(bootstrap, topic))
+    seen, start = 0, None
+    if client == "kafka-python":
+        from kafka import KafkaConsumer, TopicPartition
+
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                 max_poll_records=4096, fetch_max_bytes=64 << 20)
+        consumer.assign([TopicPartition(topic, p) for p in parts])
+        consumer.seek_to_beginning()
+        try:
+            while seen < total:
+                polled = consumer.poll(timeout_ms=1000)
+                if start is None and polled:
+                    start = time.perf_counter()
+                seen += sum(len(v) for v in polled.values())
+        finally:
+            consumer.close()
+    else:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "dwell-bench-bare",
+                             "enable.auto.commit": False})
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        try:
+            while seen < total:
+                messages = consumer.consume(4096, timeout=1.0)
+                if start is None and messages:
+                    start = time.perf_counter()
+                seen += sum(1 for m in messages if m.error() is None)
+        finally:
+            consumer.close()
+    return Measure("consume ceiling", client, seen, time.perf_counter() - (start or 0))
+
+
+def end_to_end(client: str, bootstrap: str, topic: str, setup: str, overrides: dict) -> Measure:
+    """The learner daemon drains ``topic`` with ``client``; events/s from its first batch."""
+    cfg = Config(bootstrap=bootstrap, topic=topic, group=f"bench-{client}-{time.time_ns()}",
+                 client=client, until_end=True, metrics_port=-1, progress_interval_s=30.0,
+                 batch_timeout_s=0.2, **overrides)
+    totals = Daemon(cfg).run()
+    return Measure(setup, client, totals["consumed"], totals["seconds"])
+
+
+def latency(client: str, bootstrap: str, events: list[dict], rate: float) -> Measure:
+    """Replay at ``rate`` events/s while the learner consumes; p50/p99 event to update."""
+    topic = f"bench-latency-{client}-{time.time_ns()}"
+    create_topic(bootstrap, topic, partitions=4)
+    cfg = Config(bootstrap=bootstrap, topic=topic, group=f"{topic}-g", client=client,
+                 metrics_port=-1, progress_interval_s=30.0, batch_timeout_s=0.05,
+                 loss="idl", meta="ig", num_neg=1)
+    daemon = Daemon(cfg)
+    delays: list[np.ndarray] = []
+    process = daemon.process
+
+    def timed(records):
+        process(records)
+        sent = np.fromiter((r.timestamp for r in records), np.float64, len(records))
+        delays.append(time.time() - sent / 1000.0)
+
+    daemon.process = timed
+    thread = threading.Thread(target=daemon.run, name="bench-learner")
+    thread.start()
+    try:
+        time.sleep(3.0)  # let the learner join its group first
+        sent = replay(events, bootstrap=bootstrap, topic=topic, pacer=Pacer(rate=rate),
+                      progress=False, client=client)
+        daemon.finish_at(end_offsets(bootstrap, topic))
+        thread.join(timeout=600)
+    finally:
+        daemon.stop()
+        thread.join()
+    values = np.concatenate(delays) if delays else np.array([np.nan])
+    p50, p99 = np.percentile(values, [50, 99])
+    return Measure("latency", client, sent.events_sent, sent.seconds,
+                   extra=f"rate {rate:,.0f}/s: p50 {p50 * 1e3:,.0f} ms, p99 {p99 * 1e3:,.0f} ms")
+
+
+def replay_rate(client: str, bootstrap: str, events: list[dict]) -> Measure:
+    topic = f"bench-replay-{client}-{time.time_ns()}"
+    create_topic(bootstrap, topic, partitions=4)
+    stats = replay(events, bootstrap=bootstrap, topic=topic, progress=False, client=client)
+    return Measure("replay", client, stats.events_sent, stats.seconds)
+
+
+def kafka_measures(args: argparse.Namespace) -> tuple[list[Measure], int]:
+    events = bench_events(1 if args.quick else args.kafka_repeat)
+    measures: list[Measure] = []
+    with _broker(args.kafka_bootstrap) as bootstrap:
+        topic = f"bench-{time.time_ns()}"
+        create_topic(bootstrap, topic, partitions=4)
+        measures.append(replay_rate(args.clients[0], bootstrap, events[:50_000]))
+        sent = replay(events, bootstrap=bootstrap, topic=topic, progress=True,
+                      client=args.clients[-1])
+        total = sent.events_sent
+        for client in args.clients:
+            measures.append(replay_rate(client, bootstrap, events[:50_000]))
+            measures.append(consume_ceiling(client, bootstrap, topic, total))
+        setups = dict(list(SETUPS.items())[:1]) if args.quick else SETUPS
+        for setup, overrides in setups.items():
+            for client in args.clients:
+                measures.append(end_to_end(client, bootstrap, topic, setup, overrides))
+        for client in args.clients:
+            full = next(m for m in measures if m.client == client and m.what == "GMF IDL+IG")
+            measures.append(latency(client, bootstrap, events[:20_000 if args.quick else 60_000],
+                                    rate=full.rate / 2))
+    return measures[1:], len(events)  # the first replay warmed the broker up
+
+
+def format_markdown(measures: list[Measure], n: int, machine: str, command: str) -> str:
+    ceilings = {m.client: m.rate for m in measures if m.what == "consume ceiling"}
+    lines = [
+        "## Kafka: ceilings, end to end, latency, replay",
+        "",
+        f"`{command}` on {machine}; single-node Apache Kafka 4.1.1 on loopback, a topic of "
+        f"{n:,} records (the KuaiRand log, ids distinct per repeat), 4 partitions.",
+        "",
+        "| measure | client | events | seconds | events/s | of the client's ceiling | |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for m in measures:
+        share = ""
+        if m.what not in ("consume ceiling", "replay", "latency") and ceilings.get(m.client):
+            share = f"{m.rate / ceilings[m.client]:.0%}"
+        lines.append(f"| {m.what} | {m.client} | {m.events:,} | {m.seconds:.1f} | "
+                     f"{m.rate:,.0f} | {share} | {m.extra} |")
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clients", type=csv(str), default=CLIENTS,
+                   help="Kafka clients to measure (default kafka-python,confluent)")
+    p.add_argument("--kafka-repeat", type=int, default=10,
+                   help="the KuaiRand log this many times in the benchmark topic")
+    p.add_argument("--kafka-bootstrap", help="use this broker (default: start one)")
+
+
+def run(args: argparse.Namespace, machine: str) -> str:
+    measures, n = kafka_measures(args)
+    command = f"dwell bench --suites kafka --clients {','.join(args.clients)}"
+    command += " --quick" if args.quick else f" --kafka-repeat {args.kafka_repeat}"
+    return format_markdown([replace(m) for m in measures], n, machine, command)

@@ -1,0 +1,125 @@
+"""The peer benchmark: river's online matrix factorisation beside dwell's learner.
+
+The same stream (the shipped KuaiRand log in event-time order) goes through river's
+``reco.FunkMF`` and ``reco.BiasedMF``, one event at a time (``predict_one`` then
+``learn_one``: prequential), and through dwell's :class:`~learner.trainer.OnlineLearner`
+in micro-batches of 1,024 records, decoded from the raw bytes (river gets parsed dicts: the
+comparison is tilted its way). river learns on the genuine events with their dwell labels
+(0/1; it has no notion of vague events); dwell learns on everything as its method says.
+Both are scored by the AUC of their prequential predictions on the genuine events. Events/s
+count the stream's records over the wall time of the whole pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from learner.config import Config
+from learner.labels import POSITIVE, VAGUE, LabelRule
+from learner.prequential import auc_score
+from learner.trainer import OnlineLearner
+from producers.readers import order_by_time, read_log
+from stream.event import decode_batch
+
+SECTION = "bench:peer"
+KUAIRAND = Path(__file__).resolve().parents[2] / (
+    "data/kuairand27k_like_hate/processed_standard_kcore_15.tsv")
+DWELL_SETUPS = {
+    "dwell GMF, BCE": {"loss": "bce"},
+    "dwell GMF, IDL+IG": {"loss": "idl", "meta": "ig", "num_neg": 1},
+    "dwell GMF, IDL+IG, train batch 1024, lr 0.05": {
+        "loss": "idl", "meta": "ig", "num_neg": 1, "train_batch": 1024, "lr": 0.05},
+    "dwell DeepFM, IDL+IG": {"model": "deepfm", "loss": "idl", "meta": "ig", "num_neg": 1},
+    "dwell DeepFM, IDL+IG, train batch 1024": {
+        "model": "deepfm", "loss": "idl", "meta": "ig", "num_neg": 1, "train_batch": 1024},
+}
+
+
+@dataclass(frozen=True)
+class PeerResult:
+    name: str
+    events_per_s: float
+    auc: float
+    seconds: float
+
+
+def _river_models() -> dict:
+    from river import optim, reco
+
+    return {
+        "river FunkMF": reco.FunkMF(n_factors=32, optimizer=optim.SGD(0.05), seed=0),
+        "river BiasedMF": reco.BiasedMF(n_factors=32, bias_optimizer=optim.SGD(0.05),
+                                        latent_optimizer=optim.SGD(0.05), seed=0),
+    }
+
+
+def run_river(name: str, model, events: list[dict]) -> PeerResult:
+    """Prequential pass of a river recommender over the genuine events."""
+    labels = LabelRule().classify(
+        np.array([e["play_ms"] for e in events]), np.array([e["duration_ms"] for e in events]))
+    scores, truth = [], []
+    start = time.perf_counter()
+    for event, label in zip(events, labels.tolist(), strict=True):
+        if label == VAGUE or event["duration_ms"] <= 0:
+            continue
+        user, item, y = event["user_id"], event["video_id"], float(label == POSITIVE)
+        scores.append(model.predict_one(user, item))
+        truth.append(y)
+        model.learn_one(user, item, y)
+    seconds = time.perf_counter() - start
+    auc = auc_score(np.array(scores), np.array(truth))
+    return PeerResult(name, len(events) / seconds, auc, seconds)
+
+
+def run_dwell(name: str, overrides: dict, raw: list[bytes], batch: int = 1024) -> PeerResult:
+    """Prequential pass of dwell's learner over the raw records, in micro-batches."""
+    learner = OnlineLearner(Config(**overrides).learner_settings())
+    start = time.perf_counter()
+    for i in range(0, len(raw), batch):
+        learner.learn_many(decode_batch(raw[i:i + batch]))
+    seconds = time.perf_counter() - start
+    auc = learner.evaluator.values()[("run", "dwell")]
+    return PeerResult(name, len(raw) / seconds, auc, seconds)
+
+
+def peer_results(path: Path = KUAIRAND, limit: int | None = None) -> list[PeerResult]:
+    events = order_by_time(read_log(path).events)[:limit]
+    raw = [orjson.dumps(e) for e in events]
+    results = [run_river(n, m, events) for n, m in _river_models().items()]
+    results += [run_dwell(n, o, raw) for n, o in DWELL_SETUPS.items()]
+    return results
+
+
+def format_markdown(results: list[PeerResult], machine: str, command: str, n: int) -> str:
+    funk = next(r for r in results if r.name == "river FunkMF")
+    lines = [
+        "## Peer: river's online matrix factorisation",
+        "",
+        f"`{command}` on {machine}. The shipped KuaiRand log ({n:,} records, event-time "
+        "order); prequential AUC on the genuine events against their dwell labels.",
+        "",
+        "| learner | events/s | x FunkMF | AUC | wall s |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        lines.append(f"| {r.name} | {r.events_per_s:,.0f} | "
+                     f"{r.events_per_s / funk.events_per_s:.1f} | {r.auc:.4f} | {r.seconds:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """No options of its own: the stream is the shipped log."""
+
+
+def run(args: argparse.Namespace, machine: str) -> str:
+    limit = 5_000 if args.quick else None
+    results = peer_results(limit=limit)
+    command = "dwell bench --suites peer" + (" --quick" if args.quick else "")
+    n = limit or len(read_log(KUAIRAND).events)
+    return format_markdown(results, machine, command, n)
