@@ -114,6 +114,11 @@ def validate(value: bytes, max_bytes: int = MAX_VALUE_BYTES) -> dict[str, Any]:
         obj = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         raise InvalidEvent(Reason.NOT_JSON, str(exc)[:200]) from None
+    return check_object(obj)
+
+
+def check_object(obj: Any) -> dict[str, Any]:
+    """Validate a parsed record value; return it or raise InvalidEvent."""
     if type(obj) is not dict:
         raise InvalidEvent(Reason.NOT_OBJECT, f"top level is {type(obj).__name__}")
     missing = [name for name in REQUIRED if name not in obj]
@@ -134,13 +139,6 @@ def validate(value: bytes, max_bytes: int = MAX_VALUE_BYTES) -> dict[str, Any]:
     if context is not None and type(context) is not dict:
         raise InvalidEvent(Reason.WRONG_TYPE, "context must be an object")
     return obj
-
-
-def _explicit(context: dict[str, Any] | None) -> float:
-    if context is None:
-        return np.nan
-    value = context.get("explicit")
-    return float(value) if value in (0, 1) and type(value) is not float else np.nan
 
 
 def decode_batch(values: list[bytes], max_bytes: int = MAX_VALUE_BYTES) -> EventBatch:
@@ -179,10 +177,16 @@ def _columns(objs: list[dict[str, Any]], index, rejected: list[Rejected]) -> Eve
         play_ms=np.fromiter((o["play_ms"] for o in objs), np.int64, len(objs)),
         duration_ms=np.fromiter((o["duration_ms"] for o in objs), np.int64, len(objs)),
         ts_ms=np.fromiter((o["ts_ms"] for o in objs), np.int64, len(objs)),
-        explicit=np.fromiter((_explicit(c) for c in contexts), np.float32, len(objs)),
+        explicit=_explicit_column(contexts),
         context=contexts,
         rejected=rejected,
     )
+
+
+def _explicit_column(contexts: list[dict[str, Any] | None]) -> np.ndarray:
+    values = [None if c is None else c.get("explicit") for c in contexts]
+    return np.array([float(v) if v in (0, 1) and type(v) is not float else np.nan
+                     for v in values], dtype=np.float32)
 
 
 class _Missing:
@@ -229,14 +233,18 @@ def _decode_columns(values: list[bytes], max_bytes: int) -> EventBatch | None:
         return None
     if set(map(type, objs)) != {dict}:
         return None
-    suspect = np.zeros(len(objs), bool)
+    n = len(objs)
+    suspect = np.zeros(n, bool)
+    ids = {}
     for name in ("user_id", "video_id"):
-        rows = _id_suspects([o.get(name, _MISSING) for o in objs])
+        ids[name] = column = [o.get(name, _MISSING) for o in objs]
+        rows = _id_suspects(column)
         if rows is None:
             return None
         suspect |= rows
+    numbers = {}
     for name, (low, high) in _RANGES.items():
-        array = _int_column([o.get(name, _MISSING) for o in objs])
+        numbers[name] = array = _int_column([o.get(name, _MISSING) for o in objs])
         if array is None:
             return None
         suspect |= (array < low) | (array > high)
@@ -246,15 +254,27 @@ def _decode_columns(values: list[bytes], max_bytes: int) -> EventBatch | None:
         return None
     if str in kinds:
         suspect |= np.fromiter((type(e) is str and len(e) > _SHORT_ID for e in event_ids),
-                               bool, len(objs))
-    if not set(map(type, (o.get("context") for o in objs))) <= {type(None), dict}:
+                               bool, n)
+    contexts = [o.get("context") for o in objs]
+    if not set(map(type, contexts)) <= {type(None), dict}:
         return None
-    keep, rejected = list(np.flatnonzero(~suspect)), []
+    rejected = []
     for i in np.flatnonzero(suspect).tolist():
         try:
-            validate(values[i], max_bytes)
-            keep.append(i)
+            check_object(objs[i])
+            suspect[i] = False
         except InvalidEvent as exc:
             rejected.append(Rejected(i, exc.reason, exc.detail))
-    keep.sort()
-    return _columns([objs[i] for i in keep], keep, rejected)
+    if rejected:
+        keep = np.flatnonzero(~suspect)
+        rows = keep.tolist()
+        ids = {name: [column[i] for i in rows] for name, column in ids.items()}
+        numbers = {name: array[keep] for name, array in numbers.items()}
+        contexts = [contexts[i] for i in rows]
+    else:
+        keep = np.arange(n)
+    return EventBatch(
+        index=keep.astype(np.int64), user_id=ids["user_id"], video_id=ids["video_id"],
+        play_ms=numbers["play_ms"], duration_ms=numbers["duration_ms"], ts_ms=numbers["ts_ms"],
+        explicit=_explicit_column(contexts), context=contexts, rejected=rejected,
+    )

@@ -5,6 +5,7 @@ Suites (``--suites``, comma list; default all), each writing its own section of
 
 ===========  ===============================================================================
 ``steps``    the cost of one training step: BCE, IDL, IDL+IG, IG the reference's way
+``decode``   decoding and validation: record by record against a column at a time
 ``peer``     river's FunkMF and BiasedMF beside dwell's learner on the same events
 ``kafka``    consume ceilings, end to end, event-to-update latency, replay; per client
 ===========  ===============================================================================
@@ -22,7 +23,7 @@ from .report import csv, machine_description, write_section
 
 logger = logging.getLogger(__name__)
 
-SUITES = ("steps", "peer", "kafka")
+SUITES = ("steps", "decode", "peer", "kafka")
 
 
 def _suite(name: str):
