@@ -18,7 +18,7 @@ from stream.errors import DwellError
 
 logger = logging.getLogger("dwell")
 
-KAFKA_FLAGS = ("bootstrap", "topic", "partitions", "kafka_options")
+KAFKA_FLAGS = ("bootstrap", "topic", "partitions", "kafka_options", "client")
 DEFAULT_DATA = (
     Path(__file__).resolve().parents[1]
     / "data/kuairand27k_like_hate/processed_standard_kcore_15.tsv"
@@ -65,7 +65,7 @@ def _replay(args: argparse.Namespace) -> int:
                  options=cfg.client_options())
     pacer = Pacer(rate=args.rate, speed=args.speed)
     stats = replay(result, bootstrap=cfg.bootstrap, topic=cfg.topic, pacer=pacer,
-                   producer_config=cfg.client_options())
+                   producer_config=cfg.client_options(), client=cfg.client)
     print(
         f"rows read {stats.rows_read:,} | events sent {stats.events_sent:,} | "
         f"failed {stats.failed:,} | not an event {sum(stats.rejected.values()):,} "

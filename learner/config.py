@@ -21,6 +21,7 @@ from typing import Any
 
 from learner.labels import LabelRule
 from learner.trainer import LearnerSettings
+from stream.clients import check_client
 from stream.errors import ConfigError
 
 
@@ -38,9 +39,12 @@ class Config:
     group: str = _opt("dwell-learner", "consumer group id")
     partitions: int = _opt(4, "partitions of a topic that dwell creates")
     kafka_options: str = field(default="", repr=False, metadata={"help": (
-        "extra kafka-python client settings, KEY=VALUE[,KEY=VALUE] (SASL/TLS: "
+        "extra Kafka client settings with kafka-python's names (translated for confluent), "
+        "KEY=VALUE[,KEY=VALUE] (SASL/TLS: "
         "security_protocol, sasl_mechanism, sasl_plain_username, sasl_plain_password, "
         "ssl_cafile, ...); never logged")})
+    client: str = _opt("kafka-python", "Kafka client: kafka-python or confluent "
+                       "(pip install 'dwell[fast]')")
     session_timeout_ms: int = _opt(10_000, "consumer group session timeout: how long a dead "
                                    "learner holds its partitions")
     batch_size: int = _opt(1024, "micro-batch: at most this many records")
@@ -71,10 +75,13 @@ class Config:
     meta_source: str = _opt("batch", "IG meta batch: batch (its genuine events) or reservoir")
     meta_size: int = _opt(4096, "genuine events kept in the IG reservoir")
     meta_batch: int = _opt(256, "events drawn from the reservoir per IG step")
+    max_users: int = _opt(0, "user id-map capacity, least recently seen evicted; 0: unbounded")
+    max_videos: int = _opt(0, "video id-map capacity, least recently seen evicted; 0: "
+                           "unbounded")
     num_neg: int = _opt(0, "unseen items sampled per event as extra vague events")
     sampler: str = _opt("uniform", "how unseen items are drawn: uniform or popularity")
     seed: int = _opt(0, "random seed")
-    device: str = _opt("cpu", "torch device (cpu, cuda)")
+    device: str = _opt("cpu", "torch device: cpu, cuda, cuda:N, or auto (a GPU when there is one)")
     threads: int = _opt(1, "torch intra-op threads (0: torch's default)")
     auc_window: int = _opt(5000, "events in the short prequential AUC window")
     auc_long_window: int = _opt(50_000, "events in the long prequential AUC window")
@@ -88,6 +95,9 @@ class Config:
     long_view_ms: int = _opt(30_000, "positive when play_ms >= this")
     skip_ms: int = _opt(3_000, "negative when play_ms < this (and not positive)")
     neg_ratio: float = _opt(0.2, "negative when play/duration < this (and not positive)")
+
+    def __post_init__(self) -> None:
+        check_client(self.client)
 
     def client_options(self) -> dict[str, Any]:
         """``kafka_options`` as keyword arguments for kafka-python's clients."""
@@ -104,6 +114,11 @@ class Config:
         return self.dlq_topic or f"{self.topic}.dlq"
 
     def learner_settings(self) -> LearnerSettings:
+        for name in ("max_users", "max_videos"):
+            cap = getattr(self, name)
+            if cap < 0 or 0 < cap < self.batch_size:
+                raise ConfigError(f"{name} {cap}: must be 0 (unbounded) or at least batch_size "
+                                  f"({self.batch_size}), as a batch's ids all need rows at once")
         rule = LabelRule(self.pos_ratio, self.long_view_ms, self.skip_ms, self.neg_ratio)
         return LearnerSettings(
             model=self.model, dim=self.dim, lr=self.lr, loss=self.loss,
@@ -112,7 +127,7 @@ class Config:
             num_neg=self.num_neg, sampler=self.sampler,
             meta=self.meta, sample_lr=self.sample_lr, lookahead=self.lookahead,
             meta_source=self.meta_source, meta_size=self.meta_size, meta_batch=self.meta_batch,
-            threads=self.threads,
+            threads=self.threads, max_users=self.max_users, max_videos=self.max_videos,
         )
 
     @classmethod

@@ -29,8 +29,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from learner.checkpoint import Checkpointer, CheckpointError
@@ -40,8 +38,10 @@ from learner.labels import POSITIVE, VAGUE
 from learner.monitoring import AUC_WINDOWS, TARGETS, WINDOWS, Metrics
 from learner.trainer import OnlineLearner
 from stream.admin import create_topic
-from stream.consumer import BatchConsumer
+from stream.clients import BatchConsumer, make_consumer
+from stream.clients import Record as ConsumerRecord
 from stream.dlq import DeadLetterError, DeadLetterQueue
+from stream.errors import ClientError  # what either Kafka client raises
 from stream.event import decode_batch
 
 logger = logging.getLogger(__name__)
@@ -98,9 +98,10 @@ class Daemon:
         self._restore()
         create_topic(cfg.bootstrap, cfg.dead_letter_topic, partitions=1,
                      options=cfg.client_options())
-        self.dlq = DeadLetterQueue(cfg.bootstrap, cfg.dead_letter_topic, cfg.client_options())
-        self.consumer = BatchConsumer(
-            cfg.bootstrap, cfg.topic, cfg.group,
+        self.dlq = DeadLetterQueue(cfg.bootstrap, cfg.dead_letter_topic, cfg.client_options(),
+                                   client=cfg.client)
+        self.consumer = make_consumer(
+            cfg.client, cfg.bootstrap, cfg.topic, cfg.group,
             max_records=cfg.batch_size, max_wait_s=cfg.batch_timeout_s,
             on_revoke=self._on_revoke, on_assign=self._on_assign,
             client_config={"session_timeout_ms": cfg.session_timeout_ms,
@@ -168,6 +169,9 @@ class Daemon:
         if result.vague_total:
             m.vague_positive_share.set(result.vague_positive / result.vague_total)
         m.train_steps.inc(result.steps)
+        for table, count in result.evicted.items():
+            if count:
+                m.idmap_evictions.labels(table).inc(count)
         if not math.isnan(result.loss):
             m.loss.set(result.loss)
         if len(batch):
@@ -253,7 +257,7 @@ class Daemon:
         try:
             if self.consumer.commit(offsets, blocking):
                 self.metrics.commits.inc()
-        except KafkaError as exc:
+        except ClientError as exc:
             logger.warning("offset commit failed (%r): will retry at the next commit", exc)
 
     def _commit_due(self, now: float) -> bool:

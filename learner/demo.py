@@ -84,7 +84,7 @@ def _run(cfg, args: argparse.Namespace) -> int:
     thread.start()
     try:
         stats = replay(result, bootstrap=cfg.bootstrap, topic=cfg.topic,
-                       producer_config=cfg.client_options())
+                       producer_config=cfg.client_options(), client=cfg.client)
         logger.info("replay done: %d events sent at %.0f events/s; learner catching up",
                     stats.events_sent, stats.events_per_s)
         if args.keep_serving:

@@ -1,7 +1,9 @@
 """Optimiser for a backbone: SparseAdam on embedding rows, Adam on dense layers, tables that grow.
 
 Adam's moments for an embedding row are updated only when the row is in the batch (that is
-SparseAdam's semantics), so a step costs the same with 10^4 or 10^6 rows in a table.
+SparseAdam's semantics), so a step costs the same with 10^4 or 10^6 rows in a table. Tables
+grow with :func:`ensure_rows`; rows that a full id map hands to new ids start afresh with
+:func:`reset_rows`.
 
 >>> from learner.backbones import GMF
 >>> model = GMF(dim=4, users=2, items=2)
@@ -13,6 +15,7 @@ SparseAdam's semantics), so a step costs the same with 10^4 or 10^6 rows in a ta
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -81,3 +84,24 @@ def ensure_rows(model: Backbone, opt: MixedAdam, users: int, items: int) -> None
             while rows < needed:
                 rows *= 2
             _grow_table(table, rows, opt.sparse)
+
+
+@torch.no_grad()
+def reset_rows(model: Backbone, opt: MixedAdam, users: np.ndarray, items: np.ndarray) -> None:
+    """Start the given user and item rows afresh, as :func:`ensure_rows` starts new rows:
+    drawn again from N(0, INIT_STD) (user tables first, each in the order given) and their
+    SparseAdam moments zeroed. For rows whose ids were evicted and that now hold new ids."""
+    for names, rows in ((model.user_tables, users), (model.item_tables, items)):
+        if len(rows) == 0:
+            continue
+        index = torch.as_tensor(rows, dtype=torch.int64)
+        for name in names:
+            weight = getattr(model, name).weight
+            index = index.to(weight.device)
+            fresh = torch.empty(index.numel(), weight.shape[1], dtype=weight.dtype,
+                                device=weight.device)
+            nn.init.normal_(fresh, std=INIT_STD)
+            weight[index] = fresh
+            for value in opt.sparse.state.get(weight, {}).values():
+                if torch.is_tensor(value) and value.shape[:1] == weight.shape[:1]:
+                    value[index] = 0

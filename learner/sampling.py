@@ -36,7 +36,7 @@ class NegativeSampler:
             raise ConfigError(f"unknown sampler {mode!r}; choose from {self.MODES}")
         self.num_neg, self.mode, self.retries = num_neg, mode, retries
         self.rng = np.random.default_rng(seed)
-        self._seen: set[int] = set()
+        self._seen = np.zeros(0, dtype=np.int64)  # sorted distinct (user, item) pair keys
         self._recent = np.zeros(history, dtype=np.int64)
         self._recent_count = 0
         self.dropped = 0
@@ -47,7 +47,11 @@ class NegativeSampler:
 
     def observe(self, users: np.ndarray, items: np.ndarray) -> None:
         """Remember interactions (user rows, item rows) of a batch."""
-        self._seen.update(self._keys(users, items).tolist())
+        keys = np.unique(self._keys(users, items))
+        pos = np.searchsorted(self._seen, keys)
+        new = ~self._found(keys, pos)
+        if new.any():
+            self._seen = np.insert(self._seen, pos[new], keys[new])
         slots = (self._recent_count + np.arange(items.size)) % self._recent.size
         self._recent[slots] = items[-self._recent.size :] if items.size else items
         self._recent_count += items.size
@@ -58,10 +62,34 @@ class NegativeSampler:
             return self._recent[self.rng.integers(0, filled, size)]
         return self.rng.integers(0, n_items, size)
 
+    def _found(self, keys: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """Whether each of ``keys`` (at its insertion position ``pos``) is in ``_seen``."""
+        found = pos < self._seen.size
+        found[found] = self._seen[pos[found]] == keys[found]
+        return found
+
     def _unseen(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        seen = self._seen
-        return np.fromiter((k not in seen for k in self._keys(users, items).tolist()), bool,
-                           users.size)
+        keys = self._keys(users, items)
+        return ~self._found(keys, np.searchsorted(self._seen, keys))
+
+    def forget(self, users: np.ndarray, items: np.ndarray) -> None:
+        """Forget every pair of the user rows ``users`` or the item rows ``items``, and drop
+        those items from the popularity ring: the rows now stand for other (new) ids."""
+        if self._seen.size and (users.size or items.size):
+            stale = (np.isin(self._seen // PAIR_SHIFT, users)
+                     | np.isin(self._seen % PAIR_SHIFT, items))
+            if stale.any():
+                self._seen = self._seen[~stale]
+        filled = min(self._recent_count, self._recent.size)
+        if items.size and filled:
+            ring = self._recent[:filled]
+            if self._recent_count > self._recent.size:  # full: the oldest is at the next slot
+                ring = np.roll(self._recent, -(self._recent_count % self._recent.size))
+            stale = np.isin(ring, items)
+            if stale.any():  # the rest, oldest first again from slot 0
+                self._recent = np.zeros_like(self._recent)
+                self._recent[: filled - int(stale.sum())] = ring[~stale]
+                self._recent_count = filled - int(stale.sum())
 
     def sample(self, users: np.ndarray, n_items: int) -> tuple[np.ndarray, np.ndarray]:
         """``num_neg`` unseen items for each user row given: (user rows, item rows)."""
@@ -81,12 +109,12 @@ class NegativeSampler:
         return users[ok], items[ok]
 
     def state_dict(self) -> dict:
-        return {"seen": np.fromiter(self._seen, np.int64, len(self._seen)),
+        return {"seen": self._seen.copy(),
                 "recent": self._recent.copy(), "recent_count": self._recent_count,
                 "dropped": self.dropped}
 
     def load_state_dict(self, state: dict) -> None:
-        self._seen = set(state["seen"].tolist())
+        self._seen = np.unique(np.asarray(state["seen"], dtype=np.int64))  # old: unsorted
         self._recent = state["recent"].copy()
         self._recent_count = int(state["recent_count"])
         self.dropped = int(state["dropped"])
@@ -121,6 +149,26 @@ class Reservoir:
         self.feats[slots], self.labels[slots] = feats, labels
         self._count += users.size
 
+    def forget(self, users: np.ndarray, items: np.ndarray) -> None:
+        """Drop the events of the user rows ``users`` or the item rows ``items`` (the rows now
+        stand for other ids); the rest stay, oldest first from slot 0."""
+        n = len(self)
+        if not n or not (users.size or items.size):
+            return
+        order = np.arange(n)
+        if self._count > self.size:  # full ring: the oldest event is at the next slot
+            order = np.roll(order, -(self._count % self.size))
+        stale = np.isin(self.users[order], users) | np.isin(self.items[order], items)
+        if not stale.any():
+            return
+        keep = order[~stale]
+        for name in ("users", "items", "feats", "labels"):
+            old = getattr(self, name)
+            new = np.zeros_like(old)
+            new[: keep.size] = old[keep]
+            setattr(self, name, new)
+        self._count = keep.size
+
     def state_dict(self) -> dict:
         return {"users": self.users.copy(), "items": self.items.copy(),
                 "feats": self.feats.copy(), "labels": self.labels.copy(), "count": self._count}
@@ -133,3 +181,4 @@ class Reservoir:
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """Positions of ``n`` events drawn uniformly without replacement (fewer if short)."""
         return rng.choice(len(self), size=min(n, len(self)), replace=False)
+

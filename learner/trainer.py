@@ -10,6 +10,9 @@ per event are drawn as extra vague events, and the batch is trained in shuffled 
 Inverse Gradient step of :mod:`learner.meta`, whose meta batch is the step's genuine events
 (``meta_source="batch"``) or a draw from a reservoir of recent genuine events.
 
+With id-map capacities (``max_users``, ``max_videos``) the least recently seen ids are evicted
+and their rows handed to new ids, started afresh (see :meth:`OnlineLearner._recycle`).
+
 >>> from stream.event import decode_batch
 >>> learner = OnlineLearner(LearnerSettings(dim=4))
 >>> raw = b'{"user_id":1,"video_id":2,"play_ms":9000,"duration_ms":9000,"ts_ms":0}'
@@ -30,12 +33,13 @@ import numpy as np
 import torch
 
 from learner.backbones import make_backbone
+from learner.devices import resolve_device, to_device
 from learner.features import event_features
 from learner.idmap import IdMap
 from learner.labels import CLASS_NAMES, NEGATIVE, POSITIVE, VAGUE, LabelRule
 from learner.losses import make_loss
 from learner.meta import InverseGradient, Pairs
-from learner.optim import MixedAdam, ensure_rows
+from learner.optim import MixedAdam, ensure_rows, reset_rows
 from learner.prequential import Evaluator
 from learner.sampling import NegativeSampler, Reservoir
 from stream.errors import ConfigError
@@ -67,6 +71,8 @@ class LearnerSettings:
     meta_size: int = 4096
     meta_batch: int = 256
     threads: int = 1
+    max_users: int = 0  # id-map capacity, least recently seen evicted; 0: unbounded
+    max_videos: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +89,7 @@ class BatchResult:
     scores: np.ndarray | None = None  # prequential like probability of each real event
     classes: np.ndarray | None = None  # label class of each real event (POSITIVE, ...)
     step_seconds: np.ndarray | None = None  # wall time of each optimiser step
+    evicted: dict[str, int] = field(default_factory=dict)  # ids evicted per table ("user", ...)
 
 
 class OnlineLearner:
@@ -101,7 +108,7 @@ class OnlineLearner:
             # and with more, a busy second core (Kafka's client threads) stalls every op.
             torch.set_num_threads(settings.threads)
         self.settings = settings
-        self.device = torch.device(settings.device)
+        self.device = resolve_device(settings.device)
         self.model = make_backbone(settings.model, settings.dim).to(self.device)
         self.optimizer = MixedAdam(self.model, lr=settings.lr)
         self.loss = make_loss(settings.loss)
@@ -109,8 +116,11 @@ class OnlineLearner:
             InverseGradient(self.model, self.optimizer, settings.sample_lr, settings.lookahead)
             if settings.meta == "ig" else None
         )
-        self.users = IdMap()
-        self.videos = IdMap()
+        for name in ("max_users", "max_videos"):
+            if getattr(settings, name) < 0:
+                raise ConfigError(f"{name} must be 0 (unbounded) or positive")
+        self.users = IdMap(settings.max_users or None)
+        self.videos = IdMap(settings.max_videos or None)
         self.sampler = NegativeSampler(settings.num_neg, settings.sampler, settings.seed)
         self.reservoir = Reservoir(settings.meta_size, n_feats=2)
         self.evaluator = Evaluator(settings.auc_window, settings.auc_long_window)
@@ -120,7 +130,7 @@ class OnlineLearner:
 
     # -- helpers ---------------------------------------------------------------------------
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+        return to_device(array, self.device)
 
     def _rows(self, user_ids: Sequence[Hashable], video_ids: Sequence[Hashable]):
         users = self.users.lookup(user_ids)
@@ -130,7 +140,28 @@ class OnlineLearner:
             grown = np.zeros(self.model.rows()[1], dtype=np.int64)
             grown[: self._item_duration.size] = self._item_duration
             self._item_duration = grown
+        recycled_users, recycled_videos = self.users.last_evicted, self.videos.last_evicted
+        if recycled_users.size or recycled_videos.size:
+            self._recycle(recycled_users, recycled_videos)
         return users, videos
+
+    def _recycle(self, users: np.ndarray, videos: np.ndarray) -> None:
+        """Rows whose ids were evicted now hold new ids: start them afresh, as new rows.
+
+        Embedding rows are drawn again as :func:`~learner.optim.ensure_rows` draws new ones,
+        their SparseAdam moments zeroed, and every memory of the old ids dropped: the last
+        duration bucket of the items, the sampler's pairs and popular items, and reservoir
+        events that would otherwise train the new id with the old one's label.
+        """
+        reset_rows(self.model, self.optimizer, users, videos)
+        self._item_duration[videos] = 0
+        self.sampler.forget(users, videos)
+        self.reservoir.forget(users, videos)
+
+    @property
+    def evictions(self) -> dict[str, int]:
+        """Ids evicted from the id maps so far (over checkpoints), per table."""
+        return {"user": self.users.evictions, "video": self.videos.evictions}
 
     def _pairs(self, users, items, feats, index=None) -> Pairs:
         if index is not None:
@@ -212,8 +243,10 @@ class OnlineLearner:
             classes = self.settings.labels.classify(batch.play_ms, batch.duration_ms)
         counts = {name: int((classes == c).sum()) for c, name in CLASS_NAMES.items()}
         if not len(batch):
-            return BatchResult(counts, 0, float("nan"))
+            return BatchResult(counts, 0, float("nan"), evicted={"user": 0, "video": 0})
         users, videos = self._rows(batch.user_id, batch.video_id)
+        evicted = {"user": int(self.users.last_evicted.size),
+                   "video": int(self.videos.last_evicted.size)}
         feats = event_features(batch.ts_ms, batch.duration_ms)
         self._item_duration[videos] = feats[:, 1]
 
@@ -237,7 +270,7 @@ class OnlineLearner:
             self.reservoir.add(users[genuine], videos[genuine], feats[genuine],
                                labels[: len(batch)][genuine])
         result = self._train(all_users, all_items, all_feats, labels, vague, counts)
-        return dataclasses.replace(result, scores=scores, classes=classes)
+        return dataclasses.replace(result, scores=scores, classes=classes, evicted=evicted)
 
     # -- training --------------------------------------------------------------------------
     def _train(self, users, items, feats, labels, vague, counts) -> BatchResult:

@@ -14,11 +14,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from kafka import KafkaProducer
-from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import KafkaError
-
-from stream.errors import DwellError
+from stream.clients import DEFAULT_CLIENT, Producer, Record, make_producer
+from stream.errors import ClientError, DwellError
 from stream.event import Reason
 
 logger = logging.getLogger(__name__)
@@ -32,7 +29,7 @@ class DeadLetterError(DwellError):
     retriable = True
 
 
-def dead_letter_headers(record: ConsumerRecord, reason: Reason, detail: str):
+def dead_letter_headers(record: Record, reason: Reason, detail: str):
     """The headers of the dead letter for ``record``."""
     return [
         ("dwell.reason", reason.value.encode()),
@@ -43,29 +40,61 @@ def dead_letter_headers(record: ConsumerRecord, reason: Reason, detail: str):
     ]
 
 
+_NOT_ACKNOWLEDGED = "not acknowledged"
+
+
+class _Letter:
+    """One dead letter and its delivery outcome: pending, None (written) or the error."""
+
+    __slots__ = ("record", "reason", "detail", "outcome")
+
+    def __init__(self, record: Record, reason: Reason, detail: str) -> None:
+        self.record, self.reason, self.detail = record, reason, detail
+        self.outcome: ClientError | str | None = _NOT_ACKNOWLEDGED
+
+    def delivered(self, error: ClientError | None) -> None:
+        self.outcome = error
+
+
 class DeadLetterQueue:
-    """Writes invalid records to the dead-letter topic with acks=all."""
+    """Writes invalid records to the dead-letter topic with acks=all, with either client."""
 
     def __init__(
-        self, bootstrap: str, topic: str, client_config: Mapping[str, Any] | None = None
+        self, bootstrap: str, topic: str, client_config: Mapping[str, Any] | None = None,
+        client: str = DEFAULT_CLIENT,
     ) -> None:
         self.topic = topic
-        self._pending: list[tuple[Any, ConsumerRecord, Reason, str]] = []
+        self.client = client
+        self._pending: list[_Letter] = []
         self._config = {
             "acks": "all", "retries": 10, "linger_ms": 5,
             "max_request_size": 4 * 1024 * 1024, "client_id": "dwell-dlq",
             **dict(client_config or {}), "bootstrap_servers": bootstrap.split(","),
         }
-        self._producer = KafkaProducer(**self._config)
+        self._producer: Producer | None = make_producer(client, self._config)
 
-    def send(self, record: ConsumerRecord, reason: Reason, detail: str) -> None:
-        future = self._producer.send(
-            self.topic,
-            key=record.key,
-            value=record.value,
-            headers=dead_letter_headers(record, reason, detail),
-        )
-        self._pending.append((future, record, reason, detail))
+    @property
+    def producer_config(self) -> dict[str, Any]:
+        """The producer's settings as its client library took them."""
+        return self._producer.config if self._producer is not None else {}
+
+    def send(self, record: Record, reason: Reason, detail: str) -> None:
+        self._send(_Letter(record, reason, detail))
+
+    def _send(self, letter: _Letter) -> None:
+        self._pending.append(letter)
+        if self._producer is None:
+            letter.delivered(ClientError("no dead-letter producer (Kafka unreachable)"))
+            return
+        record = letter.record
+        try:
+            self._producer.produce(
+                self.topic, value=record.value, key=record.key,
+                headers=dead_letter_headers(record, letter.reason, letter.detail),
+                on_delivery=letter.delivered,
+            )
+        except ClientError as exc:  # refused at once: the next flush sends it again
+            letter.delivered(exc)
 
     @property
     def pending(self) -> int:
@@ -80,30 +109,29 @@ class DeadLetterQueue:
         """
         if not self._pending:
             return
-        try:
-            self._producer.flush(timeout=FLUSH_TIMEOUT_S)
-        except KafkaError as exc:  # e.g. a producer gone fatal: its batches never complete
-            logger.warning("dead-letter flush: %r", exc)
+        if self._producer is not None:
+            self._producer.flush(FLUSH_TIMEOUT_S)
         pending, self._pending = self._pending, []
-        failed = [(f.exception or "not acknowledged", *rest)
-                  for f, *rest in pending if not f.succeeded()]
-        if failed:
-            # An idempotent producer that met a fatal error refuses every later send.
-            self._close_producer(timeout=1)
-            self._producer = KafkaProducer(**self._config)
-        for _exc, record, reason, detail in failed:
-            self.send(record, reason, detail)
-        if failed:
-            raise DeadLetterError(
-                f"{len(failed)} dead letters not written (sent again): {failed[0][0]!r}"
-            )
+        failed = [letter for letter in pending if letter.outcome is not None]
+        if not failed:
+            return
+        # An idempotent producer that met a fatal error refuses every later send: start afresh.
+        self._close_producer(timeout=1)
+        try:
+            self._producer = make_producer(self.client, self._config)
+        except ClientError as exc:
+            logger.warning("dead-letter producer: %r", exc)
+            self._producer = None
+        for letter in failed:
+            self._send(_Letter(letter.record, letter.reason, letter.detail))
+        raise DeadLetterError(
+            f"{len(failed)} dead letters not written (sent again): {failed[0].outcome!r}"
+        )
 
     def _close_producer(self, timeout: float) -> None:
-        try:
+        # unacknowledged dead letters are dropped here; their source offsets were not committed
+        if self._producer is not None:
             self._producer.close(timeout=timeout)
-        except KafkaError as exc:
-            logger.warning("dead-letter producer close: %r (unacknowledged dead letters are "
-                           "dropped here; their source offsets were not committed)", exc)
 
     def close(self) -> None:
         self._close_producer(timeout=FLUSH_TIMEOUT_S)

@@ -27,3 +27,24 @@ class BrokerNotInstalledError(BrokerError):
 
 class DataError(DwellError):
     """An input file cannot be read as the format it was declared to be."""
+
+
+class ClientError(DwellError):
+    """A Kafka client call failed, or a record was not delivered.
+
+    The same error for either client (``stream.clients``): ``name`` is the client's own name
+    for what went wrong (a kafka-python exception class, a librdkafka error code such as
+    ``MSG_SIZE_TOO_LARGE``), for counting; the client's own exception is the ``__cause__``.
+    """
+
+    retriable = True
+
+    def __init__(self, message: str, name: str = "", retriable: bool | None = None) -> None:
+        super().__init__(message)
+        self.name = name or type(self).__name__
+        if retriable is not None:
+            self.retriable = retriable
+
+
+class ClientTimeoutError(ClientError):
+    """The broker did not answer in time: no bootstrap, or a record could not even be queued."""

@@ -5,6 +5,9 @@ if set, else a single-node KRaft broker started by ``stream.broker.LocalBroker``
 in a temporary folder and stopped at the end of the session. The broker is started only if a
 test asks for it, so unit tests never pay for it.
 
+``kafka_client`` runs a test once per Kafka client of ``stream.clients`` (kafka-python and
+confluent); the confluent runs are skipped where confluent-kafka is not installed.
+
 Tests under ``tests/integration/`` get the ``integration`` marker automatically:
 ``pytest -m "not integration"`` runs the unit tests alone.
 """
@@ -22,6 +25,7 @@ import pytest
 
 from stream.admin import create_topic, delete_topic
 from stream.broker import LocalBroker, wait_until_ready
+from stream.clients import CLIENTS
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,14 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         # Runs on success, failure, Ctrl-C, and when start() itself failed half-way.
         broker.stop(timeout=30)
+
+
+@pytest.fixture(params=CLIENTS)
+def kafka_client(request: pytest.FixtureRequest) -> str:
+    """The name of a Kafka client (``--client``): a test that takes it runs with each."""
+    if request.param == "confluent":
+        pytest.importorskip("confluent_kafka", reason="pip install 'dwell[fast]'")
+    return request.param
 
 
 def _topic_name(nodeid: str) -> str:

@@ -8,6 +8,7 @@ Suites (``--suites``, comma list; default all), each writing its own section of
 ``decode``   decoding and validation: record by record against a column at a time
 ``peer``     river's FunkMF and BiasedMF beside dwell's learner on the same events
 ``kafka``    consume ceilings, end to end, event-to-update latency, replay; per client
+``memory``   peak RSS with a million users streamed through, with and without a capacity
 ===========  ===============================================================================
 """
 
@@ -23,7 +24,7 @@ from .report import csv, machine_description, write_section
 
 logger = logging.getLogger(__name__)
 
-SUITES = ("steps", "decode", "peer", "kafka")
+SUITES = ("steps", "decode", "peer", "kafka", "memory")
 
 
 def _suite(name: str):

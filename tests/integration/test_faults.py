@@ -22,16 +22,17 @@ KUAIRAND = "data/kuairand27k_like_hate/processed_standard_kcore_15.tsv"
 INVALID_ROWS = 7_738  # duration_ms = 0
 
 
-def _fill(bootstrap: str, topic: str) -> int:
+def _fill(bootstrap: str, topic: str, client: str) -> int:
     result = read_log(KUAIRAND)
     result.events = order_by_time(result.events)
-    return replay(result, bootstrap=bootstrap, topic=topic, progress=False).events_sent
+    return replay(result, bootstrap=bootstrap, topic=topic, progress=False,
+                  client=client).events_sent
 
 
-def _learner(bootstrap, topic, group, ckpt, audit, *extra) -> subprocess.Popen:
+def _learner(bootstrap, topic, group, ckpt, audit, client, *extra) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "learner.cli", "learn", "--bootstrap", bootstrap,
-         "--topic", topic, "--group", group, "--checkpoint-dir", str(ckpt),
+         "--client", client, "--topic", topic, "--group", group, "--checkpoint-dir", str(ckpt),
          "--audit-log", str(audit), "--metrics-port", "-1", "--batch-timeout-s", "0.2",
          "--progress-interval-s", "60", "--session-timeout-ms", "2000", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -62,16 +63,16 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-def test_sigkill_ten_times_loses_nothing(kafka_bootstrap, topic, tmp_path):
-    sent = _fill(kafka_bootstrap, topic)
+def test_sigkill_ten_times_loses_nothing(kafka_bootstrap, topic, tmp_path, kafka_client):
+    sent = _fill(kafka_bootstrap, topic, kafka_client)
     ckpt, audit, group = tmp_path / "ckpt", tmp_path / "audit.jsonl", f"{topic}-g"
     audit.touch()
     rng = random.Random(11)
     kills = 0
     for _ in range(10):
         before = len(_audit(audit))
-        proc = _learner(kafka_bootstrap, topic, group, ckpt, audit, "--batch-size", "256",
-                        "--checkpoint-every", "1024")
+        proc = _learner(kafka_bootstrap, topic, group, ckpt, audit, kafka_client,
+                        "--batch-size", "256", "--checkpoint-every", "1024")
         wanted = before + rng.randint(2, 8)  # start record + a few batches, then SIGKILL
         _wait_for(lambda: len(_audit(audit)) >= wanted, timeout=40)  # noqa: B023
         time.sleep(rng.uniform(0, 0.3))
@@ -80,7 +81,7 @@ def test_sigkill_ten_times_loses_nothing(kafka_bootstrap, topic, tmp_path):
     daemon, totals, _ = learn_until_end(kafka_bootstrap, topic, group=group,
                                         checkpoint_dir=str(ckpt), audit_log=str(audit),
                                         batch_size=256, checkpoint_every=1024,
-                                        session_timeout_ms=2000)
+                                        session_timeout_ms=2000, client=kafka_client)
     ends = end_offsets(kafka_bootstrap, topic)
     assert kills == 10 and sum(ends.values()) == sent
 
@@ -129,18 +130,20 @@ def test_sigkill_ten_times_loses_nothing(kafka_bootstrap, topic, tmp_path):
     print(f"kills 10, events {sent}, trained twice {twice}, dead letters {len(dead)}")
 
 
-def test_killed_and_resumed_run_ends_with_the_same_model(kafka_bootstrap, tmp_path):
+def test_killed_and_resumed_run_ends_with_the_same_model(kafka_bootstrap, tmp_path,
+                                                         kafka_client):
     name = f"test-resume-{time.time_ns()}"
     create_topic(kafka_bootstrap, name, partitions=1)
-    _fill(kafka_bootstrap, name)
-    common = {"batch_size": 500, "checkpoint_every": 1500, "dim": 16}
+    _fill(kafka_bootstrap, name, kafka_client)
+    common = {"batch_size": 500, "checkpoint_every": 1500, "dim": 16, "client": kafka_client}
 
     learn_until_end(kafka_bootstrap, name, group="whole", checkpoint_dir=str(tmp_path / "a"),
                     **common)
 
     ckpt, audit = tmp_path / "b", tmp_path / "b.jsonl"
-    proc = _learner(kafka_bootstrap, name, "killed", ckpt, audit, "--batch-size", "500",
-                    "--checkpoint-every", "1500", "--dim", "16", "--until-end")
+    proc = _learner(kafka_bootstrap, name, "killed", ckpt, audit, kafka_client,
+                    "--batch-size", "500", "--checkpoint-every", "1500", "--dim", "16",
+                    "--until-end")
     assert _wait_for(lambda: ckpt.is_dir() and any(ckpt.glob("ckpt-*.pt")), timeout=60)
     _kill(proc)
     interrupted = [r for r in _audit(audit) if r["kind"] == "batch"]
@@ -156,7 +159,7 @@ def test_killed_and_resumed_run_ends_with_the_same_model(kafka_bootstrap, tmp_pa
 
 
 def test_unwritable_checkpoint_folder_stops_commits_until_it_recovers(kafka_bootstrap, topic,
-                                                                      tmp_path):
+                                                                      tmp_path, kafka_client):
     import threading
 
     from learner.config import Config
@@ -165,14 +168,16 @@ def test_unwritable_checkpoint_folder_stops_commits_until_it_recovers(kafka_boot
     group, folder = f"{topic}-disk", tmp_path / "ckpt"
     daemon = Daemon(Config(bootstrap=kafka_bootstrap, topic=topic, group=group,
                            checkpoint_dir=str(folder), checkpoint_every=1024,
-                           checkpoint_interval_s=0.2, batch_timeout_s=0.2))
+                           checkpoint_interval_s=0.2, batch_timeout_s=0.2,
+                           client=kafka_client))
     sample = daemon.metrics.registry.get_sample_value
     thread = threading.Thread(target=daemon.run)
     thread.start()
     try:
         half = read_log(KUAIRAND)
         half.events = order_by_time(half.events)[:20_000]
-        replay(half, bootstrap=kafka_bootstrap, topic=topic, progress=False)
+        replay(half, bootstrap=kafka_bootstrap, topic=topic, progress=False,
+               client=kafka_client)
         assert _wait_for(lambda: sample("dwell_checkpoint_healthy") == 1, timeout=60)
         committed_before = committed_offsets(kafka_bootstrap, group, topic)
         assert committed_before
@@ -182,7 +187,8 @@ def test_unwritable_checkpoint_folder_stops_commits_until_it_recovers(kafka_boot
         folder.write_text("the disk is gone")  # every checkpoint write now fails
         rest = read_log(KUAIRAND)
         rest.events = order_by_time(rest.events)[20_000:]
-        replay(rest, bootstrap=kafka_bootstrap, topic=topic, progress=False)
+        replay(rest, bootstrap=kafka_bootstrap, topic=topic, progress=False,
+               client=kafka_client)
         assert _wait_for(lambda: (sample("dwell_checkpoint_failures_total") or 0) >= 2, 60)
         assert sample("dwell_checkpoint_healthy") == 0
         time.sleep(1.0)
@@ -202,7 +208,7 @@ def test_unwritable_checkpoint_folder_stops_commits_until_it_recovers(kafka_boot
     assert sample("dwell_events_consumed_total") == 41_828  # nothing lost, nothing repeated
 
 
-def test_broker_restart_in_the_middle_of_a_replay(tmp_path):
+def test_broker_restart_in_the_middle_of_a_replay(tmp_path, kafka_client):
     import os
     import threading
 
@@ -218,7 +224,8 @@ def test_broker_restart_in_the_middle_of_a_replay(tmp_path):
         audit = tmp_path / "audit.jsonl"
         daemon = Daemon(Config(bootstrap=bootstrap, topic="restart", group="restart-g",
                                checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=2048,
-                               audit_log=str(audit), batch_timeout_s=0.2))
+                               audit_log=str(audit), batch_timeout_s=0.2,
+                               client=kafka_client))
         learner = threading.Thread(target=daemon.run)
         learner.start()
         result = read_log(KUAIRAND)
@@ -226,7 +233,7 @@ def test_broker_restart_in_the_middle_of_a_replay(tmp_path):
         stats = {}
         producer = threading.Thread(target=lambda: stats.update(s=replay(
             result, bootstrap=bootstrap, topic="restart", pacer=Pacer(rate=6000),
-            progress=False)))
+            progress=False, client=kafka_client)))
         producer.start()
         time.sleep(2.5)  # a third of the replay is out
         broker.stop()
@@ -252,7 +259,7 @@ def test_broker_restart_in_the_middle_of_a_replay(tmp_path):
     assert all(trained[p] == set(range(end)) for p, end in ends.items())
 
 
-def test_rebalance_between_two_learners(kafka_bootstrap, topic, tmp_path):
+def test_rebalance_between_two_learners(kafka_bootstrap, topic, tmp_path, kafka_client):
     import threading
 
     from learner.config import Config
@@ -264,7 +271,8 @@ def test_rebalance_between_two_learners(kafka_bootstrap, topic, tmp_path):
         daemon = Daemon(Config(bootstrap=kafka_bootstrap, topic=topic, group=f"{topic}-g",
                                checkpoint_dir=str(tmp_path / name), checkpoint_every=1024,
                                audit_log=str(audit), batch_timeout_s=0.2,
-                               session_timeout_ms=6000, metrics_port=-1))
+                               session_timeout_ms=6000, metrics_port=-1,
+                               client=kafka_client))
         thread = threading.Thread(target=daemon.run)
         thread.start()
         return daemon, thread, audit
@@ -275,7 +283,7 @@ def test_rebalance_between_two_learners(kafka_bootstrap, topic, tmp_path):
     stats = {}
     producer = threading.Thread(target=lambda: stats.update(s=replay(
         result, bootstrap=kafka_bootstrap, topic=topic, pacer=Pacer(rate=5000),
-        progress=False)))
+        progress=False, client=kafka_client)))
     producer.start()
     second = None
     try:
@@ -313,7 +321,8 @@ def test_rebalance_between_two_learners(kafka_bootstrap, topic, tmp_path):
     assert {int(p): o for p, o in final["offsets"].items()} == ends
 
 
-def test_unwritable_dead_letter_topic_holds_commits_until_it_recovers(kafka_bootstrap, topic):
+def test_unwritable_dead_letter_topic_holds_commits_until_it_recovers(kafka_bootstrap, topic,
+                                                                     kafka_client):
     """The broker rejects every dead letter (records over the topic's size limit); the daemon
     keeps running, commits nothing past them, and writes them all once the limit is raised."""
     import threading
@@ -328,12 +337,12 @@ def test_unwritable_dead_letter_topic_holds_commits_until_it_recovers(kafka_boot
     create_topic(kafka_bootstrap, dlq, partitions=1, config={"max.message.bytes": 16})
     group = f"{topic}-dlq"
     daemon = Daemon(Config(bootstrap=kafka_bootstrap, topic=topic, group=group,
-                           batch_timeout_s=0.2, commit_interval_s=0.2))
+                           batch_timeout_s=0.2, commit_interval_s=0.2, client=kafka_client))
     sample = daemon.metrics.registry.get_sample_value
     thread = threading.Thread(target=daemon.run)
     thread.start()
     try:
-        sent = _fill(kafka_bootstrap, topic)
+        sent = _fill(kafka_bootstrap, topic, kafka_client)
         assert _wait_for(lambda: (sample("dwell_dead_letter_failures_total") or 0) >= 2, 60)
         assert thread.is_alive()
         ends = end_offsets(kafka_bootstrap, topic)

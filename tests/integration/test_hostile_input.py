@@ -491,7 +491,8 @@ def _multiset_diff(expected: list, got: list) -> str:
                                  HealthCheck.data_too_large, HealthCheck.filter_too_much])
 @given(recs=streams(), keys=st.lists(st.none() | st.binary(max_size=8), min_size=300,
                                      max_size=300))
-def test_hostile_records_are_dead_lettered_and_good_ones_learned(kafka_bootstrap, recs, keys):
+def test_hostile_records_are_dead_lettered_and_good_ones_learned(kafka_bootstrap, kafka_client,
+                                                                 recs, keys):
     verdicts = [oracle(r.value) for r in recs]
     for r, v in zip(recs, verdicts, strict=True):  # the generators and the oracle agree
         assert bool(v) == r.bad, (r, sorted(v))
@@ -505,7 +506,8 @@ def test_hostile_records_are_dead_lettered_and_good_ones_learned(kafka_bootstrap
     create_topic(kafka_bootstrap, name, partitions=4)
     try:
         sent = _produce(kafka_bootstrap, name, recs, keys)
-        daemon, totals, samples = learn_until_end(kafka_bootstrap, name)  # no exception
+        daemon, totals, samples = learn_until_end(kafka_bootstrap, name,  # no exception
+                                                  client=kafka_client)
         dead = read_topic(kafka_bootstrap, f"{name}.dlq")
     finally:
         for leftover in (name, f"{name}.dlq"):

@@ -63,9 +63,10 @@ def _wait(condition, timeout: float, step: float = 0.5):
 
 
 def test_drift_scenario_through_kafka_and_prometheus(kafka_bootstrap, one_partition_topic,
-                                                      tmp_path):
+                                                      tmp_path, kafka_client):
     events, shift_at = _events("invert")
-    replay(events, bootstrap=kafka_bootstrap, topic=one_partition_topic, progress=False)
+    replay(events, bootstrap=kafka_bootstrap, topic=one_partition_topic, progress=False,
+           client=kafka_client)
 
     registry = CollectorRegistry()
     server = serve_metrics(registry, "127.0.0.1", 0)
@@ -77,7 +78,8 @@ def test_drift_scenario_through_kafka_and_prometheus(kafka_bootstrap, one_partit
         daemon = Daemon(Config(bootstrap=kafka_bootstrap, topic=one_partition_topic,
                                group="drift", until_end=True, batch_size=512,
                                batch_timeout_s=0.2, progress_interval_s=0.5,
-                               checkpoint_dir=str(run_dir), checkpoint_interval_s=2.0),
+                               checkpoint_dir=str(run_dir), checkpoint_interval_s=2.0,
+                               client=kafka_client),
                         registry)  # the run log goes beside the checkpoints
         thread = threading.Thread(target=daemon.run)
         original = daemon.process
@@ -121,12 +123,14 @@ def test_drift_scenario_through_kafka_and_prometheus(kafka_bootstrap, one_partit
 
 
 @pytest.mark.parametrize("detector", ["page_hinkley", "adwin"])
-def test_no_drift_on_the_unshifted_stream(kafka_bootstrap, one_partition_topic, detector):
+def test_no_drift_on_the_unshifted_stream(kafka_bootstrap, one_partition_topic, detector,
+                                          kafka_client):
     events, _ = _events(None)
-    replay(events, bootstrap=kafka_bootstrap, topic=one_partition_topic, progress=False)
+    replay(events, bootstrap=kafka_bootstrap, topic=one_partition_topic, progress=False,
+           client=kafka_client)
     daemon = Daemon(Config(bootstrap=kafka_bootstrap, topic=one_partition_topic,
                            group=f"clean-{detector}", until_end=True, batch_timeout_s=0.2,
-                           drift_detector=detector, metrics_port=-1))
+                           drift_detector=detector, metrics_port=-1, client=kafka_client))
     totals = daemon.run()
     sample = daemon.metrics.registry.get_sample_value
     assert totals["consumed"] == len(events)

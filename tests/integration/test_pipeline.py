@@ -21,13 +21,16 @@ def metric(samples: dict, name: str, **labels) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
-def test_whole_kuairand_log_adds_up(kafka_bootstrap, topic):
+def test_whole_kuairand_log_adds_up(kafka_bootstrap, topic, kafka_client):
     result = read_log(KUAIRAND)
     result.events = order_by_time(result.events)
-    stats = replay(result, bootstrap=kafka_bootstrap, topic=topic, progress=False)
+    stats = replay(result, bootstrap=kafka_bootstrap, topic=topic, progress=False,
+                   client=kafka_client)
     assert stats.rows_read == stats.events_sent == 41_828 and stats.failed == 0
+    # both clients partition by key alike (murmur2): a user's events stay in one partition
+    assert end_offsets(kafka_bootstrap, topic) == {0: 10088, 1: 10467, 2: 10597, 3: 10676}
 
-    daemon, totals, samples = learn_until_end(kafka_bootstrap, topic)
+    daemon, totals, samples = learn_until_end(kafka_bootstrap, topic, client=kafka_client)
 
     # sent = accepted + dead-lettered, exactly; accepted = positive + negative + vague
     assert totals["consumed"] == stats.events_sent
@@ -81,7 +84,7 @@ def _garbage(rng: random.Random, valid: bytes) -> bytes:
     return orjson.dumps(event)
 
 
-def test_garbage_mixed_into_a_valid_stream(kafka_bootstrap, topic):
+def test_garbage_mixed_into_a_valid_stream(kafka_bootstrap, topic, kafka_client):
     rng = random.Random(7)
     events = [e for e in read_log("data/kuairec_sample/big_matrix_1000.csv").events]
     valid = [orjson.dumps(e) for e in events]
@@ -95,7 +98,7 @@ def test_garbage_mixed_into_a_valid_stream(kafka_bootstrap, topic):
     producer.flush()
     producer.close()
 
-    _daemon, totals, _samples = learn_until_end(kafka_bootstrap, topic)
+    _daemon, totals, _samples = learn_until_end(kafka_bootstrap, topic, client=kafka_client)
 
     assert totals["consumed"] == len(stream)
     assert totals["accepted"] == len(valid)  # every valid record trained
@@ -107,10 +110,10 @@ def test_garbage_mixed_into_a_valid_stream(kafka_bootstrap, topic):
                                       "out_of_range", "too_large", "id_too_long"}
 
 
-def test_demo_command_runs_to_completion_and_adds_up():
+def test_demo_command_runs_to_completion_and_adds_up(kafka_client):
     proc = subprocess.run(
         [sys.executable, "-m", "learner.cli", "demo", "--metrics-port", "0",
-         "--progress-interval-s", "5"],
+         "--progress-interval-s", "5", "--client", kafka_client],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
@@ -125,17 +128,24 @@ def test_demo_command_runs_to_completion_and_adds_up():
     assert "totals add up: yes" in out
 
 
-def test_inverse_learning_in_the_daemon(kafka_bootstrap, topic):
+def test_inverse_learning_in_the_daemon(kafka_bootstrap, topic, kafka_client):
     result = read_log("data/kuairec_sample/big_matrix_1000.csv")
-    stats = replay(result, bootstrap=kafka_bootstrap, topic=topic, progress=False)
+    stats = replay(result, bootstrap=kafka_bootstrap, topic=topic, progress=False,
+                   client=kafka_client)
     assert stats.events_sent == 1000
 
     daemon, totals, samples = learn_until_end(
         kafka_bootstrap, topic, model="neumf", loss="idl", meta="ig", num_neg=2, batch_size=256,
         kafka_options="client_id=dwell-options-test,request_timeout_ms=31000",
+        client=kafka_client,
     )
-    assert daemon.consumer._consumer.config["client_id"] == "dwell-options-test"
-    assert daemon.dlq._producer.config["request_timeout_ms"] == 31000
+    consumer, producer = daemon.consumer.config, daemon.dlq.producer_config
+    if kafka_client == "kafka-python":
+        assert consumer["client_id"] == "dwell-options-test"
+        assert producer["request_timeout_ms"] == 31000
+    else:  # the same options in librdkafka's names
+        assert consumer["client.id"] == producer["client.id"] == "dwell-options-test"
+        assert consumer["socket.timeout.ms"] == producer["request.timeout.ms"] == 31000
 
     assert totals["accepted"] == 1000
     branches = {b: metric(samples, "dwell_ig_branch_total", branch=b)

@@ -1,0 +1,217 @@
+"""The Kafka clients behind one small interface: kafka-python (default) or confluent-kafka.
+
+dwell talks to Kafka for data through two objects, whichever client library is underneath:
+
+- a :class:`BatchConsumer` in a consumer group with manual commits: ``poll_batch``,
+  ``mark_processed``, ``seek``, ``processed``, ``commit`` (blocking or not), ``assignment``,
+  ``positions``, ``end_offsets``, ``lag``, ``close``, and ``on_revoke``/``on_assign``
+  callbacks;
+- a :class:`Producer`: ``produce`` with a delivery report per record, ``flush(timeout)``,
+  ``close(timeout)``.
+
+:func:`make_consumer` and :func:`make_producer` build them for a client named in
+:data:`CLIENTS`. Settings are given with kafka-python's option names (as ``--kafka-options``
+takes them); the confluent client translates them to librdkafka's
+(:func:`stream.clients.confluent.librdkafka_config`). Failures of either client surface as
+:class:`~stream.errors.ClientError` (:class:`~stream.errors.ClientTimeoutError` when the
+broker does not answer), bad settings as :class:`~stream.errors.ConfigError`.
+
+Each client library is imported only when a client of its kind is made: confluent-kafka is
+optional (``pip install 'dwell[fast]'``).
+
+>>> make_consumer("kafka", "127.0.0.1:9092", "t", "g")
+Traceback (most recent call last):
+...
+stream.errors.ConfigError: unknown Kafka client 'kafka': expected kafka-python or confluent
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple, Protocol
+
+from stream.errors import ClientError, ConfigError
+
+#: The client names ``--client`` takes; the first is the default.
+CLIENTS = ("kafka-python", "confluent")
+DEFAULT_CLIENT = CLIENTS[0]
+#: How to install the optional fast client.
+FAST_INSTALL = "pip install 'dwell[fast]'"
+
+#: A delivery report: called once per produced record, with None when the broker
+#: acknowledged it, else the error. kafka-python calls it on its sender thread, confluent on
+#: the thread that called ``produce``/``flush``/``close``.
+DeliveryCallback = Callable[[ClientError | None], None]
+
+
+class Record(Protocol):
+    """What a consumed record offers (kafka-python's ``ConsumerRecord`` and :class:`Message`)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def timestamp(self) -> int:
+        """Milliseconds since the epoch (-1 when the record carries none)."""
+    @property
+    def headers(self) -> list[tuple[str, bytes]]: ...
+
+
+class Message(NamedTuple):
+    """A consumed record, light: what the confluent client turns librdkafka's messages into."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int
+    headers: list[tuple[str, bytes]]
+
+
+class BatchConsumer(Protocol):
+    """Micro-batches from one topic, in a consumer group, with manual offset commits.
+
+    The consumer tracks, per partition, the next offset after the records the caller marked
+    processed and commits exactly those. ``on_revoke(partitions)`` is called before
+    partitions are given up (also on ``close``), so the owner can finish and commit what it
+    holds; ``on_assign(partitions)`` after new ones are assigned (``seek`` is allowed there).
+    kafka-python runs both on its IO thread, where only ``commit(blocking=False)`` is allowed;
+    confluent runs them inside ``poll_batch``/``close`` on the caller's thread.
+    """
+
+    topic: str
+    max_records: int
+    max_wait_s: float
+    on_revoke: Callable[[set[int]], None] | None
+    on_assign: Callable[[set[int]], None] | None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The settings as the client library took them (its own option names)."""
+
+    def poll_batch(self) -> list[Record]:
+        """Records until ``max_records`` are in hand or ``max_wait_s`` has passed (maybe none)."""
+
+    def mark_processed(self, records: Iterable[Record]) -> None:
+        """These records are done: their offsets may be committed."""
+
+    def seek(self, partition: int, offset: int) -> None:
+        """Continue an assigned ``partition`` from ``offset``."""
+
+    def processed(self) -> dict[int, int]:
+        """Next offset after the processed records (or the seek), per assigned partition."""
+
+    def commit(self, offsets: dict[int, int] | None = None, blocking: bool = True) -> bool:
+        """Commit ``offsets`` (default: the processed ones) where they moved; True if any.
+
+        ``blocking=False`` sends the commit without waiting for the answer.
+        Raises ClientError when a blocking commit fails.
+        """
+
+    @property
+    def assignment(self) -> set[int]:
+        """The partitions of the topic assigned to this consumer now."""
+
+    def positions(self) -> dict[int, int]:
+        """Next offset to be returned, per assigned partition."""
+
+    def end_offsets(self) -> dict[int, int]:
+        """Current end offsets of every partition of the topic (a request to the broker)."""
+
+    def lag(self) -> dict[int, int]:
+        """Records between the processed position and the high watermark of the last fetch,
+        per assigned partition. Never makes a request: it neither blocks nor raises while the
+        broker is away. Partitions not fetched or not processed yet are left out."""
+
+    def close(self) -> None:
+        """Leave the group (calling ``on_revoke``) without committing anything more."""
+
+
+class Producer(Protocol):
+    """Produces records asynchronously; each one's outcome comes to its delivery callback."""
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The settings as the client library took them (its own option names)."""
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+        on_delivery: DeliveryCallback | None = None,
+    ) -> None:
+        """Queue one record. Raises ClientTimeoutError when it cannot even be queued in time
+        (the broker is away and the buffer full), ClientError when the client refuses it
+        (e.g. too large); ``on_delivery`` is not called then."""
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Wait up to ``timeout`` s (None: no limit) for every queued record's delivery report;
+        return how many are still outstanding (0: every callback has been called)."""
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush up to ``timeout`` s, then give up on the rest (their callbacks get an error)
+        and release the client. Never raises for Kafka's sake."""
+
+
+def check_client(name: str) -> str:
+    """``name`` if it names a client, else ConfigError.
+
+    >>> check_client("confluent")
+    'confluent'
+    """
+    if name not in CLIENTS:
+        raise ConfigError(f"unknown Kafka client {name!r}: expected {' or '.join(CLIENTS)}")
+    return name
+
+
+def make_consumer(
+    client: str,
+    bootstrap: str,
+    topic: str,
+    group: str,
+    *,
+    max_records: int = 1024,
+    max_wait_s: float = 0.5,
+    client_config: Mapping[str, Any] | None = None,
+    on_revoke: Callable[[set[int]], None] | None = None,
+    on_assign: Callable[[set[int]], None] | None = None,
+) -> BatchConsumer:
+    """A :class:`BatchConsumer` of ``client`` on ``topic`` in ``group``.
+
+    ``client_config`` holds extra settings with kafka-python's names (SASL/TLS, timeouts).
+    Raises ConfigError for an unknown client, a missing library or bad settings.
+    """
+    kwargs = dict(max_records=max_records, max_wait_s=max_wait_s, client_config=client_config,
+                  on_revoke=on_revoke, on_assign=on_assign)
+    if check_client(client) == "confluent":
+        from stream.clients.confluent import ConfluentConsumer
+
+        return ConfluentConsumer(bootstrap, topic, group, **kwargs)
+    from stream.clients.kafka_python import KafkaPythonConsumer
+
+    return KafkaPythonConsumer(bootstrap, topic, group, **kwargs)
+
+
+def make_producer(client: str, config: Mapping[str, Any]) -> Producer:
+    """A :class:`Producer` of ``client``; ``config`` uses kafka-python's option names and holds
+    ``bootstrap_servers``. Like kafka-python's, it waits for the cluster to answer first
+    (``bootstrap_timeout_ms``, 30 s): ClientTimeoutError if it does not.
+    Raises ConfigError for an unknown client, a missing library or bad settings.
+    """
+    if check_client(client) == "confluent":
+        from stream.clients.confluent import ConfluentProducer
+
+        return ConfluentProducer(config)
+    from stream.clients.kafka_python import KafkaPythonProducer
+
+    return KafkaPythonProducer(config)

@@ -1,0 +1,261 @@
+"""The interface of :mod:`stream.clients` on kafka-python, the default client.
+
+kafka-python's ``ConsumerRecord`` already has the attributes of a
+:class:`~stream.clients.Record`, so the consumer hands its records over as they come.
+Rebalance callbacks run on kafka-python's IO thread: only ``commit(blocking=False)`` may be
+called from them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import KafkaConfigurationError, KafkaError, KafkaTimeoutError
+from kafka.structs import OffsetAndMetadata
+
+from stream.clients import DeliveryCallback
+from stream.errors import ClientError, ClientTimeoutError, ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def client_error(exc: BaseException, what: str = "") -> ClientError:
+    """The ClientError for a kafka-python error (a timeout becomes ClientTimeoutError)."""
+    kind = ClientTimeoutError if isinstance(exc, KafkaTimeoutError) else ClientError
+    message = f"{what}: {exc!r}" if what else repr(exc)
+    error = kind(message, type(exc).__name__, getattr(exc, "retriable", False))
+    error.__cause__ = exc
+    return error
+
+
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """Raise kafka-python's errors as ClientError, and its configuration errors as ConfigError."""
+    try:
+        yield
+    except KafkaConfigurationError as exc:
+        raise ConfigError(f"Kafka client configuration: {exc}") from exc
+    except KafkaError as exc:
+        raise client_error(exc, what) from exc
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, owner: KafkaPythonConsumer) -> None:
+        self.owner = owner
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        partitions = {tp.partition for tp in revoked}
+        logger.info("partitions revoked: %s", sorted(partitions))
+        if self.owner.on_revoke is not None:
+            self.owner.on_revoke(partitions)
+        for tp in revoked:
+            self.owner._next.pop(tp, None)
+            self.owner._committed.pop(tp, None)
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        logger.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
+        if self.owner.on_assign is not None:
+            self.owner.on_assign({tp.partition for tp in assigned})
+
+
+class KafkaPythonConsumer:
+    """Polls micro-batches of at most ``max_records`` records or ``max_wait_s`` seconds."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        group: str,
+        *,
+        max_records: int = 1024,
+        max_wait_s: float = 0.5,
+        client_config: Mapping[str, Any] | None = None,
+        on_revoke: Callable[[set[int]], None] | None = None,
+        on_assign: Callable[[set[int]], None] | None = None,
+    ) -> None:
+        self.topic = topic
+        self.max_records = max_records
+        self.max_wait_s = max_wait_s
+        self.on_revoke = on_revoke
+        self.on_assign = on_assign
+        self._next: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, int] = {}
+        try:
+            with _translated(f"cannot reach Kafka at {bootstrap}"):
+                self._consumer = KafkaConsumer(**{
+                    "auto_offset_reset": "earliest", "client_id": f"dwell-{group}",
+                    **dict(client_config or {}),
+                    "bootstrap_servers": bootstrap.split(","), "group_id": group,
+                    "enable_auto_commit": False, "max_poll_records": max_records,
+                })
+        except ValueError as exc:  # kafka-python: unrecognized configs
+            raise ConfigError(f"Kafka consumer configuration: {exc}") from exc
+        self._consumer.subscribe([topic], listener=_Listener(self))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self._consumer.config
+
+    def poll_batch(self) -> list[ConsumerRecord]:
+        deadline = time.monotonic() + self.max_wait_s
+        out: list[ConsumerRecord] = []
+        with _translated("poll"):
+            while len(out) < self.max_records:
+                remaining_ms = int((deadline - time.monotonic()) * 1000)
+                if remaining_ms <= 0:
+                    break
+                polled = self._consumer.poll(
+                    timeout_ms=remaining_ms, max_records=self.max_records - len(out)
+                )
+                for records in polled.values():
+                    out.extend(records)
+        return out
+
+    def mark_processed(self, records: Iterable[ConsumerRecord]) -> None:
+        self._next.update({TopicPartition(r.topic, r.partition): r.offset + 1 for r in records})
+
+    def seek(self, partition: int, offset: int) -> None:
+        tp = TopicPartition(self.topic, partition)
+        with _translated(f"seek partition {partition}"):
+            self._consumer.seek(tp, offset)
+        self._next[tp] = offset
+
+    def processed(self) -> dict[int, int]:
+        return {tp.partition: off for tp, off in self._next.items()}
+
+    def commit(self, offsets: dict[int, int] | None = None, blocking: bool = True) -> bool:
+        chosen = (
+            dict(self._next) if offsets is None
+            else {TopicPartition(self.topic, p): off for p, off in offsets.items()}
+        )
+        pending = {tp: off for tp, off in chosen.items() if self._committed.get(tp) != off}
+        if not pending:
+            return False
+        request = {tp: OffsetAndMetadata(off, "", -1) for tp, off in pending.items()}
+        self._committed.update(pending)  # before sending: an async failure may come at once
+        try:
+            with _translated("offset commit"):
+                if blocking:
+                    self._consumer.commit(request)
+                else:
+                    self._consumer.commit_async(request, callback=self._commit_done)
+        except BaseException:
+            self._forget(pending)
+            raise
+        return True
+
+    def _commit_done(self, offsets: dict[TopicPartition, Any], result: Any) -> None:
+        """Result of an asynchronous commit: forget a failed one so that it is sent again."""
+        if not isinstance(result, BaseException):
+            return
+        logger.warning("offset commit failed (%r): will retry at the next commit", result)
+        self._forget({tp: meta.offset for tp, meta in offsets.items()})
+
+    def _forget(self, offsets: Mapping[TopicPartition, int]) -> None:
+        for tp, off in offsets.items():
+            if self._committed.get(tp) == off:
+                self._committed.pop(tp, None)
+
+    @property
+    def assignment(self) -> set[int]:
+        return {tp.partition for tp in self._consumer.assignment()}
+
+    def positions(self) -> dict[int, int]:
+        with _translated("positions"):
+            return {tp.partition: self._consumer.position(tp)
+                    for tp in self._consumer.assignment()}
+
+    def end_offsets(self) -> dict[int, int]:
+        with _translated("end offsets"):
+            partitions = self._consumer.partitions_for_topic(self.topic) or set()
+            tps = [TopicPartition(self.topic, p) for p in partitions]
+            return {tp.partition: off for tp, off in self._consumer.end_offsets(tps).items()}
+
+    def lag(self) -> dict[int, int]:
+        # from the consumer's last fetch responses only: highwater() makes no request
+        out = {}
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            position = self._next.get(tp)
+            if high is not None and position is not None:
+                out[tp.partition] = max(0, high - position)
+        return out
+
+    def close(self) -> None:
+        with _translated("close"):
+            self._consumer.close(autocommit=False)
+
+
+class KafkaPythonProducer:
+    """kafka-python's ``KafkaProducer``, its futures turned into delivery callbacks."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        bootstrap = config.get("bootstrap_servers")
+        try:
+            with _translated(f"cannot reach Kafka at {bootstrap}"):
+                self._producer = KafkaProducer(**config)
+        except ValueError as exc:  # kafka-python: unrecognized configs
+            raise ConfigError(f"Kafka producer configuration: {exc}") from exc
+        self._lock = threading.Lock()
+        self._outstanding = 0
+        self._closed = False
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self._producer.config
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+        on_delivery: DeliveryCallback | None = None,
+    ) -> None:
+        with _translated(f"produce to {topic}"):
+            future = self._producer.send(topic, value=value, key=key, headers=headers)
+        with self._lock:
+            self._outstanding += 1
+
+        def ok(_metadata: Any) -> None:
+            self._done()
+            if on_delivery is not None:
+                on_delivery(None)
+
+        def failed(exc: BaseException) -> None:
+            self._done()
+            if on_delivery is not None:
+                on_delivery(client_error(exc))
+
+        future.add_callback(ok)
+        future.add_errback(failed)
+
+    def _done(self) -> None:
+        with self._lock:
+            self._outstanding -= 1
+
+    def flush(self, timeout: float | None = None) -> int:
+        try:
+            self._producer.flush(timeout=timeout)
+        except KafkaTimeoutError:
+            pass
+        except KafkaError as exc:  # e.g. a producer gone fatal: its batches never complete
+            logger.warning("producer flush: %r", exc)
+        with self._lock:
+            return self._outstanding
+
+    def close(self, timeout: float | None = None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._producer.close(timeout=timeout)
+        except KafkaError as exc:
+            logger.warning("producer close: %r (records not yet acknowledged are dropped)", exc)
