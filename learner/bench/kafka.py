@@ -5,9 +5,10 @@
 2. **End to end**: the learner daemon (its real code path: poll, decode, dead-letter, score,
    train, commit) draining the same topic with each client, for several learner setups;
    events/s from its first micro-batch, and the ratio to that client's ceiling.
-3. **Latency**: a replay paced at half the learner's measured rate into a fresh topic while
-   the learner consumes it; per record, the time from its Kafka timestamp (set by the
-   producer at send) to the end of the model update that includes it: p50, p99.
+3. **Latency**: a ``dwell replay`` process paced at half the learner's measured rate (GMF
+   IDL+IG) into a fresh topic while the learner consumes it; per record, the time from its
+   Kafka timestamp (set by the producer at send) to the end of the model update that
+   includes it: p50, p99.
 4. **Replay**: producer events/s with each client (acks=all, idempotent).
 
 The topic holds the shipped KuaiRand log repeated ``--kafka-repeat`` times (ids suffixed per
@@ -30,7 +31,6 @@ import numpy as np
 
 from learner.config import Config
 from learner.daemon import Daemon
-from producers.pacing import Pacer
 from producers.readers import order_by_time, read_log
 from producers.replay import replay
 from stream.admin import create_topic, end_offsets
@@ -136,8 +136,14 @@ def end_to_end(client: str, bootstrap: str, topic: str, setup: str, overrides: d
     return Measure(setup, client, totals["consumed"], totals["seconds"])
 
 
-def latency(client: str, bootstrap: str, events: list[dict], rate: float) -> Measure:
-    """Replay at ``rate`` events/s while the learner consumes; p50/p99 event to update."""
+def latency(client: str, bootstrap: str, rate: float) -> Measure:
+    """A ``dwell replay`` process sends the KuaiRand log at ``rate`` events/s while the
+    learner consumes; p50/p99 of the time from a record's Kafka timestamp to the end of the
+    model update that includes it. The producer runs in its own process, as in production:
+    in the learner's process it would take the learner's interpreter lock."""
+    import subprocess
+    import sys
+
     topic = f"bench-latency-{client}-{time.time_ns()}"
     create_topic(bootstrap, topic, partitions=4)
     cfg = Config(bootstrap=bootstrap, topic=topic, group=f"{topic}-g", client=client,
@@ -157,16 +163,21 @@ def latency(client: str, bootstrap: str, events: list[dict], rate: float) -> Mea
     thread.start()
     try:
         time.sleep(3.0)  # let the learner join its group first
-        sent = replay(events, bootstrap=bootstrap, topic=topic, pacer=Pacer(rate=rate),
-                      progress=False, client=client)
-        daemon.finish_at(end_offsets(bootstrap, topic))
+        started = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "learner.cli", "replay", str(KUAIRAND), "--bootstrap",
+             bootstrap, "--topic", topic, "--rate", str(rate), "--client", client],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        seconds = time.perf_counter() - started
+        ends = end_offsets(bootstrap, topic)
+        daemon.finish_at(ends)
         thread.join(timeout=600)
     finally:
         daemon.stop()
         thread.join()
     values = np.concatenate(delays) if delays else np.array([np.nan])
     p50, p99 = np.percentile(values, [50, 99])
-    return Measure("latency", client, sent.events_sent, sent.seconds,
+    return Measure("latency", client, sum(ends.values()), seconds,
                    extra=f"rate {rate:,.0f}/s: p50 {p50 * 1e3:,.0f} ms, p99 {p99 * 1e3:,.0f} ms")
 
 
@@ -196,8 +207,7 @@ def kafka_measures(args: argparse.Namespace) -> tuple[list[Measure], int]:
                 measures.append(end_to_end(client, bootstrap, topic, setup, overrides))
         for client in args.clients:
             full = next(m for m in measures if m.client == client and m.what == "GMF IDL+IG")
-            measures.append(latency(client, bootstrap, events[:20_000 if args.quick else 60_000],
-                                    rate=full.rate / 2))
+            measures.append(latency(client, bootstrap, rate=full.rate / 2))
     return measures[1:], len(events)  # the first replay warmed the broker up
 
 
