@@ -69,6 +69,8 @@ class Config:
     lr: float = _opt(0.01, "learning rate (Adam / SparseAdam)")
     loss: str = _opt("bce", "training loss")
     train_batch: int = _opt(64, "events per optimiser step within a micro-batch")
+    max_steps: int = _opt(0, "at most this many optimiser steps per micro-batch: a full "
+                          "micro-batch (backlog) trains in larger steps (0: no limit)")
     meta: str = _opt("none", "meta step: none, or ig (Inverse Gradient; needs loss idl)")
     sample_lr: float = _opt(1e-3, "IG look-ahead step size")
     lookahead: str = _opt("adam", "IG look-ahead: adam (fresh Adam's first step) or sgd")
@@ -122,7 +124,8 @@ class Config:
         rule = LabelRule(self.pos_ratio, self.long_view_ms, self.skip_ms, self.neg_ratio)
         return LearnerSettings(
             model=self.model, dim=self.dim, lr=self.lr, loss=self.loss,
-            train_batch=self.train_batch, seed=self.seed, device=self.device,
+            train_batch=self.train_batch, max_steps=self.max_steps, seed=self.seed,
+            device=self.device,
             auc_window=self.auc_window, auc_long_window=self.auc_long_window, labels=rule,
             num_neg=self.num_neg, sampler=self.sampler,
             meta=self.meta, sample_lr=self.sample_lr, lookahead=self.lookahead,

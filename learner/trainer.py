@@ -57,6 +57,7 @@ class LearnerSettings:
     lr: float = 0.01
     loss: str = "bce"
     train_batch: int = 64
+    max_steps: int = 0  # at most this many optimiser steps per micro-batch (0: no limit)
     seed: int = 0
     device: str = "cpu"
     auc_window: int = 5000
@@ -276,7 +277,10 @@ class OnlineLearner:
     def _train(self, users, items, feats, labels, vague, counts) -> BatchResult:
         order = self._rng.permutation(users.size)
         losses, branches, leaning = [], Counter(), 0
-        chunks = np.array_split(order, max(1, -(-users.size // self.settings.train_batch)))
+        steps = max(1, -(-users.size // self.settings.train_batch))
+        if self.settings.max_steps:  # under backlog, fewer and larger steps
+            steps = min(steps, self.settings.max_steps)
+        chunks = np.array_split(order, steps)
         seconds = np.zeros(len(chunks))
         for i, chunk in enumerate(chunks):
             started = time.perf_counter()

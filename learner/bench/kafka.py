@@ -46,8 +46,8 @@ KUAIRAND = Path(__file__).resolve().parents[2] / (
 CLIENTS = ("kafka-python", "confluent")
 SETUPS = {  # learner setups measured end to end: name -> Config overrides
     "GMF IDL+IG": {"loss": "idl", "meta": "ig", "num_neg": 1},
-    "GMF IDL+IG, train batch 1024": {"loss": "idl", "meta": "ig", "num_neg": 1,
-                                     "train_batch": 1024, "lr": 0.05},
+    "GMF IDL+IG, max 4 steps per batch, lr 0.03": {
+        "loss": "idl", "meta": "ig", "num_neg": 1, "max_steps": 4, "lr": 0.03},
     "NeuMF IDL+IG": {"model": "neumf", "loss": "idl", "meta": "ig", "num_neg": 1},
     "GMF BCE": {"loss": "bce"},
 }

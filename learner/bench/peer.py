@@ -33,11 +33,11 @@ KUAIRAND = Path(__file__).resolve().parents[2] / (
 DWELL_SETUPS = {
     "dwell GMF, BCE": {"loss": "bce"},
     "dwell GMF, IDL+IG": {"loss": "idl", "meta": "ig", "num_neg": 1},
-    "dwell GMF, IDL+IG, train batch 1024, lr 0.05": {
-        "loss": "idl", "meta": "ig", "num_neg": 1, "train_batch": 1024, "lr": 0.05},
+    "dwell GMF, IDL+IG, max 4 steps per batch, lr 0.03": {
+        "loss": "idl", "meta": "ig", "num_neg": 1, "max_steps": 4, "lr": 0.03},
     "dwell DeepFM, IDL+IG": {"model": "deepfm", "loss": "idl", "meta": "ig", "num_neg": 1},
-    "dwell DeepFM, IDL+IG, train batch 1024": {
-        "model": "deepfm", "loss": "idl", "meta": "ig", "num_neg": 1, "train_batch": 1024},
+    "dwell DeepFM, IDL+IG, max 8 steps per batch": {
+        "model": "deepfm", "loss": "idl", "meta": "ig", "num_neg": 1, "max_steps": 8},
 }
 
 

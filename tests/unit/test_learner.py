@@ -92,3 +92,13 @@ def test_vague_events_and_sampled_items_are_trained_with_ig():
     assert total == learner.steps
     with _pytest.raises(ConfigError, match="loss=idl"):
         OnlineLearner(LearnerSettings(meta="ig", loss="bce"))
+
+
+def test_max_steps_trains_a_full_micro_batch_in_fewer_larger_steps():
+    rng = np.random.default_rng(2)
+    capped = OnlineLearner(LearnerSettings(dim=8, lr=0.05, train_batch=32, max_steps=3))
+    assert capped.learn_many(decode_batch(_events(256, rng))).steps == 3  # not 8
+    assert capped.learn_many(decode_batch(_events(40, rng))).steps == 2  # small: as before
+    for _ in range(30):
+        capped.learn_many(decode_batch(_events(256, rng)))
+    assert capped.evaluator.values()[("short", "explicit")] > 0.9  # still learns
