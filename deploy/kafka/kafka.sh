@@ -269,6 +269,8 @@ do_start() {  # do_start PORT CPORT DATA HEAP TIMEOUT OWNER
   write_properties "$data/server.properties" "$port" "$cport" "$data"
   if [[ ! -f $data/logs/meta.properties ]]; then
     cluster_id=$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+    # An id that starts with '-' reads as an option to kafka-storage (1 start in 64 failed).
+    if [[ $cluster_id == -* ]]; then cluster_id="A${cluster_id:1}"; fi
     log "formatting $data/logs (cluster id $cluster_id)"
     if ! "$java" -cp "$LIBS/*" \
         -Dlog4j2.configurationFile="$LOG4J_CONF" -Dkafka.logs.dir="$data" -Dkafka.log.file=format.log \
