@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry
 
 from learner.checkpoint import Checkpointer, CheckpointError
 from learner.config import Config
-from learner.drift import DriftMonitor
+from learner.drift import SIGNALS, DriftMonitor
 from learner.labels import POSITIVE, VAGUE
 from learner.monitoring import AUC_WINDOWS, TARGETS, WINDOWS, Metrics
 from learner.trainer import OnlineLearner
@@ -159,6 +159,7 @@ class Daemon:
             record_ms = np.fromiter((r.timestamp for r in records), np.float64, len(records))
             m.event_to_update.observe_many(np.maximum(time.time() - record_ms / 1000.0, 0.0))
             m.step_duration.observe_many(result.step_seconds)
+            m.freshness.set(time.time() - batch.ts_ms.max() / 1000.0)
             self._watch_drift(result.scores, result.classes)
         for name, count in result.counts.items():
             m.events_labelled.labels(name).inc(count)
@@ -174,8 +175,6 @@ class Daemon:
                 m.idmap_evictions.labels(table).inc(count)
         if not math.isnan(result.loss):
             m.loss.set(result.loss)
-        if len(batch):
-            m.freshness.set(time.time() - batch.ts_ms.max() / 1000.0)
         self.consumer.mark_processed(records)
         self._since_checkpoint += len(records)
         if self._audit is not None:
@@ -367,7 +366,7 @@ class Daemon:
                     ("vague_share", "vague"))},
                 "drift_detections": sum(
                     m.registry.get_sample_value("dwell_drift_detections_total", {"signal": s})
-                    or 0 for s in ("auc", "log_loss")),
+                    or 0 for s in SIGNALS),
             })
         logger.info(
             "events %d (%.0f/s) | accepted %d dead-lettered %d | AUC dwell %.3f/%.3f "

@@ -158,10 +158,11 @@ class Evaluator:
         """Add scored events with their 0/1 ``labels`` against ``target``."""
         if not scores.size:
             return
+        losses = log_loss(scores, labels) if target == "dwell" else None
         for w in self.WINDOWS:
             self.auc[(w, target)].update(scores, labels)
-            if target == "dwell":
-                self.means[("log_loss", w)].update(log_loss(scores, labels))
+            if losses is not None:
+                self.means[("log_loss", w)].update(losses)
         self.run[target].update(scores, labels)
 
     def update_classes(self, positive: np.ndarray, vague: np.ndarray) -> None:

@@ -11,16 +11,14 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import orjson
 
+from learner.evaluation.datasets import KUAIRAND
 from producers.readers import order_by_time, read_log
 from stream.event import decode_batch, decode_each
 
 SECTION = "bench:decode"
-KUAIRAND = Path(__file__).resolve().parents[2] / (
-    "data/kuairand27k_like_hate/processed_standard_kcore_15.tsv")
 
 
 def _parse_only(values: list[bytes]) -> None:

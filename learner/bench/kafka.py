@@ -24,13 +24,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from learner.config import Config
 from learner.daemon import Daemon
+from learner.evaluation.datasets import KUAIRAND
 from producers.readers import order_by_time, read_log
 from producers.replay import replay
 from stream.admin import create_topic, end_offsets
@@ -41,8 +42,6 @@ from .report import csv
 logger = logging.getLogger(__name__)
 
 SECTION = "bench:kafka"
-KUAIRAND = Path(__file__).resolve().parents[2] / (
-    "data/kuairand27k_like_hate/processed_standard_kcore_15.tsv")
 CLIENTS = ("kafka-python", "confluent")
 SETUPS = {  # learner setups measured end to end: name -> Config overrides
     "GMF IDL+IG": {"loss": "idl", "meta": "ig", "num_neg": 1},
@@ -243,4 +242,4 @@ def run(args: argparse.Namespace, machine: str) -> str:
     measures, n = kafka_measures(args)
     command = f"dwell bench --suites kafka --clients {','.join(args.clients)}"
     command += " --quick" if args.quick else f" --kafka-repeat {args.kafka_repeat}"
-    return format_markdown([replace(m) for m in measures], n, machine, command)
+    return format_markdown(measures, n, machine, command)

@@ -21,6 +21,7 @@ import numpy as np
 import orjson
 
 from learner.config import Config
+from learner.evaluation.datasets import KUAIRAND
 from learner.labels import POSITIVE, VAGUE, LabelRule
 from learner.prequential import auc_score
 from learner.trainer import OnlineLearner
@@ -28,8 +29,6 @@ from producers.readers import order_by_time, read_log
 from stream.event import decode_batch
 
 SECTION = "bench:peer"
-KUAIRAND = Path(__file__).resolve().parents[2] / (
-    "data/kuairand27k_like_hate/processed_standard_kcore_15.tsv")
 DWELL_SETUPS = {
     "dwell GMF, BCE": {"loss": "bce"},
     "dwell GMF, IDL+IG": {"loss": "idl", "meta": "ig", "num_neg": 1},

@@ -15,6 +15,7 @@ events. Reported per detector and shift:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from learner.bench.report import machine_description, write_section
 from learner.config import Config
 from learner.drift import DETECTORS, DriftMonitor
+from learner.evaluation.datasets import KUAIRAND
 from learner.labels import POSITIVE, VAGUE
 from learner.trainer import OnlineLearner
 from producers.readers import order_by_time, read_log
@@ -33,8 +35,6 @@ from producers.shift import SHIFTS, inject_shift
 from stream.event import decode_batch
 
 logger = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[2]
-KUAIRAND = REPO / "data/kuairand27k_like_hate/processed_standard_kcore_15.tsv"
 
 
 @dataclass
@@ -82,7 +82,7 @@ def evaluate(
     for shift, seed in tqdm(runs, desc="drift-eval", unit="run"):
         stream = events if shift == "none" else inject_shift(events, shift_at, shift, seed)
         monitors = {d: DriftMonitor(d, config.drift_chunk) for d in DETECTORS}
-        cfg = Config(**{**config.__dict__, "seed": seed})
+        cfg = dataclasses.replace(config, seed=seed)
         for detector, hits in replay_offline(stream, cfg, monitors).items():
             out = outcomes[(detector, shift)]
             if shift == "none":
