@@ -208,9 +208,16 @@ def test_unwritable_checkpoint_folder_stops_commits_until_it_recovers(kafka_boot
     assert sample("dwell_events_consumed_total") == 41_828  # nothing lost, nothing repeated
 
 
-def test_broker_restart_in_the_middle_of_a_replay(tmp_path, kafka_client):
+def test_broker_restart_in_the_middle_of_a_replay(tmp_path, kafka_client, request):
     import os
     import threading
+
+    import pytest
+
+    if kafka_client == "confluent":  # an open defect, see the closing note of 2026-11-29
+        request.applymarker(pytest.mark.xfail(
+            reason="1 run in 4: the confluent learner has not reached the end offsets 300 s "
+                   "after the broker restart (not yet diagnosed)", strict=False))
 
     from learner.config import Config
     from learner.daemon import Daemon
