@@ -25,20 +25,53 @@ DEFAULT_DATA = (
 )
 DWELL_HOME = Path(os.environ.get("DWELL_HOME", Path.home() / ".local/share/dwell"))
 DEFAULT_BROKER_DIR = DWELL_HOME / "kafka"
+DEFAULT_CLUSTER_DIR = DWELL_HOME / "kafka-cluster"
 
 
 def _broker(args: argparse.Namespace) -> int:
     from stream.broker import LocalBroker
 
-    broker = LocalBroker(Path(args.data), args.port, args.controller_port, args.heap)
+    if args.nodes != 1:
+        return _cluster(args)
+    data = args.data or str(DEFAULT_BROKER_DIR)
+    controller_port = 9093 if args.controller_port is None else args.controller_port
+    broker = LocalBroker(Path(data), args.port, controller_port, args.heap)
     if args.action == "start":
         print(broker.start())
     elif args.action == "stop":
         broker.stop()
     else:
         running = broker.status()
-        print(f"{'running' if running else 'stopped'} ({broker.bootstrap}, data {args.data})")
+        print(f"{'running' if running else 'stopped'} ({broker.bootstrap}, data {data})")
         return 0 if running else 3
+    return 0
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    """``dwell broker --nodes N``: node k on ports P+k-1 and C+k-1, data in DATA/node-k."""
+    from stream.broker import LocalCluster
+
+    n = args.nodes
+    if n < 1:
+        raise DwellError(f"--nodes must be at least 1, not {n}")
+    first_controller = args.port + n if args.controller_port is None else args.controller_port
+    data = Path(args.data or DEFAULT_CLUSTER_DIR)
+    try:
+        cluster = LocalCluster(data, range(args.port, args.port + n),
+                               range(first_controller, first_controller + n), args.heap)
+    except ValueError as exc:
+        raise DwellError(f"dwell broker --nodes {n}: {exc}") from exc
+    if args.action == "start":
+        print(cluster.start(timeout=120))
+    elif args.action == "stop":
+        cluster.stop()
+    else:
+        running = cluster.status()
+        for k, up in running.items():
+            node = cluster.node(k)
+            print(f"node {k}: {'running' if up else 'stopped'} ({node.bootstrap}, "
+                  f"data {node.data_dir})")
+        return 0 if all(running.values()) else 3
     return 0
 
 
@@ -78,17 +111,23 @@ def _learn(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
     from learner.daemon import Daemon
+    from learner.distributed import JobSpec
     from learner.monitoring import serve_metrics
+    from learner.rank_daemon import RankDaemon
 
     cfg = learn_config(args)
     logger.info("checkpoints in %s", cfg.checkpoint_dir or "(none: --checkpoint-dir '')")
     registry = CollectorRegistry()
-    daemon = Daemon(cfg, registry)
+    spec = JobSpec.resolve(cfg.rank, cfg.world_size, cfg.master_addr, cfg.master_port,
+                           cfg.device, cfg.dist_timeout_s)
+    daemon = RankDaemon(cfg, registry, spec) if spec.world_size > 1 else Daemon(cfg, registry)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: daemon.stop())
     server = None
     if cfg.metrics_port >= 0:
-        server = serve_metrics(registry, cfg.metrics_addr, cfg.metrics_port)
+        # the ranks of one machine serve on consecutive ports
+        port = cfg.metrics_port + spec.local_rank if cfg.metrics_port else 0
+        server = serve_metrics(registry, cfg.metrics_addr, port)
         logger.info("metrics on http://%s:%d/metrics", cfg.metrics_addr, server.server_port)
     try:
         totals = daemon.run()
@@ -96,6 +135,11 @@ def _learn(args: argparse.Namespace) -> int:
         if server is not None:
             server.shutdown()
     print(format_totals(totals, daemon.learner.evaluator.values()))
+    job = totals.get("job")
+    if job:
+        print(f"job of {job['ranks']} ranks: consumed {job['consumed']:,} accepted "
+              f"{job['accepted']:,} dead-lettered {job['dead_lettered']:,} | run AUC dwell "
+              f"{job['auc_run']['dwell']:.4f} explicit {job['auc_run']['explicit']:.4f}")
     return 0
 
 
@@ -145,12 +189,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("broker", help="start, stop or query a local Apache Kafka broker")
+    p = sub.add_parser("broker", help="start, stop or query a local Apache Kafka broker "
+                                      "(or a local cluster of several, --nodes)")
     p.add_argument("action", choices=["start", "stop", "status"])
-    p.add_argument("--port", type=int, default=9092)
-    p.add_argument("--controller-port", type=int, default=9093)
-    p.add_argument("--data", default=str(DEFAULT_BROKER_DIR), help="broker data folder")
-    p.add_argument("--heap", default="512m", help="JVM heap")
+    p.add_argument("--nodes", type=int, default=1,
+                   help="number of nodes (KRaft, each broker and controller); with N > 1 "
+                        "node k listens on PORT+k-1 and CONTROLLER_PORT+k-1 and keeps its data "
+                        "in DATA/node-k")
+    p.add_argument("--port", type=int, default=9092, help="(first) broker port")
+    p.add_argument("--controller-port", type=int, default=None,
+                   help="(first) controller port (default: 9093 for one node, PORT+N for N)")
+    p.add_argument("--data", default=None,
+                   help=f"data folder (default {DEFAULT_BROKER_DIR}, or {DEFAULT_CLUSTER_DIR} "
+                        "with --nodes N > 1)")
+    p.add_argument("--heap", default="512m", help="JVM heap (of each node)")
     p.set_defaults(func=_broker)
 
     p = sub.add_parser("replay", help="replay a historical log into a Kafka topic")

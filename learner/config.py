@@ -93,6 +93,15 @@ class Config:
                                                "chunk log loss) fed to the drift detector")
     metrics_log: str = _opt("", "append progress and drift records (JSON lines) here; '' "
                             "with checkpoints: CHECKPOINT_DIR/metrics.jsonl")
+    rank: int = _opt(-1, "rank of this learner in a distributed job (-1: torchrun's RANK, "
+                     "else 0)")
+    world_size: int = _opt(0, "ranks in the job (0: torchrun's WORLD_SIZE, else 1)")
+    master_addr: str = _opt("", "address of rank 0 for the job's rendezvous (default: "
+                            "torchrun's MASTER_ADDR, else 127.0.0.1)")
+    master_port: int = _opt(0, "port of the rendezvous (default: MASTER_PORT, else 29500)")
+    sync_every: int = _opt(1, "optimiser steps between synchronisations of the ranks of a "
+                           "distributed job (1: every step)")
+    dist_timeout_s: float = _opt(120.0, "how long a rank waits for the others in a collective")
     pos_ratio: float = _opt(0.9, "positive when play/duration >= this")
     long_view_ms: int = _opt(30_000, "positive when play_ms >= this")
     skip_ms: int = _opt(3_000, "negative when play_ms < this (and not positive)")

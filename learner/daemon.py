@@ -42,7 +42,7 @@ from stream.clients import BatchConsumer, make_consumer
 from stream.clients import Record as ConsumerRecord
 from stream.dlq import DeadLetterError, DeadLetterQueue
 from stream.errors import ClientError  # what either Kafka client raises
-from stream.event import decode_batch
+from stream.event import EventBatch, decode_batch
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,8 @@ class Daemon:
         self.metrics.info.info({"model": config.model, "loss": config.loss, "meta": config.meta,
                                 "drift_detector": config.drift_detector})
         self._runlog = None
+        self._last_records = time.monotonic()
+        self._decode_seconds = 0.0
 
     # -- control, callable from any thread ------------------------------------------------
     def stop(self) -> None:
@@ -92,6 +94,25 @@ class Daemon:
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> dict:
         """Consume until stopped, done or idle; return the totals."""
+        self._open()
+        try:
+            while self._iterate():
+                pass
+            self._final_commit()
+        finally:
+            self._progress(time.monotonic())
+            self._close()
+        totals = self.metrics.totals()
+        first = self._first_batch_at
+        totals["seconds"] = time.monotonic() - first if first is not None else 0.0
+        if self._runlog is not None:
+            self._append(self._runlog, {"kind": "stop", "time": time.time(), "totals": totals})
+            self._runlog.close()
+        return totals
+
+    def _open(self, partitions: list[int] | None = None) -> None:
+        """Restore, then connect: the dead-letter producer and the consumer (of the group's
+        share of the topic, or of exactly ``partitions``)."""
         cfg = self.config
         self._write_audit("start", {})
         self._open_run_log()
@@ -103,57 +124,76 @@ class Daemon:
         self.consumer = make_consumer(
             cfg.client, cfg.bootstrap, cfg.topic, cfg.group,
             max_records=cfg.batch_size, max_wait_s=cfg.batch_timeout_s,
-            on_revoke=self._on_revoke, on_assign=self._on_assign,
+            on_revoke=self._on_revoke, on_assign=self._on_assign, partitions=partitions,
             client_config={"session_timeout_ms": cfg.session_timeout_ms,
                            "heartbeat_interval_ms": max(100, cfg.session_timeout_ms // 3),
                            **cfg.client_options()},
         )
         if cfg.until_end:
             self.finish_at(self.consumer.end_offsets())
-        last_records = time.monotonic()
-        try:
-            while not self._stop.is_set():
-                records = self.consumer.poll_batch()
-                now = time.monotonic()
-                if records:
-                    if self._first_batch_at is None:
-                        self._first_batch_at = now
-                    self.process(records)
-                    last_records = now
-                if self._commit_due(now):
-                    self.commit()
-                if now - self._last_progress >= cfg.progress_interval_s:
-                    self._progress(now)
-                if self._done():
-                    logger.info("all target offsets processed")
-                    break
-                if cfg.idle_timeout_s and now - last_records >= cfg.idle_timeout_s:
-                    logger.info("no records for %.1f s: stopping", cfg.idle_timeout_s)
-                    break
-            self._final_commit()
-        finally:
-            self._progress(time.monotonic())
+        self._last_records = time.monotonic()
+
+    def _iterate(self) -> bool:
+        """One micro-batch: poll, process, commit and report when due; False to stop."""
+        if self._stop.is_set():
+            return False
+        records = self.consumer.poll_batch()
+        now = time.monotonic()
+        if records:
+            self.process(records)
+        if self._commit_due(now):
+            self.commit()
+        if now - self._last_progress >= self.config.progress_interval_s:
+            self._progress(now)
+        if self._done():
+            logger.info("all target offsets processed")
+            return False
+        return not self._idle(now)
+
+    def _idle(self, now: float) -> bool:
+        timeout = self.config.idle_timeout_s
+        if timeout and now - self._last_records >= timeout:
+            logger.info("no records for %.1f s: stopping", timeout)
+            return True
+        return False
+
+    def _close(self) -> None:
+        if self.consumer is not None:
             self.consumer.close()
+        if self.dlq is not None:
             self.dlq.close()
-            if self._audit is not None:
-                self._audit.close()
-        totals = self.metrics.totals()
-        first = self._first_batch_at
-        totals["seconds"] = time.monotonic() - first if first is not None else 0.0
-        if self._runlog is not None:
-            self._append(self._runlog, {"kind": "stop", "time": time.time(), "totals": totals})
-            self._runlog.close()
-        return totals
+        if self._audit is not None:
+            self._audit.close()
 
     def process(self, records: list[ConsumerRecord]) -> None:
         """Dead-letter the invalid records of a micro-batch, test-then-train on the rest."""
+        self.learn(records, self.decode(records))
+
+    def decode(self, records: list[ConsumerRecord]) -> EventBatch:
+        """The valid events of ``records``; the invalid ones go to the dead-letter topic."""
+        started = time.perf_counter()
+        batch = decode_batch([r.value for r in records], self.config.max_value_bytes)
+        for rejected in batch.rejected:
+            self.dlq.send(records[rejected.index], rejected.reason, rejected.detail)
+            self.metrics.events_invalid.labels(rejected.reason.value).inc()
+        self._decode_seconds = time.perf_counter() - started
+        return batch
+
+    def learn(self, records: list[ConsumerRecord], batch: EventBatch, rows=None, steps=None,
+              after_step=None) -> None:
+        """Test-then-train on the valid events of ``records``; count; mark them processed.
+
+        ``rows``, ``steps`` and ``after_step`` go to :meth:`OnlineLearner.learn_many`.
+        """
         m = self.metrics
-        with m.batch_duration.time():
-            batch = decode_batch([r.value for r in records], self.config.max_value_bytes)
-            for rejected in batch.rejected:
-                self.dlq.send(records[rejected.index], rejected.reason, rejected.detail)
-                m.events_invalid.labels(rejected.reason.value).inc()
-            result = self.learner.learn_many(batch)
+        now = time.monotonic()
+        if self._first_batch_at is None and records:
+            self._first_batch_at = now
+        if records:
+            self._last_records = now
+        started = time.perf_counter()
+        result = self.learner.learn_many(batch, rows=rows, steps=steps, after_step=after_step)
+        m.batch_duration.observe(self._decode_seconds + time.perf_counter() - started)
         m.events_consumed.inc(len(records))
         if len(batch):
             record_ms = np.fromiter((r.timestamp for r in records), np.float64, len(records))
@@ -275,6 +315,10 @@ class Daemon:
         if state is None:
             logger.info("no checkpoint in %s: starting fresh", self.config.checkpoint_dir)
             return
+        self._resume_from(state)
+
+    def _resume_from(self, state: dict) -> None:
+        """Take up a loaded checkpoint: the learner's state and the partitions' offsets."""
         if state["topic"] != self.config.topic:
             from stream.errors import ConfigError
 

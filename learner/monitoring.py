@@ -136,6 +136,22 @@ class Metrics:
         self.batches = Counter("dwell_batches", "Micro-batches processed.", registry=r)
         self.commits = Counter("dwell_offset_commits", "Offset commits to Kafka.", registry=r)
         self.loss = Gauge("dwell_loss", "Mean training loss of the last micro-batch.", registry=r)
+        self.sync_duration = Histogram(
+            "dwell_sync_duration_seconds",
+            "Time a model averaging of the ranks of a distributed job took.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.rank_lag = Gauge(
+            "dwell_rank_lag_records",
+            "Records behind the high watermark, summed over a rank's partitions (exported by "
+            "rank 0 of a distributed job for every rank).", ["rank"], registry=r,
+        )
+        self.rank_events_per_second = Gauge(
+            "dwell_rank_events_per_second",
+            "Events a rank consumed per second since its first batch (rank 0 exports every "
+            "rank's).", ["rank"], registry=r,
+        )
         self.info = Info("dwell_learner", "Model, loss, meta-correction and drift detector.",
                          registry=r)
         self.auc = Gauge(

@@ -26,7 +26,7 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,6 +34,7 @@ import torch
 
 from learner.backbones import make_backbone
 from learner.devices import resolve_device, to_device
+from learner.distributed import UpdateLog
 from learner.features import event_features
 from learner.idmap import IdMap
 from learner.labels import CLASS_NAMES, NEGATIVE, POSITIVE, VAGUE, LabelRule
@@ -74,6 +75,7 @@ class LearnerSettings:
     threads: int = 1
     max_users: int = 0  # id-map capacity, least recently seen evicted; 0: unbounded
     max_videos: int = 0
+    rank: int = 0  # rank in a distributed job: its draws (sampling, shuffles) differ
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,16 +124,36 @@ class OnlineLearner:
                 raise ConfigError(f"{name} must be 0 (unbounded) or positive")
         self.users = IdMap(settings.max_users or None)
         self.videos = IdMap(settings.max_videos or None)
-        self.sampler = NegativeSampler(settings.num_neg, settings.sampler, settings.seed)
+        # torch's draws (new rows) are the same on every rank, numpy's (shuffles, sampled
+        # items) the rank's own
+        draws = settings.seed if settings.rank == 0 else [settings.seed, settings.rank]
+        self.sampler = NegativeSampler(settings.num_neg, settings.sampler, draws)
         self.reservoir = Reservoir(settings.meta_size, n_feats=2)
         self.evaluator = Evaluator(settings.auc_window, settings.auc_long_window)
         self.steps = 0
         self._item_duration = np.zeros(1024, dtype=np.int64)  # last duration bucket per item
-        self._rng = np.random.default_rng(settings.seed)
+        self._rng = np.random.default_rng(draws)
+        self.updates: UpdateLog | None = None  # what training changed, in a distributed job
 
     # -- helpers ---------------------------------------------------------------------------
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return to_device(array, self.device)
+
+    def admit(
+        self, user_ids: Sequence[Hashable], video_ids: Sequence[Hashable],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows for these ids (new ids get rows, as in a batch), without scoring or training.
+
+        In a distributed job every rank admits every rank's ids of a round, in rank order, so
+        that an id has the same row on every rank; each then passes its own slice of the rows
+        to :meth:`learn_many`.
+        """
+        return self._rows(user_ids, video_ids)
+
+    def log_updates(self) -> UpdateLog:
+        """From now on, log what training changes (for :meth:`Ranks.synchronise`)."""
+        self.updates = UpdateLog(self.model, self.optimizer)
+        return self.updates
 
     def _rows(self, user_ids: Sequence[Hashable], video_ids: Sequence[Hashable]):
         users = self.users.lookup(user_ids)
@@ -178,15 +200,31 @@ class OnlineLearner:
             "optimizer": self.optimizer.state_dict(),
             "users": self.users.state_dict(),
             "videos": self.videos.state_dict(),
+            "item_duration": self._item_duration.copy(),
+            "torch_rng": torch.get_rng_state(),  # new table rows are drawn from it
+            **self.local_state_dict(),
+        }
+
+    def local_state_dict(self) -> dict:
+        """The part of :meth:`state_dict` that is a rank's own in a distributed job: what it
+        has seen (sampler, reservoir, prequential metrics) and its own draws."""
+        return {
             "sampler": self.sampler.state_dict(),
             "reservoir": self.reservoir.state_dict(),
             "evaluator": self.evaluator.state_dict(),
             "steps": self.steps,
-            "item_duration": self._item_duration.copy(),
             "rng": self._rng.bit_generator.state,
             "sampler_rng": self.sampler.rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(),  # new table rows are drawn from it
         }
+
+    def load_local_state_dict(self, state: dict) -> None:
+        """Restore :meth:`local_state_dict`."""
+        self.sampler.load_state_dict(state["sampler"])
+        self.reservoir.load_state_dict(state["reservoir"])
+        self.evaluator.load_state_dict(state["evaluator"])
+        self.steps = int(state["steps"])
+        self._rng.bit_generator.state = state["rng"]
+        self.sampler.rng.bit_generator.state = state["sampler_rng"]
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`; refuse one whose model configuration differs."""
@@ -204,14 +242,9 @@ class OnlineLearner:
         self.optimizer.load_state_dict(state["optimizer"])
         self.users.load_state_dict(state["users"])
         self.videos.load_state_dict(state["videos"])
-        self.sampler.load_state_dict(state["sampler"])
-        self.reservoir.load_state_dict(state["reservoir"])
-        self.evaluator.load_state_dict(state["evaluator"])
-        self.steps = int(state["steps"])
         self._item_duration = state["item_duration"].copy()
-        self._rng.bit_generator.state = state["rng"]
-        self.sampler.rng.bit_generator.state = state["sampler_rng"]
         torch.set_rng_state(state["torch_rng"])
+        self.load_local_state_dict(state)
 
     # -- river's verbs ---------------------------------------------------------------------
     @torch.no_grad()
@@ -234,18 +267,33 @@ class OnlineLearner:
             feats = np.stack([np.zeros_like(videos), self._item_duration[videos]], axis=1)
         return self.score_rows(users, videos, feats)
 
-    def learn_many(self, batch: EventBatch, classes: np.ndarray | None = None) -> BatchResult:
+    def planned_steps(self, events: int) -> int:
+        """Optimiser steps :meth:`learn_many` takes for a batch of ``events`` real events."""
+        if not events:
+            return 0
+        steps = max(1, -(-events * (1 + self.settings.num_neg) // self.settings.train_batch))
+        return min(steps, self.settings.max_steps) if self.settings.max_steps else steps
+
+    def learn_many(
+        self, batch: EventBatch, classes: np.ndarray | None = None,
+        rows: tuple[np.ndarray, np.ndarray] | None = None, steps: int | None = None,
+        after_step: Callable[[], None] | None = None,
+    ) -> BatchResult:
         """Score the batch (prequential metrics), then train on it.
 
         ``classes`` overrides the dwell-time labels (POSITIVE, NEGATIVE or VAGUE per event),
-        for data sets whose labels are not dwell times.
+        for data sets whose labels are not dwell times. ``rows``: the (user, video) rows of
+        the batch's ids when :meth:`admit` gave them already. ``steps`` (at least
+        :meth:`planned_steps`) splits the training into that many steps, some maybe empty,
+        and ``after_step`` is called after each, empty or not: the ranks of a distributed job
+        step in lockstep that way.
         """
         if classes is None:
             classes = self.settings.labels.classify(batch.play_ms, batch.duration_ms)
         counts = {name: int((classes == c).sum()) for c, name in CLASS_NAMES.items()}
         if not len(batch):
             return BatchResult(counts, 0, float("nan"), evicted={"user": 0, "video": 0})
-        users, videos = self._rows(batch.user_id, batch.video_id)
+        users, videos = rows if rows is not None else self._rows(batch.user_id, batch.video_id)
         evicted = {"user": int(self.users.last_evicted.size),
                    "video": int(self.videos.last_evicted.size)}
         feats = event_features(batch.ts_ms, batch.duration_ms)
@@ -270,34 +318,43 @@ class OnlineLearner:
         if self.settings.meta_source == "reservoir":
             self.reservoir.add(users[genuine], videos[genuine], feats[genuine],
                                labels[: len(batch)][genuine])
-        result = self._train(all_users, all_items, all_feats, labels, vague, counts)
+        result = self._train(all_users, all_items, all_feats, labels, vague, counts, steps,
+                             after_step)
         return dataclasses.replace(result, scores=scores, classes=classes, evicted=evicted)
 
     # -- training --------------------------------------------------------------------------
-    def _train(self, users, items, feats, labels, vague, counts) -> BatchResult:
+    def _train(self, users, items, feats, labels, vague, counts, steps=None,
+               after_step=None) -> BatchResult:
         order = self._rng.permutation(users.size)
         losses, branches, leaning = [], Counter(), 0
-        steps = max(1, -(-users.size // self.settings.train_batch))
-        if self.settings.max_steps:  # under backlog, fewer and larger steps
-            steps = min(steps, self.settings.max_steps)
+        if steps is None:
+            steps = max(1, -(-users.size // self.settings.train_batch))
+            if self.settings.max_steps:  # under backlog, fewer and larger steps
+                steps = min(steps, self.settings.max_steps)
         chunks = np.array_split(order, steps)
-        seconds = np.zeros(len(chunks))
-        for i, chunk in enumerate(chunks):
-            started = time.perf_counter()
-            if self.ig is None:
-                loss, lean = self._loss_step(users, items, feats, labels, vague, chunk)
-            else:
-                loss, lean, branch = self._ig_step(users, items, feats, labels, vague, chunk)
-                branches[branch] += 1
-            losses.append(loss)
-            leaning += lean
-            self.steps += 1
-            seconds[i] = time.perf_counter() - started
+        seconds = []
+        for chunk in chunks:
+            if chunk.size:  # a chunk is empty only when the ranks of a job step in lockstep
+                if self.updates is not None:
+                    self.updates.record(users[chunk], items[chunk])
+                started = time.perf_counter()
+                if self.ig is None:
+                    loss, lean = self._loss_step(users, items, feats, labels, vague, chunk)
+                else:
+                    loss, lean, branch = self._ig_step(users, items, feats, labels, vague,
+                                                       chunk)
+                    branches[branch] += 1
+                losses.append(loss)
+                leaning += lean
+                self.steps += 1
+                seconds.append(time.perf_counter() - started)
+            if after_step is not None:
+                after_step()
         real = sum(counts.values())
         return BatchResult(
             counts, len(losses), float(np.mean(losses)), sampled=int(users.size - real),
             vague_positive=leaning, vague_total=int(vague.sum()), branches=branches,
-            step_seconds=seconds,
+            step_seconds=np.array(seconds),
         )
 
     def _loss_step(self, users, items, feats, labels, vague, chunk) -> tuple[float, int]:
@@ -316,6 +373,8 @@ class OnlineLearner:
         if self.settings.meta_source == "reservoir" and len(self.reservoir):
             r = self.reservoir
             pick = r.sample(self.settings.meta_batch, self._rng)
+            if self.updates is not None:  # the IG step trains these rows too
+                self.updates.record(r.users[pick], r.items[pick])
             meta = self._pairs(r.users, r.items, r.feats, pick)
             meta_labels = self._tensor(r.labels[pick])
         else:

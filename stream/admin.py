@@ -97,12 +97,17 @@ def create_topic(
     bootstrap: str,
     name: str,
     partitions: int = 4,
-    replication: int = 1,
+    replication: int | None = None,
     config: Mapping[str, Any] | None = None,
     timeout: float = 30.0,
     options: Mapping[str, Any] | None = None,
 ) -> bool:
     """Create a topic and wait until every partition has a leader.
+
+    ``replication`` is the replication factor; None takes the cluster's
+    ``default.replication.factor`` (1 on a single-node broker, 3 on the local 3-node cluster
+    of :class:`stream.broker.LocalCluster`). ``config`` holds topic settings, e.g.
+    ``{"min.insync.replicas": "2"}``; unset ones take the cluster's defaults.
 
     Idempotent: a topic that already exists is left as it is (a warning is logged if its
     partition count differs). Returns True if this call created it, False if it existed.
@@ -110,7 +115,7 @@ def create_topic(
     spec = {
         name: {
             "num_partitions": partitions,
-            "replication_factor": replication,
+            "replication_factor": -1 if replication is None else replication,
             "configs": {str(k): str(v) for k, v in (config or {}).items()},
         }
     }
@@ -119,8 +124,8 @@ def create_topic(
         try:
             admin.create_topics(spec, timeout_ms=timeout_ms)
             created = True
-            msg = "created topic %s (%d partitions, replication %d)"
-            log.info(msg, name, partitions, replication)
+            msg = "created topic %s (%d partitions, replication %s)"
+            log.info(msg, name, partitions, "default" if replication is None else replication)
         except TopicAlreadyExistsError:
             created = False
             log.debug("topic %s already exists", name)
@@ -131,6 +136,43 @@ def create_topic(
                 msg = "topic %s exists with %d partitions, not the %d asked for"
                 log.warning(msg, name, existing, partitions)
     return created
+
+
+def describe_partitions(
+    bootstrap: str, topic: str, timeout: float = 30.0,
+    options: Mapping[str, Any] | None = None,
+) -> dict[int, dict[str, Any]]:
+    """Leader, replicas and in-sync replicas (broker ids) of each partition of ``topic``.
+
+    ``{partition: {"leader": id, "replicas": [ids], "isr": [ids]}}``; the leader is -1 while
+    a partition has none. Raises ``UnknownTopicOrPartitionError`` if the topic does not exist.
+    """
+    with admin_client(bootstrap, timeout, options) as admin:
+        described = admin.describe_topics([topic])
+    info = next((t for t in described if t.get("name") == topic), None)
+    if info is None or info.get("error_code", 0) != 0 or not info.get("partitions"):
+        raise UnknownTopicOrPartitionError(f"topic {topic!r} does not exist")
+    return {
+        p["partition_index"]: {
+            "leader": p["leader_id"],
+            "replicas": sorted(p["replica_nodes"]),
+            "isr": sorted(p["isr_nodes"]),
+        }
+        for p in sorted(info["partitions"], key=lambda p: p["partition_index"])
+    }
+
+
+def topic_config(
+    bootstrap: str, topic: str, timeout: float = 30.0,
+    options: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """Every setting of ``topic`` as the cluster applies it: its own and the defaults."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    resource = ConfigResource(ConfigResourceType.TOPIC, topic)
+    with admin_client(bootstrap, timeout, options) as admin:
+        result = admin.describe_configs([resource], config_filter="all")
+    return {key: entry["value"] for key, entry in result["topic"][topic].items()}
 
 
 def delete_topic(

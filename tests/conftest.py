@@ -5,6 +5,11 @@ if set, else a single-node KRaft broker started by ``stream.broker.LocalBroker``
 in a temporary folder and stopped at the end of the session. The broker is started only if a
 test asks for it, so unit tests never pay for it.
 
+``kafka_cluster`` (session) is a three-node KRaft cluster (``stream.broker.LocalCluster``) on
+free ports, started only when a test asks for it; tests may kill and restart its nodes.
+``replicated_topic`` is a fresh 4-partition topic on it with replication factor 3 and
+``min.insync.replicas=2`` (:func:`create_replicated_topic`).
+
 ``kafka_client`` runs a test once per Kafka client of ``stream.clients`` (kafka-python and
 confluent); the confluent runs are skipped where confluent-kafka is not installed.
 
@@ -24,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from stream.admin import create_topic, delete_topic
-from stream.broker import LocalBroker, wait_until_ready
+from stream.broker import LocalBroker, LocalCluster, wait_until_ready
 from stream.clients import CLIENTS
 
 log = logging.getLogger(__name__)
@@ -66,6 +71,44 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         # Runs on success, failure, Ctrl-C, and when start() itself failed half-way.
         broker.stop(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A three-node Kafka cluster (KRaft, each node broker and controller) for this session.
+
+    The cluster object has ``.bootstrap`` and ``kill(node)``, ``stop_node(node)``,
+    ``start_node(node)`` for nodes 1, 2 and 3. A test that stops or kills a node starts it
+    again before it ends, so that the next test finds the cluster whole.
+    """
+    cluster = LocalCluster.on_free_ports(tmp_path_factory.mktemp("kafka-cluster"), nodes=3)
+    try:
+        # owner_pid: a watchdog per node stops its JVM even if this process dies uncleanly.
+        cluster.start(timeout=120, owner_pid=os.getpid())
+        yield cluster
+    finally:
+        cluster.stop(timeout=30)
+
+
+def create_replicated_topic(bootstrap: str, name: str, partitions: int = 4) -> None:
+    """Create ``name`` with replication factor 3 and ``min.insync.replicas=2``: a write with
+    acks=all is acknowledged once two replicas have it, so one broker may die at any time."""
+    create_topic(bootstrap, name, partitions=partitions, replication=3,
+                 config={"min.insync.replicas": "2"})
+
+
+@pytest.fixture
+def replicated_topic(kafka_cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh 4-partition topic on ``kafka_cluster`` (replication 3, min.insync.replicas 2);
+    deleted afterwards with its dead-letter topic."""
+    name = _topic_name(request.node.nodeid)
+    create_replicated_topic(kafka_cluster.bootstrap, name)
+    yield name
+    for leftover in (name, f"{name}.dlq"):
+        try:
+            delete_topic(kafka_cluster.bootstrap, leftover)
+        except Exception as exc:  # best effort: a failed clean-up must not fail the test
+            log.warning("could not delete topic %s: %r", leftover, exc)
 
 
 @pytest.fixture(params=CLIENTS)

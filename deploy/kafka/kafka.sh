@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Run a single-node Apache Kafka broker (KRaft, broker+controller in one JVM) for development
-# and tests, from the Maven Central jars. No Kafka distribution, no Docker, no ZooKeeper.
+# Run an Apache Kafka node (KRaft, broker+controller in one JVM) for development and tests, from
+# the Maven Central jars: a single-node broker, or one node of a small cluster on loopback
+# (--node-id, --voters, --cluster-id). No Kafka distribution, no Docker, no ZooKeeper.
 #
 # The jars are fetched once with Maven into ${DWELL_CACHE:-$HOME/.cache/dwell}/kafka-<version>/libs;
 # the Kafka version is pinned in pom.xml next to this script (property kafka.version).
@@ -18,21 +19,33 @@ usage() {
   cat <<EOF
 Usage: $PROG <command> [options]
 
-Run a local single-node Apache Kafka broker (KRaft) from the Maven Central jars.
+Run a local Apache Kafka node (KRaft, broker and controller in one JVM) from the Maven
+Central jars: a single-node broker, or one node of a cluster on loopback.
 
 Commands:
   fetch                         fetch the Kafka jars into the cache (once; no-op when complete)
   start --port P --controller-port C --data DIR [--heap 512m] [--timeout 60] [--owner-pid PID]
-                                format DIR (first time only), start the broker in the background,
+        [--node-id K --voters ID@HOST:PORT,... --cluster-id ID]
+                                format DIR (first time only), start the node in the background,
                                 wait until 127.0.0.1:P accepts connections; with --owner-pid the
-                                broker is stopped when process PID exits
-  stop --data DIR [--timeout 30]
-                                SIGTERM the broker, SIGKILL after the timeout (seconds)
+                                node is stopped when process PID exits.
+                                Alone, the node is a single-node cluster (node id 1). For node K of
+                                a cluster, give every node the same --voters (the static
+                                controller quorum, e.g. 1@127.0.0.1:9095,2@127.0.0.1:9096,...;
+                                node K's entry must name --controller-port) and the same
+                                --cluster-id (22 characters of URL-safe base64, not starting with
+                                '-'; needed to format a node of a multi-node quorum). Start the
+                                nodes together: a node answers once a majority of voters is up.
+                                With N voters, topics default to replication factor min(N,3) and
+                                min.insync.replicas max(1,rf-1), internal topics too.
+  stop --data DIR [--timeout 30] [--kill]
+                                SIGTERM the node, SIGKILL after the timeout (seconds); with
+                                --kill, SIGKILL at once (a crash, for fault tests)
   status --data DIR             print running/stopped; exit 0 if running, 3 if not
   help                          show this message
 
-Files in DIR: server.properties, logs/ (the Kafka log dirs; kept across restarts),
-server.log (broker log), server.out (JVM stdout/stderr), kafka.pid.
+Files in DIR (one DIR per node): server.properties, logs/ (the Kafka log dirs; kept across
+restarts), server.log (broker log), server.out (JVM stdout/stderr), kafka.pid.
 
 Environment:
   DWELL_CACHE             cache root (default \$HOME/.cache/dwell)
@@ -189,12 +202,16 @@ cmd_fetch() {
 
 # ------------------------------------------------------------------------------------ start
 
-write_properties() {  # write_properties FILE PORT CPORT DATA
+write_properties() {  # write_properties FILE PORT CPORT DATA NODE_ID VOTERS
+  local voters=$6 n rf min_isr
+  n=$(tr ',' '\n' <<<"$voters" | grep -c .)
+  rf=$(( n < 3 ? n : 3 ))
+  min_isr=$(( rf > 1 ? rf - 1 : 1 ))
   cat >"$1" <<EOF
 # Written by deploy/kafka/kafka.sh start; rewritten at every start.
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:$3
+node.id=$5
+controller.quorum.voters=$voters
 listeners=PLAINTEXT://127.0.0.1:$2,CONTROLLER://127.0.0.1:$3
 advertised.listeners=PLAINTEXT://127.0.0.1:$2
 controller.listener.names=CONTROLLER
@@ -202,15 +219,17 @@ listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$4/logs
 num.partitions=4
-offsets.topic.replication.factor=1
+default.replication.factor=$rf
+min.insync.replicas=$min_isr
+offsets.topic.replication.factor=$rf
 offsets.topic.num.partitions=4
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$min_isr
 transaction.state.log.num.partitions=4
 group.initial.rebalance.delay.ms=0
 group.min.session.timeout.ms=1000
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.replication.factor=$rf
+share.coordinator.state.topic.min.isr=$min_isr
 EOF
 }
 
@@ -245,9 +264,9 @@ start_watchdog() {  # start_watchdog DATA OWNER BROKER: stop BROKER when OWNER e
   echo $! >"$data/watchdog.pid"
 }
 
-do_start() {  # do_start PORT CPORT DATA HEAP TIMEOUT OWNER
-  local port=$1 cport=$2 data=$3 heap=$4 timeout=$5 owner=$6
-  local pidfile="$data/kafka.pid" pid java cluster_id deadline running_port out_offset log_offset
+do_start() {  # do_start PORT CPORT DATA HEAP TIMEOUT OWNER NODE_ID VOTERS CLUSTER_ID
+  local port=$1 cport=$2 data=$3 heap=$4 timeout=$5 owner=$6 node_id=$7 voters=$8 cluster_id=$9
+  local pidfile="$data/kafka.pid" pid java deadline running_port out_offset log_offset stored
 
   pid=$(read_pid "$pidfile")
   if [[ -n $pid ]] && is_broker_pid "$pid"; then
@@ -266,11 +285,19 @@ do_start() {  # do_start PORT CPORT DATA HEAP TIMEOUT OWNER
 
   java=$(find_java) || die_install "java is not on PATH (Kafka $KAFKA_VERSION needs Java 17 or newer)"
 
-  write_properties "$data/server.properties" "$port" "$cport" "$data"
-  if [[ ! -f $data/logs/meta.properties ]]; then
-    cluster_id=$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
-    # An id that starts with '-' reads as an option to kafka-storage (1 start in 64 failed).
-    if [[ $cluster_id == -* ]]; then cluster_id="A${cluster_id:1}"; fi
+  write_properties "$data/server.properties" "$port" "$cport" "$data" "$node_id" "$voters"
+  if [[ -f $data/logs/meta.properties ]]; then
+    stored=$(prop "$data/logs/meta.properties" cluster.id)
+    if [[ -n $cluster_id && -n $stored && $stored != "$cluster_id" ]]; then
+      die "$data/logs belongs to cluster $stored, not $cluster_id; remove it or pass --cluster-id $stored"
+    fi
+  else
+    if [[ -z $cluster_id ]]; then
+      [[ $voters == *,* ]] && die_usage "formatting a node of a multi-node quorum needs --cluster-id (the same on every node)"
+      cluster_id=$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+      # An id that starts with '-' reads as an option to kafka-storage (1 start in 64 failed).
+      if [[ $cluster_id == -* ]]; then cluster_id="A${cluster_id:1}"; fi
+    fi
     log "formatting $data/logs (cluster id $cluster_id)"
     if ! "$java" -cp "$LIBS/*" \
         -Dlog4j2.configurationFile="$LOG4J_CONF" -Dkafka.logs.dir="$data" -Dkafka.log.file=format.log \
@@ -291,7 +318,7 @@ do_start() {  # do_start PORT CPORT DATA HEAP TIMEOUT OWNER
   # and nohup exec in place and $! is the JVM's pid. 9>&- keeps the lock fd out of the JVM.
   out_offset=$(file_size "$data/server.out")
   log_offset=$(file_size "$data/server.log")
-  echo "==== $(date -u +%Y-%m-%dT%H:%M:%SZ) starting Kafka $KAFKA_VERSION on 127.0.0.1:$port" \
+  echo "==== $(date -u +%Y-%m-%dT%H:%M:%SZ) starting Kafka $KAFKA_VERSION on 127.0.0.1:$port (node $node_id)" \
     >>"$data/server.out"
   setsid nohup "$java" "${jvm_opts[@]}" -cp "$LIBS/*" kafka.Kafka "$data/server.properties" \
     >>"$data/server.out" 2>&1 </dev/null 9>&- &
@@ -319,12 +346,13 @@ do_start() {  # do_start PORT CPORT DATA HEAP TIMEOUT OWNER
     sleep 0.2
   done
 
-  log "running (pid $pid, 127.0.0.1:$port, data $data)"
+  log "running (node $node_id, pid $pid, 127.0.0.1:$port, data $data)"
   echo "127.0.0.1:$port"
 }
 
 cmd_start() {
-  local port="" cport="" data="" heap=512m timeout=60 owner=""
+  local port="" cport="" data="" heap=512m timeout=60 owner="" node_id="" voters="" cluster_id=""
+  local entry
   while [[ $# -gt 0 ]]; do
     case $1 in
       --port) port=${2:-}; shift 2 || die_usage "--port needs a value" ;;
@@ -333,6 +361,9 @@ cmd_start() {
       --heap) heap=${2:-}; shift 2 || die_usage "--heap needs a value" ;;
       --timeout) timeout=${2:-}; shift 2 || die_usage "--timeout needs a value" ;;
       --owner-pid) owner=${2:-}; shift 2 || die_usage "--owner-pid needs a value" ;;
+      --node-id) node_id=${2:-}; shift 2 || die_usage "--node-id needs a value" ;;
+      --voters) voters=${2:-}; shift 2 || die_usage "--voters needs a value" ;;
+      --cluster-id) cluster_id=${2:-}; shift 2 || die_usage "--cluster-id needs a value" ;;
       *) die_usage "start: unknown argument '$1'" ;;
     esac
   done
@@ -345,17 +376,32 @@ cmd_start() {
   [[ $heap =~ ^[0-9]+[kKmMgG]?$ ]] || die_usage "--heap must look like 512m or 2g, got '$heap'"
   check_int --timeout "$timeout"
   if [[ -n $owner ]]; then check_int --owner-pid "$owner"; fi
+  node_id=${node_id:-1}
+  check_int --node-id "$node_id"
+  node_id=$((10#$node_id))
+  voters=${voters:-$node_id@127.0.0.1:$cport}
+  [[ $voters =~ ^[0-9]+@[^@:,]+:[0-9]+(,[0-9]+@[^@:,]+:[0-9]+)*$ ]] \
+    || die_usage "--voters must look like 1@127.0.0.1:9095,2@127.0.0.1:9096, got '$voters'"
+  entry=$(tr ',' '\n' <<<"$voters" | grep -E "^0*$node_id@" || true)
+  [[ -n $entry ]] || die_usage "--voters has no entry for node $node_id: '$voters'"
+  [[ $(grep -c . <<<"$entry") == 1 ]] || die_usage "--voters names node $node_id twice: '$voters'"
+  [[ ${entry##*:} == "$cport" ]] \
+    || die_usage "node $node_id's entry in --voters ($entry) must use --controller-port $cport"
+  if [[ -n $cluster_id && ! $cluster_id =~ ^[A-Za-z0-9_][A-Za-z0-9_-]{21}$ ]]; then
+    die_usage "--cluster-id must be 22 characters of URL-safe base64 not starting with '-', got '$cluster_id'"
+  fi
 
   mkdir -p "$KAFKA_DIR" || die_install "cannot create the cache folder $KAFKA_DIR"
   with_lock "$KAFKA_DIR/.fetch.lock" do_fetch
   data=$(abs_dir "$data")
-  with_lock "$data/.kafka.sh.lock" do_start "$port" "$cport" "$data" "$heap" "$timeout" "$owner"
+  with_lock "$data/.kafka.sh.lock" do_start "$port" "$cport" "$data" "$heap" "$timeout" "$owner" \
+    "$node_id" "$voters" "$cluster_id"
 }
 
 # ------------------------------------------------------------------------------------- stop
 
-do_stop() {  # do_stop DATA TIMEOUT
-  local data=$1 timeout=$2 pidfile="$1/kafka.pid" pid wpid deadline
+do_stop() {  # do_stop DATA TIMEOUT SIGNAL (TERM: graceful, then KILL after TIMEOUT; KILL: at once)
+  local data=$1 timeout=$2 signal=$3 pidfile="$1/kafka.pid" pid wpid deadline
   wpid=$(read_pid "$data/watchdog.pid")
   if [[ -n $wpid ]] && pid_alive "$wpid"; then kill -TERM "$wpid" 2>/dev/null || true; fi
   rm -f "$data/watchdog.pid"
@@ -366,24 +412,25 @@ do_stop() {  # do_stop DATA TIMEOUT
     echo "not running (data $data)"
     return 0
   fi
-  kill -TERM "$pid" 2>/dev/null || true
+  kill "-$signal" "$pid" 2>/dev/null || true
   deadline=$((SECONDS + timeout))
-  while pid_alive "$pid" && (( SECONDS < deadline )); do sleep 0.2; done
+  while pid_alive "$pid" && (( SECONDS < deadline )); do sleep 0.1; done
   if pid_alive "$pid"; then
     log "pid $pid still running after $timeout s; sending SIGKILL"
     kill -KILL "$pid" 2>/dev/null || true
     while pid_alive "$pid"; do sleep 0.1; done
   fi
   rm -f "$pidfile"
-  echo "stopped (pid $pid)"
+  if [[ $signal == KILL ]]; then echo "killed (pid $pid)"; else echo "stopped (pid $pid)"; fi
 }
 
 cmd_stop() {
-  local data="" timeout=30
+  local data="" timeout=30 signal=TERM
   while [[ $# -gt 0 ]]; do
     case $1 in
       --data) data=${2:-}; shift 2 || die_usage "--data needs a value" ;;
       --timeout) timeout=${2:-}; shift 2 || die_usage "--timeout needs a value" ;;
+      --kill) signal=KILL; shift ;;
       *) die_usage "stop: unknown argument '$1'" ;;
     esac
   done
@@ -394,7 +441,7 @@ cmd_stop() {
     return 0
   fi
   data=$(cd "$data" && pwd -P)
-  with_lock "$data/.kafka.sh.lock" do_stop "$data" "$timeout"
+  with_lock "$data/.kafka.sh.lock" do_stop "$data" "$timeout" "$signal"
 }
 
 # ----------------------------------------------------------------------------------- status

@@ -185,14 +185,18 @@ def make_consumer(
     client_config: Mapping[str, Any] | None = None,
     on_revoke: Callable[[set[int]], None] | None = None,
     on_assign: Callable[[set[int]], None] | None = None,
+    partitions: Iterable[int] | None = None,
 ) -> BatchConsumer:
     """A :class:`BatchConsumer` of ``client`` on ``topic`` in ``group``.
 
     ``client_config`` holds extra settings with kafka-python's names (SASL/TLS, timeouts).
+    With ``partitions`` the consumer reads exactly those partitions (no group rebalancing:
+    ``on_assign`` is called once, inside the first ``poll_batch``, and ``on_revoke`` never),
+    and still commits its offsets under ``group``, so that the group's lag shows.
     Raises ConfigError for an unknown client, a missing library or bad settings.
     """
     kwargs = dict(max_records=max_records, max_wait_s=max_wait_s, client_config=client_config,
-                  on_revoke=on_revoke, on_assign=on_assign)
+                  on_revoke=on_revoke, on_assign=on_assign, partitions=partitions)
     if check_client(client) == "confluent":
         from stream.clients.confluent import ConfluentConsumer
 

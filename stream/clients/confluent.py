@@ -157,6 +157,8 @@ def _construct(kind: Callable[[dict], Any], conf: dict[str, Any], what: str, ck)
 class ConfluentConsumer:
     """Polls micro-batches of at most ``max_records`` records or ``max_wait_s`` seconds."""
 
+    _unannounced: set[int] | frozenset[int] = frozenset()  # assigned, on_assign not called
+
     def __init__(
         self,
         bootstrap: str,
@@ -168,6 +170,7 @@ class ConfluentConsumer:
         client_config: Mapping[str, Any] | None = None,
         on_revoke: Callable[[set[int]], None] | None = None,
         on_assign: Callable[[set[int]], None] | None = None,
+        partitions: Iterable[int] | None = None,
     ) -> None:
         ck = self._ck = _library()
         self.topic = topic
@@ -195,7 +198,10 @@ class ConfluentConsumer:
         except ck.KafkaException as exc:
             self._consumer.close()
             raise client_error(exc, f"cannot reach Kafka at {bootstrap}") from exc
-        self._consumer.subscribe([topic], on_assign=self._assigned, on_revoke=self._revoked)
+        if partitions is None:
+            self._consumer.subscribe([topic], on_assign=self._assigned, on_revoke=self._revoked)
+        else:
+            self._unannounced = set(partitions)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -240,6 +246,10 @@ class ConfluentConsumer:
 
     # -- the interface ------------------------------------------------------------------------
     def poll_batch(self) -> list[Message]:
+        if self._unannounced:  # explicit assignment: on_assign once, inside the first poll
+            assigned, self._unannounced = self._unannounced, set()
+            self._assigned(self._consumer, [self._ck.TopicPartition(self.topic, p)
+                                            for p in sorted(assigned)])
         deadline = time.monotonic() + self.max_wait_s
         out: list[Message] = []
         consume = self._consumer.consume

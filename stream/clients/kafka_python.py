@@ -68,6 +68,8 @@ class _Listener(ConsumerRebalanceListener):
 class KafkaPythonConsumer:
     """Polls micro-batches of at most ``max_records`` records or ``max_wait_s`` seconds."""
 
+    _unannounced: set[int] | frozenset[int] = frozenset()  # assigned, on_assign not called
+
     def __init__(
         self,
         bootstrap: str,
@@ -79,6 +81,7 @@ class KafkaPythonConsumer:
         client_config: Mapping[str, Any] | None = None,
         on_revoke: Callable[[set[int]], None] | None = None,
         on_assign: Callable[[set[int]], None] | None = None,
+        partitions: Iterable[int] | None = None,
     ) -> None:
         self.topic = topic
         self.max_records = max_records
@@ -97,13 +100,22 @@ class KafkaPythonConsumer:
                 })
         except ValueError as exc:  # kafka-python: unrecognized configs
             raise ConfigError(f"Kafka consumer configuration: {exc}") from exc
-        self._consumer.subscribe([topic], listener=_Listener(self))
+        if partitions is None:
+            self._consumer.subscribe([topic], listener=_Listener(self))
+        else:
+            self._unannounced = set(partitions)
+            self._consumer.assign([TopicPartition(topic, p) for p in sorted(self._unannounced)])
 
     @property
     def config(self) -> dict[str, Any]:
         return self._consumer.config
 
     def poll_batch(self) -> list[ConsumerRecord]:
+        if self._unannounced:  # explicit assignment: on_assign once, inside the first poll
+            assigned, self._unannounced = self._unannounced, set()
+            logger.info("partitions assigned explicitly: %s", sorted(assigned))
+            if self.on_assign is not None:
+                self.on_assign(assigned)
         deadline = time.monotonic() + self.max_wait_s
         out: list[ConsumerRecord] = []
         with _translated("poll"):

@@ -1,0 +1,326 @@
+"""Learners as ranks of one ``torch.distributed`` job: who reads what, and one model.
+
+A job of ``world_size`` ranks (launched by ``torchrun``, or with explicit ``--rank``,
+``--world-size``, ``--master-addr``, ``--master-port``) reads one topic: partition ``p`` goes
+to rank ``p % world_size`` (:func:`partitions_of`). The ranks keep one model this way:
+
+- **Id maps in lockstep.** Every micro-batch round, the ranks exchange the ids of their
+  valid events and every rank admits all of them, in rank order, into its id maps: each id
+  gets the same row on every rank, tables grow alike and capacity evictions agree.
+- **Every rank's update, on every rank**, every ``sync_every`` rounds
+  (:meth:`Ranks.synchronise`): each parameter and Adam moment becomes its value at the last
+  synchronisation plus the sum of the ranks' changes since (embedding tables row by row,
+  over the rows some rank trained, kept by an :class:`UpdateLog`). A user seen by one rank
+  keeps that rank's whole update, an item seen by two gets both, as if the ranks' steps had
+  been taken one after another (to first order). Plain averaging would give each update a
+  1/N share and learn slower than one learner on the same events. After it every rank holds
+  the same parameters.
+
+Collectives go over gloo on the CPU and NCCL on CUDA. Objects (ids, offsets, checkpoint
+state) travel with ``all_gather_object``/``broadcast_object_list``; tensors in one flat
+``all_reduce`` per synchronisation.
+
+>>> partitions_of(rank=1, world_size=2, n_partitions=5)
+[1, 3]
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from stream.errors import ConfigError, DwellError
+
+logger = logging.getLogger(__name__)
+
+
+class RankFailure(DwellError):
+    """Another rank of the job is gone or a collective failed: the job must restart."""
+
+    retriable = True
+
+
+def partitions_of(rank: int, world_size: int, n_partitions: int) -> list[int]:
+    """The partitions rank ``rank`` of ``world_size`` reads: ``p % world_size == rank``."""
+    return [p for p in range(n_partitions) if p % world_size == rank]
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """Where a rank stands in its job; unset values come from torchrun's environment."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    backend: str = "gloo"
+    timeout_s: float = 120.0
+
+    @classmethod
+    def resolve(
+        cls, rank: int = -1, world_size: int = 0, master_addr: str = "", master_port: int = 0,
+        device: str = "cpu", timeout_s: float = 120.0, env: Mapping[str, str] | None = None,
+    ) -> JobSpec:
+        """Flags win over torchrun's variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+        ``MASTER_ADDR``, ``MASTER_PORT``); without either, a job of one.
+
+        >>> JobSpec.resolve(env={"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}).rank
+        1
+        >>> JobSpec.resolve(rank=2, world_size=2, env={})
+        Traceback (most recent call last):
+        ...
+        stream.errors.ConfigError: rank 2 is not in a job of 2 ranks (0 to 1)
+        """
+        env = os.environ if env is None else env
+        world = world_size or int(env.get("WORLD_SIZE", 1))
+        me = rank if rank >= 0 else int(env.get("RANK", 0))
+        if world < 1 or not 0 <= me < world:
+            raise ConfigError(f"rank {me} is not in a job of {world} ranks (0 to {world - 1})")
+        return cls(
+            rank=me, world_size=world, local_rank=int(env.get("LOCAL_RANK", me)),
+            master_addr=master_addr or env.get("MASTER_ADDR", "127.0.0.1"),
+            master_port=master_port or int(env.get("MASTER_PORT", 29500)),
+            backend="nccl" if str(device).startswith("cuda") else "gloo",
+            timeout_s=timeout_s,
+        )
+
+
+class Ranks:
+    """This process's membership of the job, and the collectives the learner needs."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
+        self.rank, self.world_size = spec.rank, spec.world_size
+        if not dist.is_initialized():
+            logger.info("rank %d of %d: joining %s:%d (%s)", spec.rank, spec.world_size,
+                        spec.master_addr, spec.master_port, spec.backend)
+            # env://, as torchrun expects: under it, the ranks meet in its agent's store
+            os.environ["MASTER_ADDR"] = spec.master_addr
+            os.environ["MASTER_PORT"] = str(spec.master_port)
+            dist.init_process_group(
+                spec.backend, init_method="env://", rank=spec.rank, world_size=spec.world_size,
+                timeout=datetime.timedelta(seconds=spec.timeout_s),
+            )
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    # -- objects --------------------------------------------------------------------------
+    def exchange(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order (a collective: every rank must call it)."""
+        out: list[Any] = [None] * self.world_size
+        with _collective("exchange"):
+            dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj: Any = None) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        box = [obj if self.leader else None]
+        with _collective("broadcast"):
+            dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def agree(self, ok: bool) -> bool:
+        """True on every rank when ``ok`` is true on every rank."""
+        return all(self.exchange(bool(ok)))
+
+    # -- one model ------------------------------------------------------------------------
+    def synchronise(self, updates: UpdateLog) -> None:
+        """Apply every rank's update since the last synchronisation on every rank.
+
+        For each tensor (a parameter or an Adam moment; embedding tables row by row, over
+        the rows some rank trained) the new value is ``base + sum over ranks of (value_r -
+        base_r)``: each rank's change is kept whole, as if the ranks' updates had been
+        applied one after another (to first order). It is computed from two sums, of the
+        values and of the bases, taken in one flat all-reduce, so every rank ends with the
+        very same parameters. Moments take part once every rank has them.
+        """
+        model, n = updates.model, self.world_size
+        tensors = updates.tensors()  # (name, kind, param, optimizer) in a fixed order
+        everyone = self.exchange({"rows": updates.rows(),
+                                  "moments": [_has_moments(p, o) for _, _, p, o in tensors]})
+        moments = [all(r["moments"][i] for r in everyone) for i in range(len(tensors))]
+        union = {k: np.unique(np.concatenate([r["rows"][k] for r in everyone]))
+                 for k in ("user", "item")}
+        device = next(model.parameters()).device
+        index = {k: torch.from_numpy(v).to(device) for k, v in union.items()}
+        values: list[torch.Tensor] = []
+        writes: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        for i, (name, kind, param, opt) in enumerate(tensors):
+            for slot, tensor in enumerate(_tensors(param, opt, moments[i])):
+                if kind == "dense":
+                    current, base = tensor.data, updates.dense_base(name, slot, tensor)
+                    writes.append((tensor, None))
+                else:
+                    current = tensor.data[index[kind]]
+                    base = updates.row_base(name, slot, union[kind], current)
+                    writes.append((tensor, index[kind]))
+                values += [current.reshape(-1), base.reshape(-1)]
+        # Adam's step counts too: the job has taken every rank's steps (bias correction)
+        values += [torch.tensor([_step(p, o) for _, _, p, o in tensors], dtype=torch.float32,
+                                device=device),
+                   torch.tensor([updates.step_base(name) for name, *_ in tensors],
+                                dtype=torch.float32, device=device)]
+        flat = torch.cat(values)
+        with _collective("synchronise"):
+            dist.all_reduce(flat)
+        pieces = torch.split(flat, [v.numel() for v in values])
+        combined = [pieces[2 * j] - pieces[2 * j + 1] * ((n - 1) / n)
+                    for j in range(len(pieces) // 2)]
+        for (_, _, param, opt), step in zip(tensors, combined[-1].tolist(), strict=True):
+            _set_step(param, opt, step)
+        for (tensor, rows), new in zip(writes, combined, strict=False):
+            if rows is None:
+                tensor.data.copy_(new.reshape(tensor.shape))
+            elif rows.numel():
+                tensor.data[rows] = new.reshape(rows.numel(), -1)
+        updates.reset()
+
+
+class UpdateLog:
+    """What a rank's training changed since the last synchronisation.
+
+    The learner calls :meth:`record` with the rows it is about to train; the first time a
+    row is recorded its value (and Adam moments) is kept as its base. Dense parameters are
+    kept whole at every :meth:`reset`.
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer) -> None:
+        self.model, self.optimizer = model, optimizer
+        self.reset()
+
+    def tensors(self) -> list[tuple[str, str, torch.Tensor, Any]]:
+        """(name, kind, parameter, its optimiser) of every parameter, in a fixed order."""
+        m, opt = self.model, self.optimizer
+        out = [(n, "user", getattr(m, n).weight, opt.sparse) for n in m.user_tables]
+        out += [(n, "item", getattr(m, n).weight, opt.sparse) for n in m.item_tables]
+        sparse = {id(p) for _, _, p, _ in out}
+        out += [(n, "dense", p, opt.dense) for n, p in m.named_parameters()
+                if id(p) not in sparse]
+        return out
+
+    def reset(self) -> None:
+        """Forget the rows; the current dense values become the bases."""
+        self._rows: dict[str, list[np.ndarray]] = {"user": [], "item": []}
+        self._recorded: dict[str, np.ndarray] = {"user": np.zeros(0, bool),
+                                                 "item": np.zeros(0, bool)}
+        self._base: dict[tuple[str, int], list[torch.Tensor]] = {}
+        self._steps = {name: _step(p, opt) for name, _, p, opt in self.tensors()}
+        self._dense = {
+            (name, slot): t.detach().clone()
+            for name, kind, p, opt in self.tensors() if kind == "dense"
+            for slot, t in enumerate(_tensors(p, opt, _has_moments(p, opt)))
+        }
+
+    @torch.no_grad()
+    def record(self, users: np.ndarray, items: np.ndarray) -> None:
+        """These rows are about to be trained: keep the bases of those not recorded yet."""
+        fresh = {}
+        for kind, rows in (("user", users), ("item", items)):
+            rows = np.unique(rows)
+            seen = self._recorded[kind]
+            if rows.size and rows[-1] >= seen.size:
+                grown = np.zeros(max(2 * seen.size, int(rows[-1]) + 1), bool)
+                grown[: seen.size] = seen
+                seen = self._recorded[kind] = grown
+            fresh[kind] = rows[~seen[rows]]
+            seen[fresh[kind]] = True
+            self._rows[kind].append(fresh[kind])
+        for name, kind, param, opt in self.tensors():
+            if kind == "dense" or not fresh[kind].size:
+                continue
+            index = torch.from_numpy(fresh[kind]).to(param.device)
+            state = opt.state.get(param, {})
+            for slot, key in enumerate((None, "exp_avg", "exp_avg_sq")):
+                source = param if key is None else state.get(key)
+                value = (source.data[index].clone() if source is not None
+                         else torch.zeros(index.numel(), param.shape[1], device=param.device))
+                self._base.setdefault((name, slot), []).append(value)
+
+    def rows(self) -> dict[str, np.ndarray]:
+        """The rows recorded since the last reset, per kind (user, item), sorted."""
+        return {k: np.sort(np.concatenate(v)) if v else np.zeros(0, np.int64)
+                for k, v in self._rows.items()}
+
+    def row_base(self, name: str, slot: int, union: np.ndarray,
+                 current: torch.Tensor) -> torch.Tensor:
+        """Bases of rows ``union`` of table ``name`` (slot 0: the weights, 1 and 2: Adam's
+        moments): the kept value for the rows recorded here, the current one elsewhere."""
+        base = current.clone()
+        kind = "user" if name in self.model.user_tables else "item"
+        chunks = self._rows[kind]
+        if not chunks:
+            return base
+        mine = np.concatenate(chunks)
+        values = torch.cat(self._base[(name, slot)])
+        order = np.argsort(mine)
+        where = np.searchsorted(union, mine[order])
+        base[torch.from_numpy(where).to(base.device)] = values[
+            torch.from_numpy(order).to(values.device)]
+        return base
+
+    def step_base(self, name: str) -> float:
+        """Adam's step count of parameter ``name`` at the last reset."""
+        return self._steps.get(name, 0.0)
+
+    def dense_base(self, name: str, slot: int, tensor: torch.Tensor) -> torch.Tensor:
+        """Base of a dense tensor (zeros for moments that did not exist at the last reset)."""
+        kept = self._dense.get((name, slot))
+        return kept if kept is not None else torch.zeros_like(tensor)
+
+
+def _step(param: torch.Tensor, optimizer) -> float:
+    """Adam's step count for ``param`` (0 before its first step)."""
+    step = optimizer.state.get(param, {}).get("step", 0) if optimizer is not None else 0
+    return float(step)
+
+
+def _set_step(param: torch.Tensor, optimizer, value: float) -> None:
+    state = optimizer.state.get(param) if optimizer is not None else None
+    if not state or "step" not in state:
+        return
+    if torch.is_tensor(state["step"]):
+        state["step"].fill_(round(value))
+    else:
+        state["step"] = round(value)
+
+
+def _has_moments(param: torch.Tensor, optimizer) -> bool:
+    return optimizer is not None and "exp_avg" in optimizer.state.get(param, {})
+
+
+def _tensors(param: torch.Tensor, optimizer, moments: bool) -> list[torch.Tensor]:
+    """``param``, and its Adam moments when ``moments``."""
+    if not moments:
+        return [param]
+    state = optimizer.state[param]
+    return [param, state["exp_avg"], state["exp_avg_sq"]]
+
+
+class _collective:
+    """Turn a failed collective (a peer died, a timeout) into :class:`RankFailure`."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if exc is not None and isinstance(exc, RuntimeError | dist.DistBackendError):
+            raise RankFailure(f"{self.what} with the other ranks failed: {exc}") from exc
+        return False
