@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -114,7 +115,7 @@ class Daemon:
         """Restore, then connect: the dead-letter producer and the consumer (of the group's
         share of the topic, or of exactly ``partitions``)."""
         cfg = self.config
-        self._write_audit("start", {})
+        self._write_audit("start", {}, pid=os.getpid())
         self._open_run_log()
         self._restore()
         create_topic(cfg.bootstrap, cfg.dead_letter_topic, partitions=1,

@@ -103,12 +103,19 @@ class Ranks:
         if not dist.is_initialized():
             logger.info("rank %d of %d: joining %s:%d (%s)", spec.rank, spec.world_size,
                         spec.master_addr, spec.master_port, spec.backend)
-            # env://, as torchrun expects: under it, the ranks meet in its agent's store
-            os.environ["MASTER_ADDR"] = spec.master_addr
-            os.environ["MASTER_PORT"] = str(spec.master_port)
+            timeout = datetime.timedelta(seconds=spec.timeout_s)
+            # Under torchrun its agent serves the store at MASTER_ADDR:MASTER_PORT and keeps
+            # it across restarts: each attempt meets under its own prefix, so that no rank
+            # reads an address a rank of the previous attempt left there. Else rank 0 serves.
+            agent = (os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+                     and os.environ.get("MASTER_ADDR") == spec.master_addr
+                     and os.environ.get("MASTER_PORT") == str(spec.master_port))
+            store = dist.TCPStore(spec.master_addr, spec.master_port, spec.world_size,
+                                  is_master=not agent and spec.rank == 0, timeout=timeout)
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
             dist.init_process_group(
-                spec.backend, init_method="env://", rank=spec.rank, world_size=spec.world_size,
-                timeout=datetime.timedelta(seconds=spec.timeout_s),
+                spec.backend, store=dist.PrefixStore(f"dwell/attempt-{attempt}", store),
+                rank=spec.rank, world_size=spec.world_size, timeout=timeout,
             )
 
     @property

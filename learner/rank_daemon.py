@@ -26,6 +26,7 @@ checkpoint is the truth), and ``torchrun --max-restarts`` starts the job again f
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -46,6 +47,15 @@ logger = logging.getLogger(__name__)
 
 #: How long a rank whose last poll came back empty waits for records in the next round.
 DRY_POLL_S = 0.05
+
+
+def model_digest(model) -> str:
+    """A SHA-256 of a model's parameters: equal on ranks that hold the same model."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def rank_path(path: str, rank: int) -> str:
@@ -276,7 +286,9 @@ class RankDaemon(Daemon):
         self.metrics.checkpoint_time.set(time.time())
         self.metrics.checkpoint_healthy.set(1)
         self._since_checkpoint = 0
-        self._write_audit("checkpoint", offsets)
+        if self._audit is not None:  # the proof that the ranks hold one model
+            self._write_audit("checkpoint", offsets, rank=self.spec.rank,
+                              model=model_digest(self.learner.model))
         self._commit_offsets(mine, blocking)
         return True
 

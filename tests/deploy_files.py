@@ -60,6 +60,19 @@ EXPORTED_METRICS = frozenset({
     "dwell_checkpoint_failures_total",
     "dwell_checkpoint_healthy",
     "dwell_dead_letter_failures_total",
+    "dwell_sync_duration_seconds",
+    "dwell_rank_lag_records",
+    "dwell_rank_events_per_second",
+})
+
+# The metrics that only have samples in a distributed job (``dwell learn`` as one rank of
+# several): rank 0 exports the per-rank gauges, and only ranks synchronise. A single learner
+# exports the gauges with no sample and the histogram with no observation, so a dashboard
+# query made of these alone has no data (or only NaN quantiles) there.
+DISTRIBUTED_ONLY_METRICS = frozenset({
+    "dwell_sync_duration_seconds",
+    "dwell_rank_lag_records",
+    "dwell_rank_events_per_second",
 })
 
 DATASOURCE_UID = "${datasource}"

@@ -24,6 +24,7 @@ from tests.deploy_files import (
     DASHBOARD,
     DATASOURCE_UID,
     DEPLOY,
+    DISTRIBUTED_ONLY_METRICS,
     DOCKERFILE,
     EXPORTED_METRICS,
     PROMETHEUS_CONFIG,
@@ -37,13 +38,15 @@ from tests.deploy_files import (
     dashboard_targets,
     load_dashboard,
     metric_names,
+    substitute_variables,
 )
 
-ROWS = ["Learning quality", "Drift", "Throughput and lag", "Reliability"]
+ROWS = ["Learning quality", "Drift", "Throughput and lag", "Reliability",
+        "Ranks (distributed jobs)"]
 ALERT_NAMES = {
     "DwellAucLow", "DwellDriftDetected", "DwellAucDrop", "DwellConsumerLagGrowing",
     "DwellNoProgress", "DwellLearnerDown", "DwellCheckpointStale", "DwellDeadLetterRateHigh",
-    "DwellDeadLetterWritesFailing",
+    "DwellDeadLetterWritesFailing", "DwellRankFallingBehind",
 }
 SERVICES = {"kafka", "learner", "replay", "prometheus", "grafana"}
 # Variables that are not Config fields but that dwell reads.
@@ -267,6 +270,39 @@ ALERT_CASES = [
                                             "instance": "learner:9464", "job": "dwell"}}]},
         ],
     },
+    {   # a 2-rank job (rank 0 exports both ranks' lag): rank 1 falls behind, rank 0 keeps up
+        "input_series": [
+            {"series": f'dwell_rank_lag_records{{{_L},rank="0"}}', "values": "100x30"},
+            {"series": f'dwell_rank_lag_records{{{_L},rank="1"}}', "values": "20000+500x30"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "5m", "alertname": "DwellRankFallingBehind", "exp_alerts": []},
+            {"eval_time": "15m", "alertname": "DwellRankFallingBehind",
+             "exp_alerts": [{"exp_labels": {"severity": "warning", "rank": "1",
+                                            "instance": "learner:9464", "job": "dwell"}}]},
+        ],
+    },
+    {   # 4 ranks, one straggler among ranks that keep up
+        "input_series": [
+            *({"series": f'dwell_rank_lag_records{{{_L},rank="{r}"}}', "values": f"{lag}x30"}
+              for r, lag in enumerate([200, 300, 250])),
+            {"series": f'dwell_rank_lag_records{{{_L},rank="3"}}', "values": "50000x30"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "15m", "alertname": "DwellRankFallingBehind",
+             "exp_alerts": [{"exp_labels": {"severity": "warning", "rank": "3",
+                                            "instance": "learner:9464", "job": "dwell"}}]},
+        ],
+    },
+    {   # the whole job is behind, evenly: DwellConsumerLagGrowing's business, not this one's
+        "input_series": [
+            {"series": f'dwell_rank_lag_records{{{_L},rank="{r}"}}', "values": "30000+500x30"}
+            for r in range(3)
+        ],
+        "alert_rule_test": [
+            {"eval_time": "20m", "alertname": "DwellRankFallingBehind", "exp_alerts": []},
+        ],
+    },
 ]
 
 
@@ -287,6 +323,77 @@ def test_alerts_fire_on_synthetic_series(promtool: str, tmp_path: Path) -> None:
     tested = {t["alertname"] for case in ALERT_CASES for t in case["alert_rule_test"]}
     assert tested == ALERT_NAMES
     assert_ok(run_promtool(promtool, "test", "rules", tmp_path / "alerts_test.yml"))
+
+
+def _rank_panel_exprs() -> dict[str, list[str]]:
+    """Panel title: its queries (Grafana variables replaced), for the "Ranks" row."""
+    dashboard = load_dashboard()
+    panels = {}
+    for panel, target in dashboard_targets(dashboard):
+        if metric_names(target["expr"]) & DISTRIBUTED_ONLY_METRICS:
+            panels.setdefault(panel["title"], []).append(substitute_variables(target["expr"]))
+    return panels
+
+
+def test_rank_panels_on_a_synthetic_job(promtool: str, tmp_path: Path) -> None:
+    """The "Ranks (distributed jobs)" queries give the right values on made-up series.
+
+    A single learner has no rank samples, so tests/integration/test_monitoring.py can only
+    check that these queries evaluate; their values are checked here (promtool test rules).
+    Rank 0 exports every rank's lag and events/s (3 ranks here); each rank, its own
+    instance, observes its synchronisations (here 2 ranks, 1 per second each, all between 5
+    and 10 ms).
+    """
+    from prometheus_client import CollectorRegistry
+
+    from learner.monitoring import Metrics
+
+    panels = _rank_panel_exprs()
+    assert set(panels) == {"Lag by rank", "Events per second by rank", "Sync duration"}
+    (lag, median), (eps,), (p50, p99) = (panels["Lag by rank"],
+                                         panels["Events per second by rank"],
+                                         panels["Sync duration"])
+    family = next(f for f in Metrics(CollectorRegistry()).registry.collect()
+                  if f.name == "dwell_sync_duration_seconds")
+    bounds = [s.labels["le"] for s in family.samples if s.name.endswith("_bucket")]
+    assert "0.005" in bounds and "0.01" in bounds and bounds[-1] == "+Inf"
+    r0, r1 = 'instance="learner-0:9464",job="dwell"', 'instance="learner-1:9464",job="dwell"'
+    series = [
+        {"series": f'dwell_rank_lag_records{{{r0},rank="0"}}', "values": "100x10"},
+        {"series": f'dwell_rank_lag_records{{{r0},rank="1"}}', "values": "5000x10"},
+        {"series": f'dwell_rank_lag_records{{{r0},rank="2"}}', "values": "300x10"},
+        {"series": f'dwell_rank_events_per_second{{{r0},rank="0"}}', "values": "2000x10"},
+        {"series": f'dwell_rank_events_per_second{{{r0},rank="1"}}', "values": "1500x10"},
+        *({"series": f'dwell_sync_duration_seconds_bucket{{{inst},le="{le}"}}',
+           "values": "0x10" if float(le) < 0.01 else "0+60x10"}
+          for inst in (r0, r1) for le in bounds),
+    ]
+
+    def labels(name: str, rank: str) -> str:
+        return f'{name}{{{r0},rank="{rank}"}}'
+
+    def near(expr: str, value: float) -> dict:  # the quantiles are interpolated: a tolerance
+        return {"expr": f"count(abs(({expr}) - {value}) < 1e-9)", "eval_time": "10m",
+                "exp_samples": [{"labels": "{}", "value": 1}]}
+
+    tests = {"rule_files": [], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": series,
+        "promql_expr_test": [
+            {"expr": lag, "eval_time": "10m", "exp_samples": [
+                {"labels": labels("dwell_rank_lag_records", r), "value": v}
+                for r, v in (("0", 100), ("1", 5000), ("2", 300))]},
+            {"expr": median, "eval_time": "10m", "exp_samples": [
+                {"labels": '{instance="learner-0:9464"}', "value": 300}]},
+            {"expr": eps, "eval_time": "10m", "exp_samples": [
+                {"labels": labels("dwell_rank_events_per_second", r), "value": v}
+                for r, v in (("0", 2000), ("1", 1500))]},
+            near(p50, 0.0075),  # halfway through the (0.005, 0.01] bucket
+            near(p99, 0.00995),
+        ],
+    }]}
+    path = tmp_path / "rank_panels_test.yml"
+    path.write_text(yaml.safe_dump(tests, sort_keys=False))
+    assert_ok(run_promtool(promtool, "test", "rules", path))
 
 
 # --------------------------------------------------------------------------------- Grafana
@@ -404,6 +511,7 @@ def test_dashboard_covers_the_metrics() -> None:
         "dwell_checkpoint_last_timestamp_seconds", "dwell_checkpoint_healthy",
         "dwell_checkpoint_failures_total", "dwell_dead_letter_failures_total",
         "dwell_offset_commits_total", "dwell_learner_info",
+        "dwell_rank_lag_records", "dwell_rank_events_per_second", "dwell_sync_duration_seconds",
     }
     assert expected <= used, sorted(expected - used)
 
