@@ -39,7 +39,7 @@ from learner.daemon import Daemon
 from learner.distributed import JobSpec, Ranks, partitions_of
 from learner.prequential import RunAUC
 from learner.trainer import OnlineLearner
-from stream.admin import create_topic, end_offsets
+from stream.admin import create_topic, topic_partitions
 from stream.clients import Record
 from stream.dlq import DeadLetterError
 
@@ -109,7 +109,7 @@ class RankDaemon(Daemon):
         if self.ranks.leader:
             create_topic(cfg.bootstrap, cfg.topic, partitions=cfg.partitions,
                          options=cfg.client_options())
-            count = len(end_offsets(cfg.bootstrap, cfg.topic, options=cfg.client_options()))
+            count = len(topic_partitions(cfg.bootstrap, cfg.topic, options=cfg.client_options()))
         count = self.ranks.broadcast(count)
         self.partitions = partitions_of(self.spec.rank, self.spec.world_size, count)
         logger.info("rank %d of %d reads partitions %s of %s", self.spec.rank,

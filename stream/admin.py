@@ -93,6 +93,16 @@ def _partitions(admin: KafkaAdminClient, topic: str) -> list[int]:
     return sorted(p["partition_index"] for p in info["partitions"])
 
 
+def topic_partitions(
+    bootstrap: str, topic: str, timeout: float = 30.0,
+    options: Mapping[str, Any] | None = None,
+) -> list[int]:
+    """Partition ids of ``topic`` (from the cluster's metadata, retried while a broker is
+    away); raises ``UnknownTopicOrPartitionError`` if it does not exist."""
+    with admin_client(bootstrap, timeout, options) as admin:
+        return _retry(lambda: _partitions(admin, topic), timeout, f"partitions of {topic}")
+
+
 def create_topic(
     bootstrap: str,
     name: str,

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -167,6 +168,10 @@ def test_two_ranks_carry_on_when_a_broker_dies(kafka_cluster, replicated_topic, 
     topic = replicated_topic
     job = _job(kafka_cluster.bootstrap, topic, tmp_path, kafka_client, 2,
                "--idle-timeout-s", "15", "--checkpoint-every", "8192")
+    assert _wait_for(lambda: all(  # both ranks are up, their consumers made
+        any(r["kind"] == "start" for r in read_audit(a)) for a in _audits(tmp_path)
+    ) and len(_audits(tmp_path)) == 2, timeout=120)
+    time.sleep(3)
     loss = replay_through_broker_loss(kafka_cluster, topic, node=1, client=kafka_client)
     assert loss.stats.failed == 0 and sum(loss.ends.values()) == KUAIRAND_EVENTS
     _finish(job, tmp_path, timeout=300)
