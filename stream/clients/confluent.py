@@ -247,9 +247,8 @@ class ConfluentConsumer:
     # -- the interface ------------------------------------------------------------------------
     def poll_batch(self) -> list[Message]:
         if self._unannounced:  # explicit assignment: on_assign once, inside the first poll
-            assigned, self._unannounced = self._unannounced, set()
-            self._assigned(self._consumer, [self._ck.TopicPartition(self.topic, p)
-                                            for p in sorted(assigned)])
+            self._assign_explicitly(sorted(self._unannounced))
+            self._unannounced = set()
         deadline = time.monotonic() + self.max_wait_s
         out: list[Message] = []
         consume = self._consumer.consume
@@ -271,6 +270,25 @@ class ConfluentConsumer:
                 elif err.code() != self._ck.KafkaError._PARTITION_EOF:
                     logger.warning("consumer: %s (%s)", err.str(), err.name())
         return out
+
+    def _assign_explicitly(self, partitions: list[int]) -> None:
+        """Assign with start offsets resolved here (committed, else the log's start or end).
+
+        librdkafka's own look-up of the committed offsets on ``assign`` gives up for good when
+        the group's coordinator is not ready yet (NOT_COORDINATOR on a fresh group), leaving
+        the partitions without a position; here it is retried until the bootstrap timeout.
+        """
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                starts = self._start_offsets(partitions)
+                break
+            except ClientError as exc:
+                if not exc.retriable or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+        self._assigned(self._consumer, [self._ck.TopicPartition(self.topic, p, starts[p])
+                                        for p in partitions])
 
     def mark_processed(self, records: Iterable[Message]) -> None:
         self._next.update({r.partition: r.offset + 1 for r in records})
