@@ -89,9 +89,21 @@ class JobSpec:
             rank=me, world_size=world, local_rank=int(env.get("LOCAL_RANK", me)),
             master_addr=master_addr or env.get("MASTER_ADDR", "127.0.0.1"),
             master_port=master_port or int(env.get("MASTER_PORT", 29500)),
-            backend="nccl" if str(device).startswith("cuda") else "gloo",
+            backend="nccl" if rank_device(device, 0).startswith("cuda") else "gloo",
             timeout_s=timeout_s,
         )
+
+
+def rank_device(device: str, local_rank: int) -> str:
+    """The device of a rank: a bare ``cuda`` (or ``auto`` on a GPU machine) becomes the GPU of
+    the rank's local rank, so that the ranks of one machine do not share one GPU.
+
+    >>> rank_device("cpu", 1), rank_device("cuda", 1), rank_device("cuda:3", 1)
+    ('cpu', 'cuda:1', 'cuda:3')
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return f"cuda:{local_rank}" if device == "cuda" else device
 
 
 class Ranks:
@@ -100,6 +112,8 @@ class Ranks:
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
         self.rank, self.world_size = spec.rank, spec.world_size
+        if spec.backend == "nccl":  # NCCL's object collectives use the current device
+            torch.cuda.set_device(rank_device("cuda", spec.local_rank))
         if not dist.is_initialized():
             logger.info("rank %d of %d: joining %s:%d (%s)", spec.rank, spec.world_size,
                         spec.master_addr, spec.master_port, spec.backend)
@@ -158,13 +172,11 @@ class Ranks:
         """
         model, n = updates.model, self.world_size
         tensors = updates.tensors()  # (name, kind, param, optimizer) in a fixed order
-        everyone = self.exchange({"rows": updates.rows(),
-                                  "moments": [_has_moments(p, o) for _, _, p, o in tensors]})
-        moments = [all(r["moments"][i] for r in everyone) for i in range(len(tensors))]
-        union = {k: np.unique(np.concatenate([r["rows"][k] for r in everyone]))
-                 for k in ("user", "item")}
         device = next(model.parameters()).device
+        union, moments = self._agree(updates.rows(),
+                                     [_has_moments(p, o) for _, _, p, o in tensors], device)
         index = {k: torch.from_numpy(v).to(device) for k, v in union.items()}
+        positions = {k: updates.positions(k, v) for k, v in union.items()}
         values: list[torch.Tensor] = []
         writes: list[tuple[torch.Tensor, torch.Tensor | None]] = []
         for i, (name, kind, param, opt) in enumerate(tensors):
@@ -174,7 +186,7 @@ class Ranks:
                     writes.append((tensor, None))
                 else:
                     current = tensor.data[index[kind]]
-                    base = updates.row_base(name, slot, union[kind], current)
+                    base = updates.row_base(name, slot, positions[kind], current)
                     writes.append((tensor, index[kind]))
                 values += [current.reshape(-1), base.reshape(-1)]
         # Adam's step counts too: the job has taken every rank's steps (bias correction)
@@ -196,6 +208,33 @@ class Ranks:
             elif rows.numel():
                 tensor.data[rows] = new.reshape(rows.numel(), -1)
         updates.reset()
+
+    def _agree(self, rows: dict[str, np.ndarray], moments: list[bool], device
+               ) -> tuple[dict[str, np.ndarray], list[bool]]:
+        """The union of every rank's trained rows per kind, and which parameters have Adam
+        moments on every rank: two small tensor collectives (no pickling)."""
+        kinds = ("user", "item")
+        head = torch.tensor([rows[k].size for k in kinds] + [not m for m in moments],
+                            dtype=torch.int64, device=device)
+        with _collective("synchronise"):
+            dist.all_reduce(head, op=dist.ReduceOp.MAX)
+        sizes = head[:2].tolist()
+        padded = torch.full((sum(sizes),), -1, dtype=torch.int64, device=device)
+        start = 0
+        for kind, size in zip(kinds, sizes, strict=True):
+            mine = torch.from_numpy(rows[kind]).to(device)
+            padded[start: start + mine.numel()] = mine
+            start += size
+        gathered = [torch.empty_like(padded) for _ in range(self.world_size)]
+        with _collective("synchronise"):
+            dist.all_gather(gathered, padded)
+        every = torch.stack(gathered).cpu().numpy()
+        union, start = {}, 0
+        for kind, size in zip(kinds, sizes, strict=True):
+            block = every[:, start: start + size].ravel()
+            union[kind] = np.unique(block[block >= 0])
+            start += size
+        return union, [flag == 0 for flag in head[2:].tolist()]
 
 
 class UpdateLog:
@@ -263,21 +302,21 @@ class UpdateLog:
         return {k: np.sort(np.concatenate(v)) if v else np.zeros(0, np.int64)
                 for k, v in self._rows.items()}
 
-    def row_base(self, name: str, slot: int, union: np.ndarray,
-                 current: torch.Tensor) -> torch.Tensor:
-        """Bases of rows ``union`` of table ``name`` (slot 0: the weights, 1 and 2: Adam's
-        moments): the kept value for the rows recorded here, the current one elsewhere."""
-        base = current.clone()
-        kind = "user" if name in self.model.user_tables else "item"
+    def positions(self, kind: str, union: np.ndarray) -> torch.Tensor:
+        """Where, in the sorted ``union`` of rows, each row recorded here (in the order of
+        recording) lies."""
         chunks = self._rows[kind]
-        if not chunks:
-            return base
-        mine = np.concatenate(chunks)
-        values = torch.cat(self._base[(name, slot)])
-        order = np.argsort(mine)
-        where = np.searchsorted(union, mine[order])
-        base[torch.from_numpy(where).to(base.device)] = values[
-            torch.from_numpy(order).to(values.device)]
+        mine = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
+        return torch.from_numpy(np.searchsorted(union, mine))
+
+    def row_base(self, name: str, slot: int, positions: torch.Tensor,
+                 current: torch.Tensor) -> torch.Tensor:
+        """Bases of the union's rows of table ``name`` (slot 0: the weights, 1 and 2: Adam's
+        moments): the kept value for the rows recorded here (at ``positions``, from
+        :meth:`positions`), the current one elsewhere."""
+        base = current.clone()
+        if positions.numel():
+            base[positions.to(base.device)] = torch.cat(self._base[(name, slot)])
         return base
 
     def step_base(self, name: str) -> float:

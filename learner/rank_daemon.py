@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry
 
 from learner.config import Config
 from learner.daemon import Daemon
-from learner.distributed import JobSpec, Ranks, partitions_of
+from learner.distributed import JobSpec, Ranks, partitions_of, rank_device
 from learner.prequential import RunAUC
 from learner.trainer import OnlineLearner
 from stream.admin import create_topic, topic_partitions
@@ -89,7 +89,8 @@ class RankDaemon(Daemon):
             raise ConfigError(f"id-map capacity {cap} is below batch_size x ranks "
                               f"({config.batch_size * spec.world_size}): a round's ids all "
                               "need rows at once")
-        settings = dataclasses.replace(config.learner_settings(), rank=spec.rank)
+        settings = dataclasses.replace(config.learner_settings(), rank=spec.rank,
+                                       device=rank_device(config.device, spec.local_rank))
         super().__init__(config, registry, OnlineLearner(settings))
         self.updates = self.learner.log_updates()
         self.metrics.info.info({"model": config.model, "loss": config.loss, "meta": config.meta,

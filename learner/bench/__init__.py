@@ -9,6 +9,7 @@ Suites (``--suites``, comma list; default all), each writing its own section of
 ``peer``     river's FunkMF and BiasedMF beside dwell's learner on the same events
 ``kafka``    consume ceilings, end to end, event-to-update latency, replay; per client
 ``memory``   peak RSS with a million users streamed through, with and without a capacity
+``ranks``    one learner against a job of two ranks (torchrun), sync every 1, 16, 64 steps
 ===========  ===============================================================================
 """
 
@@ -24,7 +25,7 @@ from .report import csv, machine_description, write_section
 
 logger = logging.getLogger(__name__)
 
-SUITES = ("steps", "decode", "peer", "kafka", "memory")
+SUITES = ("steps", "decode", "peer", "kafka", "memory", "ranks")
 
 
 def _suite(name: str):

@@ -1,0 +1,244 @@
+"""One learner against a job of two ranks, side by side on one broker and one topic.
+
+The topic (4 partitions) is filled once with the shipped KuaiRand log, repeated
+``--ranks-repeat`` times with ids suffixed per repeat (so the stream is long enough for
+stable rates, and the learner keeps meeting new users and videos), then drained by:
+
+1. one learner: a plain ``dwell learn`` (GMF, IDL+IG, one negative);
+2. a job of two ranks under ``torchrun`` (``python -m torch.distributed.run
+   --nproc-per-node 2 ... -m learner.cli learn``), the same settings, once for each
+   ``--sync-every`` of ``--ranks-sync`` (default 1, 16 and 64 optimiser steps between
+   synchronisations).
+
+Every configuration is a process of its own (as users run it), with a fresh consumer
+group on the same filled topic, one after another, each with ``--until-end``. Events/s:
+the events consumed over the learning time (from the first micro-batch; for a job, the
+longest of its ranks' learning times, so the job's rate is that of its slowest rank).
+AUC: the prequential run AUC on the genuine events against their dwell labels (for a job,
+the ranks' histograms merged: the line ``job of N ranks: ... run AUC dwell X``).
+
+A job of one rank (``--nproc-per-node 1``) is not measured: it is the plain daemon, plus
+torchrun's launcher, which the learning time does not see.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from producers.replay import replay
+from stream.admin import create_topic, end_offsets
+from stream.broker import LocalBroker, free_port
+
+from .kafka import bench_events
+from .report import csv
+
+logger = logging.getLogger(__name__)
+
+SECTION = "bench:ranks"
+LEARNER = ("--model", "gmf", "--loss", "idl", "--meta", "ig", "--num-neg", "1")
+FLAGS = ("--until-end", "--metrics-port", "-1", "--checkpoint-dir", "",
+         "--batch-timeout-s", "0.2", "--progress-interval-s", "30")
+DEFAULT_SYNC = (1, 16, 64)
+QUICK_EVENTS = 6_000
+QUICK_SYNC = (1, 64)
+RUN_TIMEOUT_S = 1800.0
+
+_LEARNING = re.compile(r"learning time ([0-9.]+) s \(([0-9,.]+) events/s")
+_CONSUMED = re.compile(r"^(?:\S+:)?consumed +([0-9,]+)\s*$", re.MULTILINE)
+_AUC = re.compile(r"AUC \(window/run\)\s+dwell labels [0-9.na]+/([0-9.na]+)")
+_JOB = re.compile(r"job of (\d+) ranks: consumed ([0-9,]+) .*?\| run AUC dwell ([0-9.na]+)")
+
+
+@dataclass(frozen=True)
+class Result:
+    """One configuration's run: events consumed, learning seconds, run AUC (dwell labels)."""
+
+    name: str
+    ranks: int
+    sync_every: int | None
+    events: int
+    seconds: float
+    auc: float
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def parse_learner(name: str, output: str) -> Result:
+    """A plain ``dwell learn``'s closing summary: consumed, learning time, run AUC."""
+    consumed, learning, auc = (_CONSUMED.search(output), _LEARNING.search(output),
+                               _AUC.search(output))
+    if not (consumed and learning and auc):
+        raise ValueError(f"{name}: no closing summary in the learner's output:\n{output[-3000:]}")
+    return Result(name, 1, None, int(_number(consumed.group(1))), float(learning.group(1)),
+                  float(auc.group(1)))
+
+
+def parse_job(name: str, sync_every: int, output: str) -> Result:
+    """A torchrun job's output: every rank's ``learning time`` line (the longest is the
+    job's) and the ``job of N ranks`` line (events of the whole job, its merged run AUC)."""
+    seconds = [float(m.group(1)) for m in _LEARNING.finditer(output)]
+    job = _JOB.search(output)
+    if job is None or not seconds:
+        raise ValueError(f"{name}: no job summary in the job's output:\n{output[-3000:]}")
+    ranks = int(job.group(1))
+    if len(seconds) < ranks:
+        raise ValueError(f"{name}: {len(seconds)} learning times for {ranks} ranks:\n"
+                         f"{output[-3000:]}")
+    return Result(name, ranks, sync_every, int(_number(job.group(2))), max(seconds),
+                  float(job.group(3)))
+
+
+@contextlib.contextmanager
+def _broker(bootstrap: str | None) -> Iterator[str]:
+    if bootstrap:
+        yield bootstrap
+        return
+    with tempfile.TemporaryDirectory(prefix="dwell-bench-ranks-") as folder:
+        broker = LocalBroker.on_free_ports(Path(folder) / "kafka", heap="1g")
+        try:
+            yield broker.start(timeout=120, owner_pid=os.getpid())
+        finally:
+            broker.stop()
+
+
+def _run(name: str, command: list[str]) -> str:
+    logger.info("%s: %s", name, " ".join(command))
+    started = time.perf_counter()
+    proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, errors="replace", timeout=RUN_TIMEOUT_S,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} exited with {proc.returncode}:\n{proc.stdout[-3000:]}")
+    logger.info("%s: done in %.1f s (wall, process start included)", name,
+                time.perf_counter() - started)
+    return proc.stdout
+
+
+def learn_args(bootstrap: str, topic: str, group: str, client: str) -> list[str]:
+    return ["-m", "learner.cli", "learn", "--bootstrap", bootstrap, "--topic", topic,
+            "--group", group, "--client", client, *FLAGS, *LEARNER]
+
+
+def one_learner(bootstrap: str, topic: str, client: str) -> Result:
+    name = "1 learner"
+    group = f"{topic}-learner-{time.time_ns()}"
+    return parse_learner(name, _run(name, [sys.executable,
+                                           *learn_args(bootstrap, topic, group, client)]))
+
+
+def job(bootstrap: str, topic: str, client: str, ranks: int, sync_every: int) -> Result:
+    name = f"{ranks} ranks, sync every {sync_every}"
+    group = f"{topic}-ranks{ranks}-sync{sync_every}-{time.time_ns()}"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks),
+               "--master-port", str(free_port()), "--max-restarts", "0",
+               *learn_args(bootstrap, topic, group, client),
+               "--sync-every", str(sync_every)]
+    return parse_job(name, sync_every, _run(name, command))
+
+
+def _fill_client() -> str:
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError:
+        return "kafka-python"
+    return "confluent"
+
+
+def ranks_measures(args: argparse.Namespace) -> tuple[list[Result], int]:
+    events = bench_events(1 if args.quick else args.ranks_repeat)
+    if args.quick:
+        events = events[:QUICK_EVENTS]
+    sync = QUICK_SYNC if args.quick else args.ranks_sync
+    results: list[Result] = []
+    with _broker(args.ranks_bootstrap) as bootstrap:
+        topic = f"bench-ranks-{time.time_ns()}"
+        create_topic(bootstrap, topic, partitions=4)
+        sent = replay(events, bootstrap=bootstrap, topic=topic, progress=not args.quick,
+                      client=args.ranks_fill_client or _fill_client())
+        total = sum(end_offsets(bootstrap, topic).values())
+        if total != sent.events_sent:
+            raise RuntimeError(f"the topic holds {total:,} records, {sent.events_sent:,} sent")
+        results.append(one_learner(bootstrap, topic, args.ranks_client))
+        for k in sync:
+            results.append(job(bootstrap, topic, args.ranks_client, 2, k))
+    for r in results:
+        if r.events != total:
+            raise RuntimeError(f"{r.name} consumed {r.events:,} of {total:,} records")
+    return results, total
+
+
+def format_markdown(results: list[Result], n: int, stream: str, machine: str,
+                    command: str) -> str:
+    """The section: one row per configuration, rates and AUCs beside the one learner's."""
+    base = next(r for r in results if r.ranks == 1)
+    lines = [
+        "## Ranks: one learner against a job of two ranks",
+        "",
+        f"`{command}` on {machine}; single-node Apache Kafka 4.1.1 on loopback, one topic "
+        f"of {n:,} records ({stream}), 4 partitions, filled once; each "
+        "configuration drains it with a fresh consumer group, one after another, as its own "
+        "process(es) (`dwell learn`, or `torchrun --nproc-per-node 2` running `dwell learn`): "
+        "GMF, IDL+IG, one negative per event, batches of 1,024, one torch thread per process, "
+        "no checkpoints. Events/s over the learning time from the first micro-batch (a "
+        "job's: its slowest rank's); run AUC: prequential, genuine events against their "
+        "dwell labels (a job's: its ranks' merged).",
+        "",
+        "**This machine cannot show scaling.** With 2 cores, the two ranks compete with each "
+        "other for them, and with the Kafka broker (a JVM) and the Kafka client's threads "
+        "in every process, so scaling cannot show here. The ratio below is what the "
+        "synchronisations, the lockstep rounds and that contention cost together on a full "
+        "machine, not what a second machine would bring.",
+        "",
+        "| configuration | events/s | x 1 learner | run AUC | AUC - 1 learner |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        ratio = r.rate / base.rate if base.rate else float("nan")
+        lines.append(f"| {r.name} | {r.rate:,.0f} | {ratio:.2f} | {r.auc:.4f} | "
+                     f"{r.auc - base.auc:+.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ranks-repeat", type=int, default=5,
+                   help="ranks: the KuaiRand log this many times in the topic (default 5)")
+    p.add_argument("--ranks-sync", type=csv(int), default=DEFAULT_SYNC,
+                   help="ranks: --sync-every values of the 2-rank jobs (default 1,16,64)")
+    p.add_argument("--ranks-client", default="kafka-python",
+                   help="ranks: the learners' Kafka client (default kafka-python, dwell "
+                        "learn's)")
+    p.add_argument("--ranks-fill-client", default=None,
+                   help="ranks: the client that fills the topic (default confluent if "
+                        "installed, else kafka-python)")
+    p.add_argument("--ranks-bootstrap", help="ranks: use this broker (default: start one)")
+
+
+def run(args: argparse.Namespace, machine: str) -> str:
+    results, n = ranks_measures(args)
+    command = f"dwell bench --suites ranks --ranks-client {args.ranks_client}"
+    if args.quick:
+        command += " --quick"
+        stream = f"the first {n:,} events of the shipped KuaiRand log, in event-time order"
+    else:
+        command += (f" --ranks-repeat {args.ranks_repeat} --ranks-sync "
+                    f"{','.join(map(str, args.ranks_sync))}")
+        stream = (f"the shipped KuaiRand log {args.ranks_repeat} times, ids distinct per "
+                  "repeat" if args.ranks_repeat > 1 else "the shipped KuaiRand log")
+    return format_markdown(results, n, stream, machine, command)
