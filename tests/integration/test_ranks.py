@@ -31,18 +31,36 @@ from tests.integration.test_faults import _fill, _wait_for
 RANK_FLAGS = ("--batch-timeout-s", "0.2", "--progress-interval-s", "5", "--metrics-port", "-1")
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_job_left_behind():
+    """A job that a failed test leaves running is killed, torchrun and its ranks."""
+    yield
+    while _STARTED:
+        job = _STARTED.pop()
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait(timeout=30)
+
+
 def _job(bootstrap: str, topic: str, tmp: Path, client: str, ranks: int, *extra: str,
          restarts: int = 0, log_name: str = "job.log") -> subprocess.Popen:
-    """``torchrun --nproc-per-node RANKS dwell learn ...`` in the background."""
+    """``torchrun --nproc-per-node RANKS dwell learn ...`` in the background, in a process
+    group of its own (its ranks with it)."""
     log = open(tmp / log_name, "ab")  # noqa: SIM115 - handed to the child
-    return subprocess.Popen(
+    job = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks),
          "--master-port", str(free_port()), "--max-restarts", str(restarts),
          "-m", "learner.cli", "learn", "--bootstrap", bootstrap, "--client", client,
          "--topic", topic, "--group", f"{topic}-job", "--checkpoint-dir", str(tmp / "ckpt"),
          "--audit-log", str(tmp / "audit.jsonl"), *RANK_FLAGS, *extra],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
     )
+    _STARTED.append(job)
+    return job
 
 
 def _finish(job: subprocess.Popen, tmp: Path, timeout: float = 240) -> str:
