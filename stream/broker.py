@@ -28,10 +28,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 from stream.errors import BrokerError, BrokerNotInstalledError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Exit statuses of kafka.sh (see its usage message).
 _EXIT_NOT_RUNNING = 3
@@ -106,11 +108,11 @@ def fetch(timeout: float = FETCH_TIMEOUT_S) -> Path:
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
-def wait_until_ready(bootstrap: str, timeout: float = 60.0) -> list[str]:
-    """Retry a Kafka metadata request until the broker answers; return its topic names.
-
-    Raises BrokerError with the last client error if it does not answer within ``timeout``.
-    """
+def _poll_admin(bootstrap: str, timeout: float, ask: Callable[[Any], T | None],
+                failure: Callable[[Exception | None], str]) -> T:
+    """Ask a fresh admin client ``ask(admin)`` until it returns something other than None;
+    a client error means "not ready yet". Raises BrokerError(``failure(last error)``) after
+    ``timeout`` seconds."""
     from kafka.admin import KafkaAdminClient  # imported late: the driver is usable without it
 
     deadline = time.monotonic() + timeout
@@ -118,9 +120,7 @@ def wait_until_ready(bootstrap: str, timeout: float = 60.0) -> list[str]:
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise BrokerError(
-                f"Kafka at {bootstrap} did not answer within {timeout:.0f} s: {last!r}"
-            )
+            raise BrokerError(failure(last))
         budget_ms = int(max(1.0, min(left, 10.0)) * 1000)
         admin = None
         try:
@@ -130,48 +130,9 @@ def wait_until_ready(bootstrap: str, timeout: float = 60.0) -> list[str]:
                 bootstrap_timeout_ms=budget_ms,
                 request_timeout_ms=budget_ms,
             )
-            return sorted(admin.list_topics())
-        except Exception as exc:  # any client error means "not ready yet"
-            last = exc
-            log.debug("Kafka at %s not ready yet: %r", bootstrap, exc)
-            time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
-        finally:
-            if admin is not None:
-                admin.close()
-
-
-def wait_for_brokers(bootstrap: str, node_ids: Sequence[int], timeout: float = 60.0) -> None:
-    """Wait until the cluster's metadata lists every broker of ``node_ids``, none fenced.
-
-    Raises BrokerError naming the brokers still missing if that takes longer than ``timeout``.
-    """
-    from kafka.admin import KafkaAdminClient  # imported late, as in wait_until_ready
-
-    wanted = set(node_ids)
-    deadline = time.monotonic() + timeout
-    seen: set[int] = set()
-    last: Exception | None = None
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            missing = sorted(wanted - seen)
-            raise BrokerError(f"Kafka at {bootstrap}: brokers {missing} not registered within "
-                              f"{timeout:.0f} s (last error: {last!r})")
-        budget_ms = int(max(1.0, min(left, 10.0)) * 1000)
-        admin = None
-        try:
-            admin = KafkaAdminClient(
-                bootstrap_servers=bootstrap,
-                client_id="dwell-broker-probe",
-                bootstrap_timeout_ms=budget_ms,
-                request_timeout_ms=budget_ms,
-            )
-            brokers = admin.describe_cluster()["brokers"]
-            seen = {b["broker_id"] for b in brokers if not b.get("is_fenced", False)}
-            if wanted <= seen:
-                return
-            log.debug("Kafka at %s: brokers %s registered, waiting for %s", bootstrap,
-                      sorted(seen), sorted(wanted - seen))
+            answer = ask(admin)
+            if answer is not None:
+                return answer
         except Exception as exc:  # any client error means "not ready yet"
             last = exc
             log.debug("Kafka at %s not ready yet: %r", bootstrap, exc)
@@ -179,6 +140,39 @@ def wait_for_brokers(bootstrap: str, node_ids: Sequence[int], timeout: float = 6
             if admin is not None:
                 admin.close()
         time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+
+
+def wait_until_ready(bootstrap: str, timeout: float = 60.0) -> list[str]:
+    """Retry a Kafka metadata request until the broker answers; return its topic names.
+
+    Raises BrokerError with the last client error if it does not answer within ``timeout``.
+    """
+    return _poll_admin(
+        bootstrap, timeout, lambda admin: sorted(admin.list_topics()),
+        lambda last: f"Kafka at {bootstrap} did not answer within {timeout:.0f} s: {last!r}")
+
+
+def wait_for_brokers(bootstrap: str, node_ids: Sequence[int], timeout: float = 60.0) -> None:
+    """Wait until the cluster's metadata lists every broker of ``node_ids``, none fenced.
+
+    Raises BrokerError naming the brokers still missing if that takes longer than ``timeout``.
+    """
+    wanted = set(node_ids)
+    seen: set[int] = set()
+
+    def registered(admin) -> bool | None:
+        nonlocal seen
+        brokers = admin.describe_cluster()["brokers"]
+        seen = {b["broker_id"] for b in brokers if not b.get("is_fenced", False)}
+        if wanted <= seen:
+            return True
+        log.debug("Kafka at %s: brokers %s registered, waiting for %s", bootstrap,
+                  sorted(seen), sorted(wanted - seen))
+        return None
+
+    _poll_admin(bootstrap, timeout, registered,
+                lambda last: f"Kafka at {bootstrap}: brokers {sorted(wanted - seen)} not "
+                             f"registered within {timeout:.0f} s (last error: {last!r})")
 
 
 def new_cluster_id() -> str:
