@@ -56,7 +56,9 @@ RUN_TIMEOUT_S = 1800.0
 _LEARNING = re.compile(r"learning time ([0-9.]+) s \(([0-9,.]+) events/s")
 _CONSUMED = re.compile(r"^(?:\S+:)?consumed +([0-9,]+)\s*$", re.MULTILINE)
 _AUC = re.compile(r"AUC \(window/run\)\s+dwell labels [0-9.na]+/([0-9.na]+)")
-_JOB = re.compile(r"job of (\d+) ranks: consumed ([0-9,]+) .*?\| run AUC dwell ([0-9.na]+)")
+# the job's closing line (not its progress lines, "job of N ranks: consumed N | run AUC ...")
+_JOB = re.compile(r"job of (\d+) ranks: consumed ([0-9,]+) accepted [0-9,]+ dead-lettered "
+                  r"[0-9,]+ \| run AUC dwell ([0-9.na]+)")
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,8 @@ def parse_job(name: str, sync_every: int, output: str) -> Result:
     """A torchrun job's output: every rank's ``learning time`` line (the longest is the
     job's) and the ``job of N ranks`` line (events of the whole job, its merged run AUC)."""
     seconds = [float(m.group(1)) for m in _LEARNING.finditer(output)]
-    job = _JOB.search(output)
+    jobs = list(_JOB.finditer(output))  # every rank prints it, the same
+    job = jobs[-1] if jobs else None
     if job is None or not seconds:
         raise ValueError(f"{name}: no job summary in the job's output:\n{output[-3000:]}")
     ranks = int(job.group(1))
@@ -117,6 +120,15 @@ def _broker(bootstrap: str | None) -> Iterator[str]:
             broker.stop()
 
 
+def _checked(result: Result, total: int, output: str) -> Result:
+    if result.events != total:
+        raise RuntimeError(f"{result.name} consumed {result.events:,} of {total:,} records:\n"
+                           f"{output[-3000:]}")
+    logger.info("%s: %s events in %.1f s, %s events/s, run AUC %.4f", result.name,
+                f"{result.events:,}", result.seconds, f"{result.rate:,.0f}", result.auc)
+    return result
+
+
 def _run(name: str, command: list[str]) -> str:
     logger.info("%s: %s", name, " ".join(command))
     started = time.perf_counter()
@@ -135,21 +147,25 @@ def learn_args(bootstrap: str, topic: str, group: str, client: str) -> list[str]
             "--group", group, "--client", client, *FLAGS, *LEARNER]
 
 
-def one_learner(bootstrap: str, topic: str, client: str) -> Result:
+def one_learner(bootstrap: str, topic: str, client: str, total: int) -> Result:
+    """A plain ``dwell learn`` drains ``topic`` (``total`` records) in a fresh group."""
     name = "1 learner"
     group = f"{topic}-learner-{time.time_ns()}"
-    return parse_learner(name, _run(name, [sys.executable,
-                                           *learn_args(bootstrap, topic, group, client)]))
+    output = _run(name, [sys.executable, *learn_args(bootstrap, topic, group, client)])
+    return _checked(parse_learner(name, output), total, output)
 
 
-def job(bootstrap: str, topic: str, client: str, ranks: int, sync_every: int) -> Result:
+def job(bootstrap: str, topic: str, client: str, total: int, ranks: int,
+        sync_every: int) -> Result:
+    """``torchrun`` runs a job of ``ranks`` learners on ``topic`` in a fresh group."""
     name = f"{ranks} ranks, sync every {sync_every}"
     group = f"{topic}-ranks{ranks}-sync{sync_every}-{time.time_ns()}"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks),
                "--master-port", str(free_port()), "--max-restarts", "0",
                *learn_args(bootstrap, topic, group, client),
                "--sync-every", str(sync_every)]
-    return parse_job(name, sync_every, _run(name, command))
+    output = _run(name, command)
+    return _checked(parse_job(name, sync_every, output), total, output)
 
 
 def _fill_client() -> str:
@@ -174,12 +190,9 @@ def ranks_measures(args: argparse.Namespace) -> tuple[list[Result], int]:
         total = sum(end_offsets(bootstrap, topic).values())
         if total != sent.events_sent:
             raise RuntimeError(f"the topic holds {total:,} records, {sent.events_sent:,} sent")
-        results.append(one_learner(bootstrap, topic, args.ranks_client))
+        results.append(one_learner(bootstrap, topic, args.ranks_client, total))
         for k in sync:
-            results.append(job(bootstrap, topic, args.ranks_client, 2, k))
-    for r in results:
-        if r.events != total:
-            raise RuntimeError(f"{r.name} consumed {r.events:,} of {total:,} records")
+            results.append(job(bootstrap, topic, args.ranks_client, total, 2, k))
     return results, total
 
 
@@ -201,9 +214,9 @@ def format_markdown(results: list[Result], n: int, stream: str, machine: str,
         "",
         "**This machine cannot show scaling.** With 2 cores, the two ranks compete with each "
         "other for them, and with the Kafka broker (a JVM) and the Kafka client's threads "
-        "in every process. The ratio below is what the "
-        "synchronisations, the lockstep rounds and that contention cost together on a full "
-        "machine, not what a second machine would bring.",
+        "in every process. The ratios below mix what the second "
+        "process gains from the second core with what the synchronisations, the lockstep "
+        "rounds and that contention cost; they are not what a second machine would bring.",
         "",
         "| configuration | events/s | x 1 learner | run AUC | AUC - 1 learner |",
         "| --- | --- | --- | --- | --- |",

@@ -50,7 +50,9 @@ def test_ranks_reads_a_job_the_slowest_rank_sets_its_time():
     job_line = ("job of 2 ranks: consumed 40,000 accepted 39,990 dead-lettered 10 | run AUC "
                 "dwell 0.6290 explicit 0.7000")
     rank0, rank1 = _summary(20_000, 5.0, 0.62), _summary(20_000, 8.0, 0.64)
-    text = "\n".join(["some log line", rank0, job_line, rank1, job_line])
+    progress = ("12:00:05 INFO learner.rank_daemon: job of 2 ranks: consumed 20480 | run AUC "
+                "dwell 0.6100 | per rank [(10240, 9760), (10240, 9760)]")
+    text = "\n".join([progress, rank0, job_line, rank1, job_line])
     result = ranks.parse_job("2 ranks, sync every 16", 16, text)
     assert (result.ranks, result.sync_every, result.events) == (2, 16, 40_000)
     assert result.seconds == 8.0 and result.rate == 5_000
@@ -62,7 +64,8 @@ def test_ranks_refuses_output_without_a_summary():
         ranks.parse_job("2 ranks", 1, _summary(20_000, 5.0, 0.62))
     with pytest.raises(ValueError, match="learning times for 2 ranks"):
         ranks.parse_job("2 ranks", 1, _summary(20_000, 5.0, 0.62) + "\njob of 2 ranks: "
-                        "consumed 40,000 accepted 40,000 dead-lettered 0 | run AUC dwell 0.6")
+                        "consumed 40,000 accepted 40,000 dead-lettered 0 | run AUC dwell 0.6 "
+                        "explicit 0.7")
     with pytest.raises(ValueError, match="no closing summary"):
         ranks.parse_learner("1 learner", "Traceback (most recent call last):")
 
