@@ -94,6 +94,10 @@ class KafkaPythonConsumer:
             with _translated(f"cannot reach Kafka at {bootstrap}"):
                 self._consumer = KafkaConsumer(**{
                     "auto_offset_reset": "earliest", "client_id": f"dwell-{group}",
+                    # a group joined before the broker's metadata listed the topic assigns
+                    # nothing until the next refresh: refresh every 10 s, not kafka-python's
+                    # 5 min (new partitions show up as soon, too)
+                    "metadata_max_age_ms": 10_000,
                     **dict(client_config or {}),
                     "bootstrap_servers": bootstrap.split(","), "group_id": group,
                     "enable_auto_commit": False, "max_poll_records": max_records,
