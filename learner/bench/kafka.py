@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -78,14 +79,16 @@ def bench_events(repeat: int) -> list[dict]:
 
 
 @contextlib.contextmanager
-def _broker(bootstrap: str | None) -> Iterator[str]:
+def local_broker(bootstrap: str | None) -> Iterator[str]:
+    """``bootstrap`` when given, else a single-node broker of the benchmark's own (stopped at
+    the end, and by a watchdog should this process die)."""
     if bootstrap:
         yield bootstrap
         return
     with tempfile.TemporaryDirectory(prefix="dwell-bench-") as folder:
         broker = LocalBroker.on_free_ports(Path(folder) / "kafka", heap="1g")
         try:
-            yield broker.start(timeout=120)
+            yield broker.start(timeout=120, owner_pid=os.getpid())
         finally:
             broker.stop()
 
@@ -190,7 +193,7 @@ def replay_rate(client: str, bootstrap: str, events: list[dict]) -> Measure:
 def kafka_measures(args: argparse.Namespace) -> tuple[list[Measure], int]:
     events = bench_events(1 if args.quick else args.kafka_repeat)
     measures: list[Measure] = []
-    with _broker(args.kafka_bootstrap) as bootstrap:
+    with local_broker(args.kafka_bootstrap) as bootstrap:
         topic = f"bench-{time.time_ns()}"
         create_topic(bootstrap, topic, partitions=4)
         measures.append(replay_rate(args.clients[0], bootstrap, events[:50_000]))

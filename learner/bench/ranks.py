@@ -24,23 +24,19 @@ torchrun's launcher, which the learning time does not see.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from producers.replay import replay
 from stream.admin import create_topic, end_offsets
-from stream.broker import LocalBroker, free_port
+from stream.broker import free_port
 
-from .kafka import bench_events
+from .kafka import bench_events, local_broker
 from .report import csv
 
 logger = logging.getLogger(__name__)
@@ -107,19 +103,6 @@ def parse_job(name: str, sync_every: int, output: str) -> Result:
                   float(job.group(3)))
 
 
-@contextlib.contextmanager
-def _broker(bootstrap: str | None) -> Iterator[str]:
-    if bootstrap:
-        yield bootstrap
-        return
-    with tempfile.TemporaryDirectory(prefix="dwell-bench-ranks-") as folder:
-        broker = LocalBroker.on_free_ports(Path(folder) / "kafka", heap="1g")
-        try:
-            yield broker.start(timeout=120, owner_pid=os.getpid())
-        finally:
-            broker.stop()
-
-
 def _checked(result: Result, total: int, output: str) -> Result:
     if result.events != total:
         raise RuntimeError(f"{result.name} consumed {result.events:,} of {total:,} records:\n"
@@ -182,7 +165,7 @@ def ranks_measures(args: argparse.Namespace) -> tuple[list[Result], int]:
         events = events[:QUICK_EVENTS]
     sync = args.ranks_sync[:1] if args.quick else args.ranks_sync
     results: list[Result] = []
-    with _broker(args.ranks_bootstrap) as bootstrap:
+    with local_broker(args.ranks_bootstrap) as bootstrap:
         topic = f"bench-ranks-{time.time_ns()}"
         create_topic(bootstrap, topic, partitions=4)
         sent = replay(events, bootstrap=bootstrap, topic=topic, progress=not args.quick,
