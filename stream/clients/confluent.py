@@ -20,12 +20,24 @@ Differences from kafka-python that this module hides:
   the producer here uses librdkafka's ``murmur2_random``, so a key lands on the same
   partition whichever client wrote it;
 - ``Producer.close`` of librdkafka waits for every queued record without a limit: here
-  ``close(timeout)`` flushes for ``timeout`` and then purges what is left.
+  ``close(timeout)`` flushes for ``timeout`` and then purges what is left;
+- a librdkafka consumer can lose every broker for good (seen with librdkafka 2.16.0;
+  confluentinc/librdkafka#5301): a single-node KRaft broker that shuts down answers a last
+  Metadata request with no brokers, and when the connection drops just before that answer
+  is handled, the client forgets the broker and cancels its own re-bootstrap. It then never
+  reconnects (``metadata.recovery.rebootstrap.trigger.ms`` does not help), and a
+  synchronous commit queued to the lost coordinator never returns (a learner hung after a
+  broker restart). Here a blocking commit is given up after the
+  network timeout plus :data:`COMMIT_MARGIN_S`, and a consumer whose handle cannot reach
+  the cluster while a new one can is given a new handle: its partitions are revoked (as
+  lost) and the group assigns them again; with explicit partitions they are assigned again
+  from the processed positions.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -67,6 +79,10 @@ CONSUMER_RENAMED: dict[str, str | None] = {"request_timeout_ms": "socket.timeout
 #: cluster, and how long ``produce`` may wait for room in a full queue.
 BOOTSTRAP_TIMEOUT_MS = 30_000
 MAX_BLOCK_MS = 60_000
+#: A blocking commit is given up this long after librdkafka's network timeout
+#: (``socket.timeout.ms``): librdkafka itself answers within that timeout unless the
+#: consumer has lost every broker (see the module's notes), and then it never does.
+COMMIT_MARGIN_S = 15.0
 
 
 def librdkafka_config(options: Mapping[str, Any], role: str = "producer") -> dict[str, Any]:
@@ -158,6 +174,22 @@ class ConfluentConsumer:
     """Polls micro-batches of at most ``max_records`` records or ``max_wait_s`` seconds."""
 
     _unannounced: set[int] | frozenset[int] = frozenset()  # assigned, on_assign not called
+    # -- the handle check (see the module's notes); class attributes, so tests can shorten them
+    #: after this long without a message, ask the cluster for the topic's metadata (at most
+    #: this often), waiting up to HANDLE_CHECK_TIMEOUT_S
+    HANDLE_CHECK_IDLE_S = 15.0
+    HANDLE_CHECK_TIMEOUT_S = 5.0
+    #: a handle that has not reached the cluster for this long is replaced if a new one does
+    HANDLE_REPLACE_AFTER_S = 30.0
+    _subscribed = True  # False: explicit partitions
+    _owned: frozenset[int] = frozenset()  # assigned through _assigned, not revoked since
+    _lost: frozenset[int] = frozenset()  # a replaced handle's partitions, revoke pending
+    _reassign: frozenset[int] = frozenset()  # explicit partitions for a new handle
+    _last_message = float("inf")  # monotonic time of the last message (set by __init__)
+    _checked_at = float("-inf")
+    _unreachable_since: float | None = None
+    _callback_depth = 0  # > 0 while a rebalance callback runs
+    _commit_limit = 60.0 + COMMIT_MARGIN_S
 
     def __init__(
         self,
@@ -191,17 +223,25 @@ class ConfluentConsumer:
             **librdkafka_config(options, "consumer"),
             "bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
         }
-        self._consumer = _construct(
-            ck.Consumer, {**self._config, "on_commit": self._commit_done}, "consumer", ck)
+        self._commit_limit = (float(self._config.get("socket.timeout.ms", 60_000)) / 1000
+                              + COMMIT_MARGIN_S)
+        self._consumer = self._handle()
         try:  # like kafka-python: fail now when nobody answers
             self._consumer.list_topics(topic, timeout=self._timeout)
         except ck.KafkaException as exc:
             self._consumer.close()
             raise client_error(exc, f"cannot reach Kafka at {bootstrap}") from exc
+        self._last_message = time.monotonic()
         if partitions is None:
             self._consumer.subscribe([topic], on_assign=self._assigned, on_revoke=self._revoked)
         else:
+            self._subscribed = False
             self._unannounced = set(partitions)
+
+    def _handle(self):
+        """A new librdkafka consumer with this consumer's settings (not subscribed yet)."""
+        return _construct(self._ck.Consumer, {**self._config, "on_commit": self._commit_done},
+                          "consumer", self._ck)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -209,11 +249,14 @@ class ConfluentConsumer:
 
     # -- rebalance callbacks: inside consume() or close(), on the caller's thread -----------
     def _assigned(self, consumer, partitions) -> None:
+        if consumer is not self._consumer:  # a replaced handle (closing): confluent-kafka
+            return                           # assigns/unassigns for it by itself
         mine = {tp.partition for tp in partitions}
         logger.info("partitions assigned: %s", sorted(mine))
         for p in mine:
             self._start.pop(p, None)
         self._seeks = {}
+        self._callback_depth += 1
         try:
             if self.on_assign is not None:
                 self.on_assign(mine)
@@ -222,13 +265,22 @@ class ConfluentConsumer:
                     tp.offset = self._seeks[tp.partition]
         finally:
             self._seeks = None
+            self._callback_depth -= 1
         consumer.assign(partitions)
+        self._owned = self._owned | mine
 
     def _revoked(self, consumer, partitions) -> None:
+        if consumer is not self._consumer:
+            return
         mine = {tp.partition for tp in partitions}
         logger.info("partitions revoked: %s", sorted(mine))
+        self._owned = self._owned - mine
         if self.on_revoke is not None:
-            self.on_revoke(mine)
+            self._callback_depth += 1
+            try:
+                self.on_revoke(mine)
+            finally:
+                self._callback_depth -= 1
         for p in mine:
             self._next.pop(p, None)
             self._committed.pop(p, None)
@@ -246,6 +298,8 @@ class ConfluentConsumer:
 
     # -- the interface ------------------------------------------------------------------------
     def poll_batch(self) -> list[Message]:
+        if self._lost or self._reassign:  # a new handle took over since the last poll
+            self._take_over()
         if self._unannounced:  # explicit assignment: on_assign once, inside the first poll
             self._assign_explicitly(sorted(self._unannounced))
             self._unannounced = set()
@@ -269,7 +323,85 @@ class ConfluentConsumer:
                     raise ClientError(f"poll: {err.str()}", err.name(), False)
                 elif err.code() != self._ck.KafkaError._PARTITION_EOF:
                     logger.warning("consumer: %s (%s)", err.str(), err.name())
+        now = time.monotonic()
+        if out:
+            self._last_message = now
+        elif now - self._last_message >= self.HANDLE_CHECK_IDLE_S:
+            self._check_handle(now)
         return out
+
+    # -- a handle that lost the cluster for good (see the module's notes) ---------------------
+    def _check_handle(self, now: float) -> None:
+        """Nothing came for a while: does this handle still reach the cluster? When it has not
+        for HANDLE_REPLACE_AFTER_S while a new handle does, the new one takes over."""
+        if now - self._checked_at < self.HANDLE_CHECK_IDLE_S:
+            return
+        self._checked_at = now
+        ck = self._ck
+        try:
+            self._consumer.list_topics(self.topic, timeout=self.HANDLE_CHECK_TIMEOUT_S)
+        except ck.KafkaException:
+            if self._unreachable_since is None:
+                self._unreachable_since = now
+            if now - self._unreachable_since < self.HANDLE_REPLACE_AFTER_S:
+                return
+        else:
+            self._unreachable_since = None
+            return
+        fresh = self._handle()
+        try:
+            fresh.list_topics(self.topic, timeout=self.HANDLE_CHECK_TIMEOUT_S)
+        except ck.KafkaException:  # the cluster is away: a new handle would not help
+            _close_quietly(fresh)
+            return
+        old = self._replace(fresh, f"no answer from Kafka for {now - self._unreachable_since:.0f} "
+                                   "s while a new connection gets one")
+        threading.Thread(target=_close_quietly, args=(old,), name="dwell-consumer-close",
+                         daemon=True).start()  # closing may wait for good: not on this thread
+        self._take_over()
+
+    def _replace(self, handle, why: str):
+        """Make ``handle`` this consumer's librdkafka consumer; return the old one, which is
+        never called again from here. Its partitions are revoked (as lost), or assigned again
+        to ``handle`` with explicit partitions, by :meth:`_take_over` in the next poll."""
+        old, self._consumer = self._consumer, handle
+        owned, self._owned = self._owned, frozenset()
+        logger.warning("consumer: %s: a new librdkafka consumer takes over (partitions %s)",
+                       why, sorted(owned))
+        self._unreachable_since = None
+        self._last_message = self._checked_at = time.monotonic()
+        if self._subscribed:
+            self._lost = self._lost | owned
+            handle.subscribe([self.topic], on_assign=self._assigned, on_revoke=self._revoked)
+        else:
+            self._reassign = self._reassign | owned
+        return old
+
+    def _take_over(self) -> None:
+        """After a new handle took over: the old one's partitions are revoked (the group gives
+        them out again), or, explicit ones, assigned to it from the processed positions (else
+        where they start) without calling ``on_assign`` again."""
+        self._revoke_lost()
+        if self._reassign:
+            partitions = sorted(self._reassign)
+            try:
+                unknown = [p for p in partitions if p not in self._next]
+                starts = self._start_offsets(unknown) if unknown else {}
+            except ClientError as exc:  # the cluster is away yet: next poll
+                logger.warning("consumer: partitions %s not assigned again yet: %s",
+                               partitions, exc)
+                return
+            self._consumer.assign([self._ck.TopicPartition(
+                self.topic, p, self._next[p] if p in self._next else starts[p])
+                for p in partitions])
+            self._owned = self._owned | frozenset(partitions)
+            self._reassign = frozenset()
+
+    def _revoke_lost(self) -> None:
+        if self._lost:
+            lost, self._lost = self._lost, frozenset()
+            self._revoked(self._consumer, [self._ck.TopicPartition(self.topic, p)
+                                           for p in sorted(lost)])
 
     def _assign_explicitly(self, partitions: list[int]) -> None:
         """Assign with start offsets resolved here (committed, else the log's start or end).
@@ -283,9 +415,10 @@ class ConfluentConsumer:
             try:
                 starts = self._start_offsets(partitions)
                 break
-            except ClientError as exc:
-                if not exc.retriable or time.monotonic() >= deadline:
+            except ClientError as exc:  # NOT_COORDINATOR on a fresh group, which librdkafka
+                if time.monotonic() >= deadline:  # calls not retriable: retried all the same
                     raise
+                logger.debug("start offsets of %s: %s; retrying", partitions, exc)
                 time.sleep(0.2)
         self._assigned(self._consumer, [self._ck.TopicPartition(self.topic, p, starts[p])
                                         for p in partitions])
@@ -315,7 +448,7 @@ class ConfluentConsumer:
         self._committed.update(pending)  # undone if it fails
         try:
             if blocking:
-                result = self._consumer.commit(offsets=tps, asynchronous=False)
+                result = self._commit_sync(tps)
                 failed = [tp for tp in result or () if tp.error is not None]
                 if failed:
                     error = failed[0].error
@@ -330,6 +463,41 @@ class ConfluentConsumer:
             self._forget(pending)
             raise
         return True
+
+    def _commit_sync(self, tps):
+        """librdkafka's synchronous commit, given up after ``_commit_limit`` s.
+
+        It waits on a thread of its own: librdkafka's wait has no limit, and never ends when
+        the consumer has lost every broker (see the module's notes). confluent-kafka lets one
+        thread at a time into a consumer, so a handle left inside such a commit can never be
+        called again: a new one takes over, and the old one is closed if its commit ever
+        returns. Inside a rebalance callback (this thread is already inside librdkafka) the
+        commit is made here, without a limit.
+        """
+        handle = self._consumer
+        if self._callback_depth:
+            return handle.commit(offsets=tps, asynchronous=False)
+        outcome: dict[str, Any] = {}
+
+        def commit() -> None:
+            try:
+                outcome["result"] = handle.commit(offsets=tps, asynchronous=False)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=commit, name="dwell-commit", daemon=True)
+        thread.start()
+        thread.join(self._commit_limit)
+        if thread.is_alive():
+            old = self._replace(self._handle(), f"a synchronous offset commit got no answer in "
+                                                f"{self._commit_limit:.0f} s")
+            threading.Thread(target=_close_after, args=(thread, old), daemon=True,
+                             name="dwell-consumer-close").start()
+            raise ClientTimeoutError(f"offset commit: no answer in {self._commit_limit:.0f} s "
+                                     "(the consumer lost the cluster: a new one takes over)")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]
 
     def _forget(self, offsets: Mapping[int, int]) -> None:
         for p, off in offsets.items():
@@ -425,6 +593,7 @@ class ConfluentConsumer:
         if self._closed:
             return
         self._closed = True
+        self._revoke_lost()  # a new handle took over since the last poll: on_revoke first
         try:
             self._consumer.close()
         except self._ck.KafkaException as exc:
@@ -515,6 +684,20 @@ class ConfluentProducer:
             self._producer.close()
         except (self._ck.KafkaException, RuntimeError) as exc:
             logger.warning("producer close: %r", exc)
+
+
+def _close_quietly(handle) -> None:
+    """Close a librdkafka consumer that is no longer used; its trouble is only logged."""
+    try:
+        handle.close()
+    except Exception as exc:  # noqa: BLE001 - a handle given up on
+        logger.info("closing a replaced consumer: %r", exc)
+
+
+def _close_after(thread: threading.Thread, handle) -> None:
+    """Close ``handle`` once ``thread`` (inside a call of it) is done, if it ever is."""
+    thread.join()
+    _close_quietly(handle)
 
 
 def _reporter(on_delivery: DeliveryCallback) -> Callable[[Any, Any], None]:

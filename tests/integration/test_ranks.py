@@ -174,7 +174,9 @@ def test_a_job_resumes_with_another_number_of_ranks(kafka_bootstrap, topic, tmp_
         for p in first:
             assert p % 3 == rank
             resumed[p] = min(first[p])
-    assert resumed == {int(p): o for p, o in stopped["offsets"].items() if o < ends[int(p)]}
+    # (a partition the two ranks had not read yet is not in the checkpoint: it starts at 0)
+    held = {int(p): o for p, o in stopped["offsets"].items()}
+    assert resumed == {p: held.get(p, 0) for p in ends if held.get(p, 0) < ends[p]}
     trained = trained_offsets(*_audits(tmp_path), *tmp_path.glob("audit.rank*.first"))
     for p, end in ends.items():
         assert set(trained[p]) == set(range(end)), f"partition {p}"

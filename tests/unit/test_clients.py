@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 from collections import Counter
 
 import pytest
@@ -333,6 +334,130 @@ def test_confluent_lag_from_the_cached_watermark_never_raises():
     fake.assigned = [ck.TopicPartition("t", p) for p in range(3)]
     consumer.mark_processed([_record(0, 59), _record(1, 6), _record(2, 1)])
     assert consumer.lag() == {0: 40, 1: 0}  # partition 2: no watermark cached (raises)
+
+
+# A handle that lost every broker for good (librdkafka#5301, seen after a broker restart): its
+# synchronous commit never returns, its metadata requests time out, and confluent-kafka lets
+# no other thread into it while the commit waits.
+class LostHandle(FakeConsumer):
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.release = threading.Event()  # ends the commit that never ends
+        self.calls: list[str] = []
+        self.closed = threading.Event()
+
+    def commit(self, offsets, asynchronous):
+        self.calls.append("commit")
+        if not asynchronous:
+            self.release.wait()
+        return super().commit(offsets, asynchronous)
+
+    def list_topics(self, topic=None, timeout=-1):
+        self.calls.append("list_topics")
+        raise ck.KafkaException(ck.KafkaError(ck.KafkaError._TRANSPORT))
+
+    def close(self):
+        self.closed.set()
+
+
+class NewHandle(FakeConsumer):
+    def __init__(self, reachable=True, **kw):
+        super().__init__(**kw)
+        self.reachable, self.subscribed, self.closed = reachable, None, False
+
+    def subscribe(self, topics, on_assign, on_revoke):
+        self.subscribed = topics
+
+    def list_topics(self, topic=None, timeout=-1):
+        if not self.reachable:
+            raise ck.KafkaException(ck.KafkaError(ck.KafkaError._TRANSPORT))
+
+    def close(self):
+        self.closed = True
+
+
+def _owning(consumer, partitions):
+    """``consumer`` after the group assigned it ``partitions`` (through its callback)."""
+    consumer._assigned(consumer._consumer, [ck.TopicPartition("t", p) for p in partitions])
+    return consumer
+
+
+@needs_confluent
+def test_confluent_blocking_commit_without_answer_is_given_up_and_a_new_handle_takes_over():
+    lost, new = LostHandle(), NewHandle()
+    calls = []
+    consumer = _consumer(lost, on_assign=lambda parts: calls.append(("assign", parts)))
+    consumer._handle = lambda: new
+    consumer._commit_limit = 0.3
+
+    def on_revoke(parts):  # like the daemon: where it stands, committed without waiting
+        calls.append(("revoke", parts, consumer.processed()))
+        consumer.commit(blocking=False)
+
+    consumer.on_revoke = on_revoke
+    _owning(consumer, [0, 2])
+    consumer.mark_processed([_record(0, 4), _record(2, 9)])
+    with pytest.raises(ClientTimeoutError, match="no answer in 0 s"):
+        consumer.commit()
+    assert consumer._consumer is new and new.subscribed == ["t"]
+    assert consumer.assignment == set()  # the new handle's: nothing yet
+    assert consumer.poll_batch() == []  # the lost partitions are revoked, inside the poll
+    assert calls == [("assign", {0, 2}), ("revoke", {0, 2}, {0: 5, 2: 10})]
+    assert new.commits == [([(0, 5), (2, 10)], True)]  # sent again, on the new handle
+    assert consumer.processed() == {}
+    assert lost.calls == ["commit"]  # never called again while its commit waits
+    lost.release.set()
+    assert lost.closed.wait(5)  # closed once its commit returned
+
+
+@needs_confluent
+def test_confluent_handle_that_cannot_reach_kafka_is_replaced_once_a_new_one_can(monkeypatch):
+    lost = LostHandle()
+    away, new = NewHandle(reachable=False), NewHandle()
+    handles = [away, new]
+    revoked = []
+    consumer = _owning(_consumer(lost, on_revoke=revoked.append), [1])
+    consumer._handle = lambda: handles.pop(0)
+    monkeypatch.setattr(consumer, "HANDLE_CHECK_IDLE_S", 0.0)
+    monkeypatch.setattr(consumer, "HANDLE_REPLACE_AFTER_S", 0.1)
+    consumer._last_message = 0.0  # nothing for long
+    consumer.poll_batch()  # no answer: noted
+    assert lost.calls == ["list_topics"] and consumer._consumer is lost
+    consumer.poll_batch()  # still none, and none for a new handle either (Kafka is away)
+    assert away.closed and consumer._consumer is lost and revoked == []
+    consumer.poll_batch()  # a new handle gets an answer: it takes over
+    assert consumer._consumer is new and new.subscribed == ["t"] and revoked == [{1}]
+    assert lost.closed.wait(5)  # closed on a thread of its own
+
+
+@needs_confluent
+def test_confluent_handle_that_answers_is_kept(monkeypatch):
+    healthy = NewHandle()
+    consumer = _consumer(healthy)
+    consumer._handle = lambda: pytest.fail("no new handle for a healthy one")
+    monkeypatch.setattr(consumer, "HANDLE_CHECK_IDLE_S", 0.0)
+    monkeypatch.setattr(consumer, "HANDLE_REPLACE_AFTER_S", 0.0)
+    consumer._last_message = 0.0
+    for _ in range(3):
+        consumer.poll_batch()
+    assert consumer._consumer is healthy
+
+
+@needs_confluent
+def test_confluent_explicit_partitions_go_to_the_new_handle_where_they_stood():
+    lost, new = LostHandle(), NewHandle(committed={1: 7})
+    calls = []
+    consumer = _consumer(lost, on_assign=lambda parts: calls.append(("assign", parts)),
+                         on_revoke=lambda parts: calls.append(("revoke", parts)))
+    consumer._subscribed, consumer._handle, consumer._commit_limit = False, lambda: new, 0.2
+    _owning(consumer, [0, 1])
+    consumer.mark_processed([_record(0, 4)])
+    with pytest.raises(ClientTimeoutError):
+        consumer.commit()
+    consumer.poll_batch()
+    assert [(tp.partition, tp.offset) for tp in new.assigned] == [(0, 5), (1, 7)]
+    assert new.subscribed is None and calls == [("assign", {0, 1})]  # no callback again
+    lost.release.set()
 
 
 # -- the confluent producer's own logic ---------------------------------------------------------
