@@ -245,7 +245,7 @@ class RankDaemon(Daemon):
 
     # -- commits at a barrier ------------------------------------------------------------------
     def commit(self, blocking: bool = True) -> bool:
-        """Collective: average, checkpoint once (rank 0), then commit every rank's offsets.
+        """Collective: synchronise, checkpoint once (rank 0), then commit every rank's offsets.
 
         Returns False on every rank when any rank could not flush its dead letters or the
         checkpoint could not be written: nothing is committed then.
