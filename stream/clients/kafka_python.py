@@ -24,6 +24,9 @@ from stream.clients import DeliveryCallback
 from stream.errors import ClientError, ClientTimeoutError, ConfigError
 
 logger = logging.getLogger(__name__)
+#: How long a new consumer waits for its topic's partitions to show in the metadata before
+#: joining its group (a topic that does not exist yet is subscribed to all the same).
+TOPIC_METADATA_WAIT_S = 5.0
 
 
 def client_error(exc: BaseException, what: str = "") -> ClientError:
@@ -105,6 +108,13 @@ class KafkaPythonConsumer:
         except ValueError as exc:  # kafka-python: unrecognized configs
             raise ConfigError(f"Kafka consumer configuration: {exc}") from exc
         if partitions is None:
+            # Know the topic's partitions before joining: a group joined while the client's
+            # metadata lacks them assigns nothing ("No partition metadata"), seen in CI.
+            deadline = time.monotonic() + TOPIC_METADATA_WAIT_S
+            with _translated(f"metadata of {topic}"):
+                while (not self._consumer.partitions_for_topic(topic)
+                       and time.monotonic() < deadline):
+                    time.sleep(0.2)
             self._consumer.subscribe([topic], listener=_Listener(self))
         else:
             self._unannounced = set(partitions)
