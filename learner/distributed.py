@@ -148,6 +148,13 @@ class Ranks:
             dist.all_gather_object(out, obj)
         return out
 
+    def gather(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj`` on rank 0, in rank order (None on the other ranks)."""
+        out: list[Any] | None = [None] * self.world_size if self.leader else None
+        with _collective("gather"):
+            dist.gather_object(obj, out, dst=0)
+        return out
+
     def broadcast(self, obj: Any = None) -> Any:
         """Rank 0's ``obj`` on every rank."""
         box = [obj if self.leader else None]

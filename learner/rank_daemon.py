@@ -272,7 +272,7 @@ class RankDaemon(Daemon):
         if self.checkpointer is None or not sum(r["since"] for r in everyone):
             self._commit_offsets(mine, blocking)
             return True
-        states = self.ranks.exchange(self.learner.local_state_dict())
+        states = self.ranks.gather(self.learner.local_state_dict())  # only rank 0 writes
         started = time.monotonic()
         error = None
         if self.ranks.leader:
