@@ -17,6 +17,8 @@ from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.coordinator.base import MemberState
+from kafka.coordinator.consumer import ConsumerCoordinator
 from kafka.errors import KafkaConfigurationError, KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
@@ -68,6 +70,46 @@ class _Listener(ConsumerRebalanceListener):
             self.owner.on_assign({tp.partition for tp in assigned})
 
 
+class _JoinKeepingCoordinator(ConsumerCoordinator):
+    """kafka-python 3's group coordinator, made to finish a join that a poll() gave up on.
+
+    kafka-python 3.0 (its coroutine rewrite of the join, dpkp/kafka-python#2955) lost the
+    2.x check that a pending join is awaited before deciding there is nothing to join
+    (dpkp/kafka-python#1695). A leader that rejoins because the topic's metadata changed
+    clears its own reason to rejoin as soon as it computes the assignment; if the poll()
+    that sent the JoinGroup times out before the SyncGroup answer, no later poll() applies
+    that answer. The member then holds no partitions and sends no heartbeats until the
+    broker evicts it: the learner sits idle (seen in CI, one run in three under load). Here
+    a join in flight, or finished and not yet applied, counts as a reason to rejoin, and a
+    finished one is applied as the library applies one it awaited.
+    """
+
+    def need_rejoin(self) -> bool:
+        return self._join_task is not None or super().need_rejoin()
+
+    async def join_group_async(self, timeout_ms: float | None = None) -> bool:
+        task = self._join_task
+        if task is not None and task.is_done and task.succeeded():
+            self._join_task = None
+            with self._lock:
+                self.rejoining = False
+                self.rejoin_needed = False
+                self.state = MemberState.STABLE
+                self._enable_heartbeat()
+            logger.info("applying a group join that completed after the poll that sent it")
+            generation = self._generation
+            await self._on_join_complete_async(generation.generation_id, generation.member_id,
+                                               generation.protocol, task.value)
+        return await super().join_group_async(timeout_ms)
+
+
+def _keep_joins(consumer: KafkaConsumer) -> None:
+    """Give ``consumer`` the join fix of :class:`_JoinKeepingCoordinator` (kafka-python 3)."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    if type(coordinator) is ConsumerCoordinator and hasattr(coordinator, "_join_task"):
+        coordinator.__class__ = _JoinKeepingCoordinator
+
+
 class KafkaPythonConsumer:
     """Polls micro-batches of at most ``max_records`` records or ``max_wait_s`` seconds."""
 
@@ -115,6 +157,7 @@ class KafkaPythonConsumer:
                 while (not self._consumer.partitions_for_topic(topic)
                        and time.monotonic() < deadline):
                     time.sleep(0.2)
+            _keep_joins(self._consumer)
             self._consumer.subscribe([topic], listener=_Listener(self))
         else:
             self._unannounced = set(partitions)

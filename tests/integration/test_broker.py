@@ -148,3 +148,31 @@ def test_restart_on_same_data_folder_keeps_topics_and_records(tmp_path: Path) ->
     finally:
         broker.stop()
     assert broker.status() is False
+
+
+def test_kafka_python_consumer_applies_a_rejoin_that_outlives_its_poll(kafka_bootstrap: str,
+                                                                       topic: str) -> None:
+    """Partitions added to the topic make the group's leader rejoin; with polls far shorter
+    than a JoinGroup and SyncGroup round trip, kafka-python 3.0.12 alone never applies the
+    new assignment (5 runs in 5 before the fix in stream/clients/kafka_python.py)."""
+    from kafka.admin import NewPartitions
+
+    from stream.admin import admin_client
+    from stream.clients import make_consumer
+
+    consumer = make_consumer("kafka-python", kafka_bootstrap, topic, f"{topic}-rejoin",
+                             max_wait_s=0.01, client_config={"metadata_max_age_ms": 500})
+    try:
+        deadline = time.monotonic() + 30
+        while len(consumer.assignment) < 4 and time.monotonic() < deadline:
+            consumer.poll_batch()
+        assert consumer.assignment == {0, 1, 2, 3}
+        with admin_client(kafka_bootstrap) as admin:
+            admin.create_partitions({topic: NewPartitions(6)})
+        deadline = time.monotonic() + 30
+        while len(consumer.assignment) < 6 and time.monotonic() < deadline:
+            consumer.poll_batch()
+            time.sleep(0.005)
+        assert consumer.assignment == set(range(6))
+    finally:
+        consumer.close()

@@ -178,9 +178,14 @@ def test_unwritable_checkpoint_folder_stops_commits_until_it_recovers(kafka_boot
         half.events = order_by_time(half.events)[:20_000]
         replay(half, bootstrap=kafka_bootstrap, topic=topic, progress=False,
                client=kafka_client)
-        assert _wait_for(lambda: sample("dwell_checkpoint_healthy") == 1, timeout=60)
-        committed_before = committed_offsets(kafka_bootstrap, group, topic)
-        assert committed_before
+        # wait for the first half to be checkpointed and committed: from then on nothing is
+        # checkpointed or committed until new events come (reading the offsets earlier raced
+        # with the daemon's next checkpoint and commit)
+        first_half = end_offsets(kafka_bootstrap, topic)
+        assert _wait_for(
+            lambda: committed_offsets(kafka_bootstrap, group, topic) == first_half, timeout=60)
+        assert sample("dwell_checkpoint_healthy") == 1
+        committed_before = first_half
 
         moved = tmp_path / "ckpt-away"
         folder.rename(moved)
