@@ -70,6 +70,9 @@ class InverseGradient:
     ) -> None:
         if lookahead not in ("adam", "sgd"):
             raise ConfigError(f"lookahead must be adam or sgd, not {lookahead!r}")
+        names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
+        if len(names) != len(set(dict(model.named_parameters()))):
+            raise ConfigError("the IG step does not support a backbone with tied weights")
         self.model, self.optimizer = model, optimizer
         self.sample_lr, self.lookahead = sample_lr, lookahead
         self.last_vague_positive = 0  # vague events the last step's model leaned positive on
@@ -91,7 +94,9 @@ class InverseGradient:
 
     def _logits(self, params: dict[str, torch.Tensor], pairs: Pairs, part: slice):
         feats = None if pairs.feats is None else pairs.feats[part]
-        return functional_call(self.model, params, (pairs.users[part], pairs.items[part], feats))
+        # no backbone ties weights (checked in __init__): skip functional_call's untying pass
+        return functional_call(self.model, params, (pairs.users[part], pairs.items[part], feats),
+                               tie_weights=False)
 
     def _delta(self, grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         if grad is None:

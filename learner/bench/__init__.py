@@ -10,6 +10,7 @@ Suites (``--suites``, comma list; default all), each writing its own section of
 ``kafka``    consume ceilings, end to end, event-to-update latency, replay; per client
 ``memory``   peak RSS with a million users streamed through, with and without a capacity
 ``ranks``    one learner against a job of two ranks (torchrun), sync every 1, 16, 64 steps
+``budget``   where a record's time goes: fetch, decode, dead letters, train; fetch beside train
 ===========  ===============================================================================
 """
 
@@ -25,7 +26,7 @@ from .report import csv, machine_description, write_section
 
 logger = logging.getLogger(__name__)
 
-SUITES = ("steps", "decode", "peer", "kafka", "memory", "ranks")
+SUITES = ("steps", "decode", "peer", "kafka", "memory", "ranks", "budget")
 
 
 def _suite(name: str):

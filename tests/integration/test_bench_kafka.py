@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from learner.bench import kafka
+from tests.integration.helpers import read_topic
 
 
 def test_kafka_suite_measures_every_row(kafka_bootstrap, kafka_client):
@@ -20,3 +21,20 @@ def test_kafka_suite_measures_every_row(kafka_bootstrap, kafka_client):
     assert ceiling.events == n
     section = kafka.format_markdown(measures, n, "test machine", "cmd")
     assert "p99" in section and "| consume ceiling |" in section
+
+
+def test_budget_suite_times_every_part(kafka_bootstrap, kafka_client, topic):
+    from learner.bench import budget
+    from producers.replay import replay
+
+    events = kafka.bench_events(1)[:3_000]
+    sent = replay(events, bootstrap=kafka_bootstrap, topic=topic, progress=False,
+                  client=kafka_client).events_sent
+    parts, invalid = budget.budget(kafka_client, kafka_bootstrap, topic, sent)
+    assert sent == 3_000
+    assert invalid == sum(1 for e in events if e["duration_ms"] <= 0) > 0
+    assert set(parts) == {"fetch", "decode", "dead letters", "train", "fetch beside train"}
+    assert all(seconds > 0 for seconds in parts.values()), parts
+    assert len(read_topic(kafka_bootstrap, f"{topic}.budget-dlq-{kafka_client}")) == invalid
+    section = budget.format_markdown({kafka_client: parts}, sent, invalid, "test machine", "cmd")
+    assert f"| {kafka_client} |" in section and "x fetch + train" in section
