@@ -7,8 +7,8 @@ distinct per repeat, 4 partitions):
    assigned explicitly) drains the topic into micro-batches of 1,024;
 2. **decode**: :func:`stream.event.decode_batch` on those micro-batches;
 3. **dead letters**: the invalid records (18% of this log) through the learner's
-   :class:`stream.dlq.DeadLetterQueue` (acks=all), flushed once per micro-batch as the
-   daemon does before a commit;
+   :class:`stream.dlq.DeadLetterQueue` (acks=all), flushed (every acknowledgement awaited)
+   once a second, as the daemon does before each commit;
 4. **train**: :class:`learner.trainer.OnlineLearner` (GMF, IDL+IG, one sampled item per
    event) scores then trains on the decoded micro-batches;
 5. **fetch beside train**: a thread fetches again (a fresh consumer) while the main thread
@@ -39,6 +39,7 @@ from .report import csv
 SECTION = "bench:budget"
 LEARNER = {"loss": "idl", "meta": "ig", "num_neg": 1}
 BATCH = 1024
+COMMIT_INTERVAL_S = Config().commit_interval_s
 
 
 def _timed(work: Callable[[], object]) -> float:
@@ -50,7 +51,7 @@ def _timed(work: Callable[[], object]) -> float:
 def fetch(client: str, bootstrap: str, topic: str, total: int) -> tuple[list[list], float]:
     """Every record of ``topic`` in micro-batches; seconds from the first non-empty batch."""
     consumer = make_consumer(client, bootstrap, topic, f"{topic}-budget-{time.time_ns()}",
-                             max_records=BATCH, max_wait_s=0.2, partitions=range(4))
+                             max_records=BATCH, max_wait_s=0.05, partitions=range(4))
     batches: list[list] = []
     seen, started = 0, None
     try:
@@ -73,10 +74,14 @@ def dead_letters(client: str, bootstrap: str, topic: str, batches: list[list],
     dlq = DeadLetterQueue(bootstrap, dlq_topic, client=client)
 
     def send_all() -> None:
+        flushed = time.monotonic()
         for records, batch in zip(batches, decoded, strict=True):
             for rejected in batch.rejected:
                 dlq.send(records[rejected.index], rejected.reason, rejected.detail)
-            dlq.flush()
+            if time.monotonic() - flushed >= COMMIT_INTERVAL_S:
+                dlq.flush()
+                flushed = time.monotonic()
+        dlq.flush()
 
     try:
         return _timed(send_all)

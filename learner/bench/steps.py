@@ -8,6 +8,10 @@ genuine half) and on the same model, in round-robin so that machine noise hits a
 ``idl``           a MixedAdam step on the IDL loss (BCE on genuine, IDL on vague events)
 ``idl+ig``        :meth:`learner.meta.InverseGradient.step`: vague half as the vague batch,
                   genuine half as the meta batch
+``idl+ig-torch``  the same IG step with torch's parts as they come: ``SparseAdam``, ``Adam``
+                  (not fused) and :func:`torch.func.functional_call` for the look-ahead: the
+                  baseline of :class:`~learner.optim.RowSparseAdam`, the fused Adam and
+                  :class:`~learner.meta.SwappedCall`
 ``ig-reference``  the same step the reference code's way: two deep copies of the model with
                   dense embeddings and a fresh Adam each, the winner's ``state_dict`` loaded
                   back, then the persistent MixedAdam on the meta loss. It copies whole
@@ -35,6 +39,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call
 from tqdm import tqdm
 
 from learner.backbones import Backbone, make_backbone
@@ -47,7 +52,7 @@ from .report import THREAD_ENV, csv
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("bce", "idl", "idl+ig", "ig-reference")
+METHODS = ("bce", "idl", "idl+ig", "idl+ig-torch", "ig-reference")
 TARGET_RATIO = 3.0
 LR = 1e-3
 SAMPLE_LR = 1e-3
@@ -74,6 +79,7 @@ class _Case:
     model: Backbone
     opt: MixedAdam
     ig: InverseGradient
+    ig_torch: InverseGradient
     users: torch.Tensor
     items: torch.Tensor
     labels: torch.Tensor
@@ -101,6 +107,9 @@ def _make_case(
     u, i, labels, vague = (t.to(device) for t in (u, i, labels, vague))
     return _Case(
         model=model, opt=opt, ig=InverseGradient(model, opt, sample_lr=SAMPLE_LR),
+        ig_torch=InverseGradient(
+            model, MixedAdam(model, lr=LR, lean=False), sample_lr=SAMPLE_LR,
+            call=lambda params, *args: functional_call(model, params, args)),
         users=u, items=i, labels=labels, vague=vague,
         vague_pairs=Pairs(u[:half], i[:half]), meta_pairs=Pairs(u[half:], i[half:]),
         meta_labels=labels[half:],
@@ -115,9 +124,10 @@ def _loss_step(case: _Case, loss_name: str) -> None:
     case.opt.step()
 
 
-def _ig_step(case: _Case) -> None:
-    case.opt.zero_grad()
-    case.ig.step(case.vague_pairs, case.meta_pairs, case.meta_labels)
+def _ig_step(case: _Case, ig: InverseGradient | None = None) -> None:
+    ig = ig or case.ig
+    ig.optimizer.zero_grad()
+    ig.step(case.vague_pairs, case.meta_pairs, case.meta_labels)
 
 
 def reference_ig_step(
@@ -167,6 +177,7 @@ STEPS: dict[str, Callable[[_Case], None]] = {
     "bce": lambda case: _loss_step(case, "bce"),
     "idl": lambda case: _loss_step(case, "idl"),
     "idl+ig": _ig_step,
+    "idl+ig-torch": lambda case: _ig_step(case, case.ig_torch),
     "ig-reference": _reference_step,
 }
 
@@ -303,8 +314,9 @@ def format_markdown(
         *([f"Command: `{command}`", ""] if command else []),
         "Median wall-clock time of one step on the same random batch (half the events vague),",
         "methods interleaved round-robin; ratio = median / median of `bce` in the same run.",
-        "`ig-reference` is the reference code's way (deep copies, fresh Adam per copy), timed",
-        "in fewer rounds where it is slow.",
+        "`idl+ig-torch` is the same IG step with torch's SparseAdam, Adam and functional_call",
+        "(the baseline of dwell's own); `ig-reference` is the reference code's way (deep",
+        "copies, fresh Adam per copy), timed in fewer rounds where it is slow.",
         "",
         "| model | batch | users | method | median ms | ratio to BCE | steps timed |",
         "| --- | ---: | ---: | --- | ---: | ---: | ---: |",

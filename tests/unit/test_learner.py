@@ -102,3 +102,35 @@ def test_max_steps_trains_a_full_micro_batch_in_fewer_larger_steps():
     for _ in range(30):
         capped.learn_many(decode_batch(_events(256, rng)))
     assert capped.evaluator.values()[("short", "explicit")] > 0.9  # still learns
+
+
+def test_row_sparse_adam_is_torch_sparse_adam_bit_for_bit():
+    """learner.optim.RowSparseAdam: torch's SparseAdam arithmetic on the gradient's rows, the
+    same bits step after step (repeated rows in a gradient, a step without rows, state
+    saved and loaded across the two)."""
+    import copy
+
+    import torch
+
+    from learner.optim import RowSparseAdam
+
+    torch.manual_seed(0)
+    start = torch.randn(50, 4)
+    mine, theirs = (torch.nn.Parameter(start.clone()) for _ in range(2))
+    opts = RowSparseAdam([mine], lr=0.01), torch.optim.SparseAdam([theirs], lr=0.01)
+    for step in range(12):
+        n = 0 if step == 5 else 30
+        rows = torch.randint(0, 50, (1, n))  # uncoalesced: rows repeat
+        values = torch.randn(n, 4)
+        for param in (mine, theirs):
+            param.grad = torch.sparse_coo_tensor(rows, values, (50, 4))
+        for opt in opts:
+            opt.step()
+        if step == 7:  # a checkpoint in between (a copy, as if read from disk): mine to torch
+            fresh = torch.optim.SparseAdam([theirs], lr=0.01)
+            fresh.load_state_dict(copy.deepcopy(opts[0].state_dict()))
+            opts = opts[0], fresh
+        assert torch.equal(mine, theirs), step
+    for key in ("exp_avg", "exp_avg_sq", "step"):
+        a, b = opts[0].state[mine][key], opts[1].state[theirs][key]
+        assert torch.equal(a, b) if torch.is_tensor(a) else a == b

@@ -137,3 +137,46 @@ def test_idl_gradient_does_not_flow_through_the_weights():
     wp, wn = idl_weights(y)
     expected = wp * (torch.sigmoid(y) - 1) + wn * torch.sigmoid(y)  # weights as constants
     assert torch.allclose(y.grad, expected.detach(), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["GMF", "NeuMF", "DeepFM"])
+def test_swapped_call_matches_functional_call_and_puts_parameters_back(name):
+    """The IG step's lean functional call: same outputs and gradients as torch's, on every
+    backbone; the module's own parameters are back afterwards, also after an error."""
+    from torch.func import functional_call
+
+    import learner.backbones as backbones
+    from learner.meta import SwappedCall
+
+    torch.manual_seed(0)
+    model = getattr(backbones, name)(8, 10, 12, (24, 8))
+    users, items = torch.randint(0, 10, (16,)), torch.randint(0, 12, (16,))
+    feats = torch.stack([torch.randint(0, 24, (16,)), torch.randint(0, 8, (16,))], 1)
+    before = dict(model.named_parameters())
+    outputs, grads = [], []
+    for call in (SwappedCall(model), lambda p, *a: functional_call(model, p, a)):
+        params = {k: (v.detach() * 1.5).requires_grad_() for k, v in before.items()}
+        out = call(params, users, items, feats)
+        grads.append(torch.autograd.grad(out.sum(), list(params.values()), allow_unused=True))
+        outputs.append(out.detach())
+    assert torch.allclose(outputs[0], outputs[1])
+    assert not torch.allclose(outputs[0], model(users, items, feats).detach())  # really swapped
+    for mine, theirs in zip(*grads, strict=True):
+        assert (mine is None) == (theirs is None)
+        if mine is not None:  # embedding gradients are sparse
+            dense = [g.to_dense() if g.is_sparse else g for g in (mine, theirs)]
+            assert torch.allclose(*dense)
+    with pytest.raises(IndexError):
+        SwappedCall(model)(before, torch.tensor([99]), torch.tensor([0]), feats[:1])
+    after = dict(model.named_parameters())
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+
+
+def test_swapped_call_refuses_tied_weights():
+    from learner.meta import SwappedCall
+    from stream.errors import ConfigError
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    model[1].weight = model[0].weight
+    with pytest.raises(ConfigError, match="tied"):
+        SwappedCall(model)
