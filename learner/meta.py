@@ -84,7 +84,7 @@ class SwappedCall:
 
     def __init__(self, model: nn.Module) -> None:
         names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
-        if len(names) != len(set(dict(model.named_parameters()))):
+        if len(names) != len(dict(model.named_parameters())):
             raise ConfigError("the IG step does not support a backbone with tied weights")
         self.model = model
         self.slots: dict[str, tuple[nn.Module, str]] = {}

@@ -26,9 +26,6 @@ from stream.clients import DeliveryCallback
 from stream.errors import ClientError, ClientTimeoutError, ConfigError
 
 logger = logging.getLogger(__name__)
-#: How long a new consumer waits for its topic's partitions to show in the metadata before
-#: joining its group (a topic that does not exist yet is subscribed to all the same).
-TOPIC_METADATA_WAIT_S = 5.0
 
 
 def client_error(exc: BaseException, what: str = "") -> ClientError:
@@ -139,9 +136,8 @@ class KafkaPythonConsumer:
             with _translated(f"cannot reach Kafka at {bootstrap}"):
                 self._consumer = KafkaConsumer(**{
                     "auto_offset_reset": "earliest", "client_id": f"dwell-{group}",
-                    # a group joined before the broker's metadata listed the topic assigns
-                    # nothing until the next refresh: refresh every 10 s, not kafka-python's
-                    # 5 min (new partitions show up as soon, too)
+                    # refresh the metadata every 10 s, not kafka-python's 5 min: a topic's
+                    # new partitions (and a topic created after the consumer) show up sooner
                     "metadata_max_age_ms": 10_000,
                     **dict(client_config or {}),
                     "bootstrap_servers": bootstrap.split(","), "group_id": group,
@@ -150,13 +146,6 @@ class KafkaPythonConsumer:
         except ValueError as exc:  # kafka-python: unrecognized configs
             raise ConfigError(f"Kafka consumer configuration: {exc}") from exc
         if partitions is None:
-            # Know the topic's partitions before joining: a group joined while the client's
-            # metadata lacks them assigns nothing ("No partition metadata"), seen in CI.
-            deadline = time.monotonic() + TOPIC_METADATA_WAIT_S
-            with _translated(f"metadata of {topic}"):
-                while (not self._consumer.partitions_for_topic(topic)
-                       and time.monotonic() < deadline):
-                    time.sleep(0.2)
             _keep_joins(self._consumer)
             self._consumer.subscribe([topic], listener=_Listener(self))
         else:
