@@ -93,6 +93,12 @@ def _partitions(admin: KafkaAdminClient, topic: str) -> list[int]:
     return sorted(p["partition_index"] for p in info["partitions"])
 
 
+def _known_partitions(admin: KafkaAdminClient, topic: str, timeout: float) -> list[int]:
+    """:func:`_partitions`, retried while the broker asked does not know the topic yet (just
+    created elsewhere in a cluster) or a broker is away."""
+    return _retry(lambda: _partitions(admin, topic), timeout, f"partitions of {topic}")
+
+
 def topic_partitions(
     bootstrap: str, topic: str, timeout: float = 30.0,
     options: Mapping[str, Any] | None = None,
@@ -100,7 +106,7 @@ def topic_partitions(
     """Partition ids of ``topic`` (from the cluster's metadata, retried while a broker is
     away); raises ``UnknownTopicOrPartitionError`` if it does not exist."""
     with admin_client(bootstrap, timeout, options) as admin:
-        return _retry(lambda: _partitions(admin, topic), timeout, f"partitions of {topic}")
+        return _known_partitions(admin, topic, timeout)
 
 
 def create_topic(
@@ -140,8 +146,8 @@ def create_topic(
             created = False
             log.debug("topic %s already exists", name)
         admin.wait_for_topics([name], timeout_ms=timeout_ms)
-        if not created:
-            existing = len(_partitions(admin, name))
+        if not created:  # another client created it: a broker may not know it yet
+            existing = len(_known_partitions(admin, name, timeout))
             if existing != partitions:
                 msg = "topic %s exists with %d partitions, not the %d asked for"
                 log.warning(msg, name, existing, partitions)
