@@ -129,16 +129,17 @@ def consume_ceiling(client: str, bootstrap: str, topic: str, total: int) -> Meas
     return Measure("consume ceiling", client, seen, time.perf_counter() - (start or 0))
 
 
-def end_to_end(client: str, bootstrap: str, topic: str, setup: str, overrides: dict) -> Measure:
+def end_to_end(client: str, bootstrap: str, topic: str, setup: str, overrides: dict,
+               device: str = "cpu") -> Measure:
     """The learner daemon drains ``topic`` with ``client``; events/s from its first batch."""
     cfg = Config(bootstrap=bootstrap, topic=topic, group=f"bench-{client}-{time.time_ns()}",
                  client=client, until_end=True, metrics_port=-1, progress_interval_s=30.0,
-                 batch_timeout_s=0.2, **overrides)
+                 batch_timeout_s=0.2, device=device, **overrides)
     totals = Daemon(cfg).run()
     return Measure(setup, client, totals["consumed"], totals["seconds"])
 
 
-def latency(client: str, bootstrap: str, rate: float) -> Measure:
+def latency(client: str, bootstrap: str, rate: float, device: str = "cpu") -> Measure:
     """A ``dwell replay`` process sends the KuaiRand log at ``rate`` events/s while the
     learner consumes; p50/p99 of the time from a record's Kafka timestamp to the end of the
     model update that includes it. The producer runs in its own process, as in production:
@@ -150,7 +151,7 @@ def latency(client: str, bootstrap: str, rate: float) -> Measure:
     create_topic(bootstrap, topic, partitions=4)
     cfg = Config(bootstrap=bootstrap, topic=topic, group=f"{topic}-g", client=client,
                  metrics_port=-1, progress_interval_s=30.0, batch_timeout_s=0.05,
-                 loss="idl", meta="ig", num_neg=1)
+                 loss="idl", meta="ig", num_neg=1, device=device)
     daemon = Daemon(cfg)
     delays: list[np.ndarray] = []
     process = daemon.process
@@ -206,10 +207,11 @@ def kafka_measures(args: argparse.Namespace) -> tuple[list[Measure], int]:
         setups = dict(list(SETUPS.items())[:1]) if args.quick else SETUPS
         for setup, overrides in setups.items():
             for client in args.clients:
-                measures.append(end_to_end(client, bootstrap, topic, setup, overrides))
+                measures.append(end_to_end(client, bootstrap, topic, setup, overrides,
+                                           args.device))
         for client in args.clients:
             full = next(m for m in measures if m.client == client and m.what == "GMF IDL+IG")
-            measures.append(latency(client, bootstrap, rate=full.rate / 2))
+            measures.append(latency(client, bootstrap, rate=full.rate / 2, device=args.device))
     return measures[1:], len(events)  # the first replay warmed the broker up
 
 
@@ -245,4 +247,6 @@ def run(args: argparse.Namespace, machine: str) -> str:
     measures, n = kafka_measures(args)
     command = f"dwell bench --suites kafka --clients {','.join(args.clients)}"
     command += " --quick" if args.quick else f" --kafka-repeat {args.kafka_repeat}"
+    if args.device != "cpu":
+        command += f" --device {args.device}"
     return format_markdown(measures, n, machine, command)

@@ -61,8 +61,11 @@ def machine_description() -> str:
     import numpy
 
     ram = _ram_gib()
+    cores = f"{os.cpu_count()} cores {_cpu_model()} ({platform.machine()})"
+    if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) < (os.cpu_count() or 0):
+        cores += f", this process pinned to {len(os.sched_getaffinity(0))} of them"
     parts = [
-        f"{os.cpu_count()} cores {_cpu_model()} ({platform.machine()})",
+        cores,
         f"{ram:.0f} GiB RAM" if ram is not None else "RAM unknown",
         platform.platform(terse=True),
         f"Python {platform.python_version()}",

@@ -368,7 +368,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--table-sizes", type=csv(int), default=DEFAULT_TABLE_SIZES,
                    help="comma-separated user counts; items are a fifth (default 10000,1000000)")
     p.add_argument("--dim", type=int, default=32, help="latent factors")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (step cost)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda or auto (step cost, and the learner of the kafka suite)")
     p.add_argument("--repeats", type=int, help=f"timed rounds (default {DEFAULT_REPEATS})")
     p.add_argument("--warmup", type=int, help=f"untimed rounds (default {DEFAULT_WARMUP})")
 
