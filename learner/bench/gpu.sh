@@ -6,8 +6,9 @@
 # 1. Step cost: GMF and NeuMF, BCE / IDL / IDL+IG, batch sizes from the learner's default
 #    train batch (64) up to 262,144 (where the GPU saturates: the step time stops being flat
 #    in the batch size), tables of 10,000 and 1,000,000 users.
-# 2. Offline end to end: prequential passes of the shipped KuaiRand log (5 times) through the
-#    learner on CUDA, no Kafka, at train batches 1,024 and 8,192.
+# 2. Offline end to end: a prequential pass of the shipped KuaiRand log (5 times, ids made
+#    distinct per repeat as in the Kafka suite) through the learner on CUDA, no Kafka, at
+#    train batches 1,024 and 8,192.
 # 3. Kafka end to end on CUDA (when a `java` is found): `dwell bench --suites kafka --device
 #    cuda`, the learner daemon draining a real broker.
 # 4. Kafka end to end on the CPU with the learner pinned to 2 cores and the broker on the
@@ -55,13 +56,12 @@ import os
 
 import orjson
 
-from learner.bench.peer import KUAIRAND, run_dwell
-from producers.readers import order_by_time, read_log
+from learner.bench.kafka import bench_events
+from learner.bench.peer import run_dwell
 
-raw = [orjson.dumps(e) for e in order_by_time(read_log(KUAIRAND).events)]
-raw *= int(os.environ["E2E_REPEAT"])
-print(f"{len(raw):,} events (the KuaiRand log {os.environ['E2E_REPEAT']} times), "
-      f"device {os.environ['DEVICE']}\n")
+raw = [orjson.dumps(e) for e in bench_events(int(os.environ["E2E_REPEAT"]))]
+print(f"{len(raw):,} events (the KuaiRand log {os.environ['E2E_REPEAT']} times, ids distinct "
+      f"per repeat), device {os.environ['DEVICE']}\n")
 print("| setup | train batch | events/s | AUC |\n| --- | --- | --- | --- |")
 for model in ("gmf", "neumf"):
     for batch in (1024, 8192):

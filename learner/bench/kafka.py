@@ -2,6 +2,7 @@
 
 1. **Consume ceiling** of each client: a bare consumer (assigned every partition, no group,
    no decoding, no work) draining the benchmark topic. This is the most the learner can do.
+   Each is set up as the learner's consumer fetches (confluent: ``FETCH_DEFAULTS``).
 2. **End to end**: the learner daemon (its real code path: poll, decode, dead-letter, score,
    train, commit) draining the same topic with each client, for several learner setups;
    events/s from its first micro-batch, and the ratio to that client's ceiling.
@@ -115,8 +116,10 @@ def consume_ceiling(client: str, bootstrap: str, topic: str, total: int) -> Meas
     else:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+        from stream.clients.confluent import FETCH_DEFAULTS
+
         consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "dwell-bench-bare",
-                             "enable.auto.commit": False})
+                             "enable.auto.commit": False, **FETCH_DEFAULTS})
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
         try:
             while seen < total:

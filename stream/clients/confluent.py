@@ -75,6 +75,15 @@ RENAMED: dict[str, str | None] = {
 #: Consumers only: kafka-python's client-side request timeout is librdkafka's network request
 #: timeout there (librdkafka's request.timeout.ms is a producer property).
 CONSUMER_RENAMED: dict[str, str | None] = {"request_timeout_ms": "socket.timeout.ms"}
+#: librdkafka consumer settings dwell starts from (a user's kafka options override them).
+#: librdkafka stops fetching a partition whose local queue holds ``queued.min.messages``
+#: records and then waits ``fetch.queue.backoff.ms`` (1 s by default) before it fetches
+#: again: a consumer that drains its queue fast sits idle for most of that second. With
+#: 10 ms and 4 MiB partition fetches, a bare consumer drained 244,000 records/s here
+#: against 98,000 with the defaults (113-byte records, 4 partitions, one broker on
+#: loopback); the queue stays bounded by ``queued.max.messages.kbytes`` as before.
+FETCH_DEFAULTS: dict[str, Any] = {"fetch.queue.backoff.ms": 10,
+                                  "max.partition.fetch.bytes": 4 << 20}
 #: Taken by the clients here, not by librdkafka: how long to wait for a first answer from the
 #: cluster, and how long ``produce`` may wait for room in a full queue.
 BOOTSTRAP_TIMEOUT_MS = 30_000
@@ -219,7 +228,7 @@ class ConfluentConsumer:
         self._timeout = options.pop("bootstrap_timeout_ms", BOOTSTRAP_TIMEOUT_MS) / 1000
         options.pop("max_block_ms", None)
         self._config = {
-            "auto.offset.reset": "earliest", "client.id": f"dwell-{group}",
+            "auto.offset.reset": "earliest", "client.id": f"dwell-{group}", **FETCH_DEFAULTS,
             **librdkafka_config(options, "consumer"),
             "bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
         }

@@ -21,7 +21,12 @@ from stream.clients import (
     make_consumer,
     make_producer,
 )
-from stream.clients.confluent import CONSUMER_RENAMED, RENAMED, librdkafka_config
+from stream.clients.confluent import (
+    CONSUMER_RENAMED,
+    FETCH_DEFAULTS,
+    RENAMED,
+    librdkafka_config,
+)
 from stream.errors import BrokerError, ClientError, ClientTimeoutError, ConfigError
 
 try:
@@ -175,6 +180,24 @@ def test_config_options_reach_librdkafka_through_the_factory():
     with pytest.raises(ConfigError, match="acks"):  # librdkafka refuses acks=1 + idempotence
         make_producer("confluent", {"acks": 1, "enable_idempotence": True,
                                     "bootstrap_servers": NOBODY})
+
+
+@needs_confluent
+def test_confluent_consumer_fetches_with_dwell_defaults_that_options_override(monkeypatch):
+    built = []
+
+    def capture(kind, conf, what, ck_):
+        built.append(conf)
+        raise ConfigError("captured")
+
+    monkeypatch.setattr(confluent, "_construct", capture)
+    for options in ({}, {"fetch.queue.backoff.ms": 500}):
+        with pytest.raises(ConfigError, match="captured"):
+            make_consumer("confluent", NOBODY, "t", "g", client_config=options)
+    assert {key: built[0][key] for key in FETCH_DEFAULTS} == FETCH_DEFAULTS
+    assert built[1]["fetch.queue.backoff.ms"] == 500
+    monkeypatch.undo()
+    ck.Consumer({"group.id": "g", **FETCH_DEFAULTS, **QUIET}).close()  # librdkafka's own names
 
 
 @pytest.mark.parametrize("client", [CLIENTS[0], pytest.param(CLIENTS[1], marks=needs_confluent)])
