@@ -10,7 +10,8 @@
 #    distinct per repeat as in the Kafka suite) through the learner on CUDA, no Kafka, at
 #    train batches 1,024 and 8,192.
 # 3. Kafka end to end on CUDA (when a `java` is found): `dwell bench --suites kafka --device
-#    cuda`, the learner daemon draining a real broker.
+#    cuda --kafka-set train_batch=1024`, the learner daemon draining a real broker (a train
+#    batch of 64, the CPU default, leaves a GPU idle between kernel launches).
 # 4. Kafka end to end on the CPU with the learner pinned to 2 cores and the broker on the
 #    machine's other cores (when it has at least 6 and `taskset` is there): the issue's
 #    2-core targets without the broker taking the learner's cores.
@@ -23,6 +24,8 @@
 #   STEP_BATCHES  step-cost batch sizes (default 64,1024,8192,65536,262144)
 #   STEP_TABLES   step-cost user counts (default 10000,1000000)
 #   E2E_REPEAT    KuaiRand log passes in the offline run (default 5)
+#   SECTIONS      which of the four to run (default "1 2 3 4")
+#   GPU_KAFKA_SET --kafka-set of the Kafka run on the device (default train_batch=1024)
 #   KAFKA_REPEAT  the KuaiRand log this many times in the Kafka topic (default 3; 0: skip 3-4)
 #   OUT           where the tables go (default /tmp/dwell-gpu)
 #   JAVA, DWELL_CACHE  as for `dwell broker` (deploy/kafka/kafka.sh)
@@ -45,11 +48,15 @@ mkdir -p "$OUT"
 "$PYTHON" -c 'import torch; print("GPU:", torch.cuda.get_device_name(0)
               if torch.cuda.is_available() else "none")' | tee "$OUT/gpu.txt"
 
-echo "== 1. step cost ==" >&2
-"${DWELL[@]}" bench --suites steps --device "$DEVICE" --models gmf,neumf \
-    --batch-sizes "${STEP_BATCHES:-64,1024,8192,65536,262144}" \
-    --table-sizes "${STEP_TABLES:-10000,1000000}" --repeats 20 | tee "$OUT/steps.md"
+SECTIONS=" ${SECTIONS:-1 2 3 4} "
+if [[ $SECTIONS == *" 1 "* ]]; then
+  echo "== 1. step cost ==" >&2
+  "${DWELL[@]}" bench --suites steps --device "$DEVICE" --models gmf,neumf \
+      --batch-sizes "${STEP_BATCHES:-64,1024,8192,65536,262144}" \
+      --table-sizes "${STEP_TABLES:-10000,1000000}" --repeats 20 | tee "$OUT/steps.md"
+fi
 
+if [[ $SECTIONS == *" 2 "* ]]; then
 echo "== 2. offline end to end ==" >&2
 DEVICE=$DEVICE E2E_REPEAT=${E2E_REPEAT:-5} "$PYTHON" - <<'PY' | tee "$OUT/end_to_end.md"
 import os
@@ -70,14 +77,19 @@ for model in ("gmf", "neumf"):
                               "device": os.environ["DEVICE"]}, raw, batch=batch)
         print(f"| {model} IDL+IG | {batch} | {r.events_per_s:,.0f} | {r.auc:.4f} |")
 PY
+fi
 
 JAVA_BIN=${JAVA:-$(command -v java || true)}
 if [ "$KAFKA_REPEAT" -gt 0 ] && [ -n "$JAVA_BIN" ]; then
-  echo "== 3. Kafka end to end, learner on $DEVICE ==" >&2
-  "${DWELL[@]}" bench --suites kafka --device "$DEVICE" --kafka-repeat "$KAFKA_REPEAT" \
-      | tee "$OUT/kafka_device.md"
+  if [[ $SECTIONS == *" 3 "* ]]; then
+    echo "== 3. Kafka end to end, learner on $DEVICE ==" >&2
+    "${DWELL[@]}" bench --suites kafka --device "$DEVICE" --kafka-repeat "$KAFKA_REPEAT" \
+        --kafka-set "${GPU_KAFKA_SET:-train_batch=1024}" | tee "$OUT/kafka_device.md"
+  fi
   cores=$(nproc)
-  if [ "$cores" -ge 6 ] && command -v taskset >/dev/null; then
+  if [[ $SECTIONS != *" 4 "* ]]; then
+    :
+  elif [ "$cores" -ge 6 ] && command -v taskset >/dev/null; then
     echo "== 4. Kafka end to end, learner on 2 CPU cores, broker on $((cores - 2)) others ==" >&2
     wrapper=$(mktemp -d)/java
     printf '#!/bin/sh\nexec taskset -c 2-%d %q "$@"\n' "$((cores - 1))" "$JAVA_BIN" >"$wrapper"
@@ -94,8 +106,9 @@ fi
 echo
 echo "== summary =="
 cat "$OUT/gpu.txt"
-grep -E '^\| (gmf|neumf) \|' "$OUT/steps.md" | grep -E '\| (bce|idl\+ig) \|' || true
-cat "$OUT/end_to_end.md"
+[ -f "$OUT/steps.md" ] &&
+  { grep -E '^\| (gmf|neumf) \|' "$OUT/steps.md" | grep -E '\| (bce|idl\+ig) \|' || true; }
+[ -f "$OUT/end_to_end.md" ] && cat "$OUT/end_to_end.md"
 for f in kafka_device kafka_pinned; do
   [ -f "$OUT/$f.md" ] && { echo "-- $f"; grep -E '^\| (consume|GMF|NeuMF|latency)' "$OUT/$f.md"; }
 done

@@ -122,8 +122,8 @@ def consume_ceiling(client: str, bootstrap: str, topic: str, total: int) -> Meas
                              "enable.auto.commit": False, **FETCH_DEFAULTS})
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
         try:
-            while seen < total:
-                messages = consumer.consume(4096, timeout=1.0)
+            while seen < total:  # asks for no more than is left: consume() waits for its count
+                messages = consumer.consume(min(4096, total - seen), timeout=1.0)
                 if start is None and messages:
                     start = time.perf_counter()
                 seen += sum(1 for m in messages if m.error() is None)
@@ -133,11 +133,14 @@ def consume_ceiling(client: str, bootstrap: str, topic: str, total: int) -> Meas
 
 
 def end_to_end(client: str, bootstrap: str, topic: str, setup: str, overrides: dict,
-               device: str = "cpu") -> Measure:
-    """The learner daemon drains ``topic`` with ``client``; events/s from its first batch."""
-    cfg = Config(bootstrap=bootstrap, topic=topic, group=f"bench-{client}-{time.time_ns()}",
-                 client=client, until_end=True, metrics_port=-1, progress_interval_s=30.0,
-                 batch_timeout_s=0.2, device=device, **overrides)
+               device: str = "cpu", extra: dict[str, str] | None = None) -> Measure:
+    """The learner daemon drains ``topic`` with ``client``; events/s from its first batch.
+    ``extra``: settings (as text, e.g. from ``--kafka-set``) over the setup's own."""
+    flags = {"bootstrap": bootstrap, "topic": topic, "group": f"bench-{client}-{time.time_ns()}",
+             "client": client, "until_end": True, "metrics_port": -1,
+             "progress_interval_s": 30.0, "batch_timeout_s": 0.2, "device": device,
+             **overrides, **(extra or {})}
+    cfg = Config.load(flags=flags, env={})
     totals = Daemon(cfg).run()
     return Measure(setup, client, totals["consumed"], totals["seconds"])
 
@@ -211,7 +214,7 @@ def kafka_measures(args: argparse.Namespace) -> tuple[list[Measure], int]:
         for setup, overrides in setups.items():
             for client in args.clients:
                 measures.append(end_to_end(client, bootstrap, topic, setup, overrides,
-                                           args.device))
+                                           args.device, dict(args.kafka_set)))
         for client in args.clients:
             full = next(m for m in measures if m.client == client and m.what == "GMF IDL+IG")
             measures.append(latency(client, bootstrap, rate=full.rate / 2, device=args.device))
@@ -244,6 +247,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kafka-repeat", type=int, default=10,
                    help="the KuaiRand log this many times in the benchmark topic")
     p.add_argument("--kafka-bootstrap", help="use this broker (default: start one)")
+    p.add_argument("--kafka-set", type=csv(_setting), default=(), metavar="KEY=VALUE,...",
+                   help="learner settings over every end-to-end setup's own, e.g. "
+                        "train_batch=1024 for a GPU")
+
+
+def _setting(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"{text!r}: expected KEY=VALUE")
+    return key.strip(), value.strip()
 
 
 def run(args: argparse.Namespace, machine: str) -> str:
@@ -252,4 +265,6 @@ def run(args: argparse.Namespace, machine: str) -> str:
     command += " --quick" if args.quick else f" --kafka-repeat {args.kafka_repeat}"
     if args.device != "cpu":
         command += f" --device {args.device}"
+    if args.kafka_set:
+        command += " --kafka-set " + ",".join(f"{k}={v}" for k, v in args.kafka_set)
     return format_markdown(measures, n, machine, command)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from learner.bench import kafka
+from stream.errors import ConfigError
 from tests.integration.helpers import read_topic
 
 
 def test_kafka_suite_measures_every_row(kafka_bootstrap, kafka_client):
     args = argparse.Namespace(quick=True, clients=(kafka_client,), kafka_repeat=1,
-                              kafka_bootstrap=kafka_bootstrap)
+                              kafka_bootstrap=kafka_bootstrap, device="cpu",
+                              kafka_set=(("train_batch", "128"),))
     measures, n = kafka.kafka_measures(args)
     kinds = [m.what for m in measures]
     assert kinds.count("consume ceiling") == 1 and kinds.count("latency") == 1
@@ -21,6 +25,16 @@ def test_kafka_suite_measures_every_row(kafka_bootstrap, kafka_client):
     assert ceiling.events == n
     section = kafka.format_markdown(measures, n, "test machine", "cmd")
     assert "p99" in section and "| consume ceiling |" in section
+
+
+def test_kafka_set_settings_are_checked_before_the_learner_starts(kafka_bootstrap):
+    with pytest.raises(ConfigError, match="unknown settings: no_such"):
+        kafka.end_to_end("kafka-python", kafka_bootstrap, "t", "s", {}, extra={"no_such": "1"})
+    with pytest.raises(ConfigError, match="train_batch: cannot read 'many'"):
+        kafka.end_to_end("kafka-python", kafka_bootstrap, "t", "s", {},
+                         extra={"train_batch": "many"})
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        kafka._setting("train_batch")
 
 
 def test_budget_suite_times_every_part(kafka_bootstrap, kafka_client, topic):
