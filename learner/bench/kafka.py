@@ -7,9 +7,11 @@
    train, commit) draining the same topic with each client, for several learner setups;
    events/s from its first micro-batch, and the ratio to that client's ceiling.
 3. **Latency**: a ``dwell replay`` process paced at half the learner's measured rate (GMF
-   IDL+IG) into a fresh topic while the learner consumes it; per record, the time from its
-   Kafka timestamp (set by the producer at send) to the end of the model update that
-   includes it: p50, p99.
+   IDL+IG, with the same ``--kafka-set``) into a fresh topic while that learner consumes
+   it; per record, the time from its Kafka timestamp (set by the producer at send) to the
+   end of the model update that includes it: p50, p99.
+5. **Device and settings**: the learner runs on ``--device``; ``--kafka-set KEY=VALUE,...``
+   applies learner settings over every setup's own (e.g. ``train_batch=1024`` on a GPU).
 4. **Replay**: producer events/s with each client (acks=all, idempotent).
 
 The topic holds the shipped KuaiRand log repeated ``--kafka-repeat`` times (ids suffixed per
@@ -145,7 +147,8 @@ def end_to_end(client: str, bootstrap: str, topic: str, setup: str, overrides: d
     return Measure(setup, client, totals["consumed"], totals["seconds"])
 
 
-def latency(client: str, bootstrap: str, rate: float, device: str = "cpu") -> Measure:
+def latency(client: str, bootstrap: str, rate: float, device: str = "cpu",
+            extra: dict[str, str] | None = None) -> Measure:
     """A ``dwell replay`` process sends the KuaiRand log at ``rate`` events/s while the
     learner consumes; p50/p99 of the time from a record's Kafka timestamp to the end of the
     model update that includes it. The producer runs in its own process, as in production:
@@ -155,9 +158,10 @@ def latency(client: str, bootstrap: str, rate: float, device: str = "cpu") -> Me
 
     topic = f"bench-latency-{client}-{time.time_ns()}"
     create_topic(bootstrap, topic, partitions=4)
-    cfg = Config(bootstrap=bootstrap, topic=topic, group=f"{topic}-g", client=client,
-                 metrics_port=-1, progress_interval_s=30.0, batch_timeout_s=0.05,
-                 loss="idl", meta="ig", num_neg=1, device=device)
+    flags = {"bootstrap": bootstrap, "topic": topic, "group": f"{topic}-g", "client": client,
+             "metrics_port": -1, "progress_interval_s": 30.0, "batch_timeout_s": 0.05,
+             **SETUPS["GMF IDL+IG"], "device": device, **(extra or {})}
+    cfg = Config.load(flags=flags, env={})
     daemon = Daemon(cfg)
     delays: list[np.ndarray] = []
     process = daemon.process
@@ -217,7 +221,8 @@ def kafka_measures(args: argparse.Namespace) -> tuple[list[Measure], int]:
                                            args.device, dict(args.kafka_set)))
         for client in args.clients:
             full = next(m for m in measures if m.client == client and m.what == "GMF IDL+IG")
-            measures.append(latency(client, bootstrap, rate=full.rate / 2, device=args.device))
+            measures.append(latency(client, bootstrap, rate=full.rate / 2, device=args.device,
+                                    extra=dict(args.kafka_set)))
     return measures[1:], len(events)  # the first replay warmed the broker up
 
 
