@@ -39,7 +39,7 @@ from learner.features import event_features
 from learner.idmap import IdMap
 from learner.labels import CLASS_NAMES, NEGATIVE, POSITIVE, VAGUE, LabelRule
 from learner.losses import make_loss
-from learner.meta import InverseGradient, Pairs
+from learner.meta import Pairs, make_inverse_gradient
 from learner.optim import MixedAdam, ensure_rows, reset_rows
 from learner.prequential import Evaluator
 from learner.sampling import NegativeSampler, Reservoir
@@ -69,6 +69,7 @@ class LearnerSettings:
     meta: str = "none"
     sample_lr: float = 1e-3
     lookahead: str = "adam"
+    ig_kernel: str = "auto"  # auto: numpy IG step for GMF on the CPU (learner.gmf_ig); torch
     meta_source: str = "batch"
     meta_size: int = 4096
     meta_batch: int = 256
@@ -116,7 +117,8 @@ class OnlineLearner:
         self.optimizer = MixedAdam(self.model, lr=settings.lr)
         self.loss = make_loss(settings.loss)
         self.ig = (
-            InverseGradient(self.model, self.optimizer, settings.sample_lr, settings.lookahead)
+            make_inverse_gradient(self.model, self.optimizer, settings.sample_lr,
+                                  settings.lookahead, settings.ig_kernel)
             if settings.meta == "ig" else None
         )
         for name in ("max_users", "max_videos"):

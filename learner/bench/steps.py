@@ -3,21 +3,25 @@
 Methods, each timed on the same random batch (half the events vague, random labels on the
 genuine half) and on the same model, in round-robin so that machine noise hits all alike:
 
-================  ==========================================================================
-``bce``           a :class:`~learner.optim.MixedAdam` step on BCE over the genuine events
-``idl``           a MixedAdam step on the IDL loss (BCE on genuine, IDL on vague events)
-``idl+ig``        :meth:`learner.meta.InverseGradient.step`: vague half as the vague batch,
-                  genuine half as the meta batch
-``idl+ig-torch``  the same IG step with torch's parts as they come: ``SparseAdam``, ``Adam``
-                  (not fused) and :func:`torch.func.functional_call` for the look-ahead: the
-                  baseline of :class:`~learner.optim.RowSparseAdam`, the fused Adam and
-                  :class:`~learner.meta.SwappedCall`
-``ig-reference``  the same step the reference code's way: two deep copies of the model with
-                  dense embeddings and a fresh Adam each, the winner's ``state_dict`` loaded
-                  back, then the persistent MixedAdam on the meta loss. It copies whole
-                  tables, so its repeats are capped (and it is skipped where one step is
-                  longer than ``reference_limit_s``)
-================  ==========================================================================
+====================  ======================================================================
+``bce``               a :class:`~learner.optim.MixedAdam` step on BCE over the genuine events
+``idl``               a MixedAdam step on the IDL loss (BCE on genuine, IDL on vague events)
+``idl+ig``            the learner's IG step (:func:`learner.meta.make_inverse_gradient`): vague
+                      half as the vague batch, genuine half as the meta batch. For GMF on the
+                      CPU the numpy step of :mod:`learner.gmf_ig`, else the autograd one
+``idl+ig-autograd``   :meth:`learner.meta.InverseGradient.step`, the autograd IG step, for
+                      every backbone (the same as ``idl+ig`` except for GMF on the CPU)
+``idl+ig-torch``      the autograd IG step with torch's parts as they come: ``SparseAdam``,
+                      ``Adam`` (not fused) and :func:`torch.func.functional_call` for the
+                      look-ahead: the
+                      baseline of :class:`~learner.optim.RowSparseAdam`, the fused Adam and
+                      :class:`~learner.meta.SwappedCall`
+``ig-reference``      the same step the reference code's way: two deep copies of the model with
+                      dense embeddings and a fresh Adam each, the winner's ``state_dict`` loaded
+                      back, then the persistent MixedAdam on the meta loss. It copies whole
+                      tables, so its repeats are capped (and it is skipped where one step is
+                      longer than ``reference_limit_s``)
+====================  ======================================================================
 
 The design's target (../shared/DESIGN.md, "Cost must not grow with the id space"): an IDL+IG step
 within 3x a sparse BCE step, at any table size. Timings are medians of wall-clock
@@ -44,15 +48,16 @@ from tqdm import tqdm
 
 from learner.backbones import Backbone, make_backbone
 from learner.devices import resolve_device
+from learner.gmf_ig import GMFInverseGradient
 from learner.losses import LOSSES, inverse_dual_loss
-from learner.meta import BRANCHES, InverseGradient, Pairs
+from learner.meta import BRANCHES, InverseGradient, Pairs, make_inverse_gradient
 from learner.optim import MixedAdam, ensure_rows
 
 from .report import THREAD_ENV, csv
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("bce", "idl", "idl+ig", "idl+ig-torch", "ig-reference")
+METHODS = ("bce", "idl", "idl+ig", "idl+ig-autograd", "idl+ig-torch", "ig-reference")
 TARGET_RATIO = 3.0
 LR = 1e-3
 SAMPLE_LR = 1e-3
@@ -78,7 +83,8 @@ class _Case:
 
     model: Backbone
     opt: MixedAdam
-    ig: InverseGradient
+    ig: InverseGradient | GMFInverseGradient
+    ig_autograd: InverseGradient
     ig_torch: InverseGradient
     users: torch.Tensor
     items: torch.Tensor
@@ -106,7 +112,8 @@ def _make_case(
     vague = torch.arange(batch) < half
     u, i, labels, vague = (t.to(device) for t in (u, i, labels, vague))
     return _Case(
-        model=model, opt=opt, ig=InverseGradient(model, opt, sample_lr=SAMPLE_LR),
+        model=model, opt=opt, ig=make_inverse_gradient(model, opt, sample_lr=SAMPLE_LR),
+        ig_autograd=InverseGradient(model, opt, sample_lr=SAMPLE_LR),
         ig_torch=InverseGradient(
             model, MixedAdam(model, lr=LR, lean=False), sample_lr=SAMPLE_LR,
             call=lambda params, *args: functional_call(model, params, args)),
@@ -177,6 +184,7 @@ STEPS: dict[str, Callable[[_Case], None]] = {
     "bce": lambda case: _loss_step(case, "bce"),
     "idl": lambda case: _loss_step(case, "idl"),
     "idl+ig": _ig_step,
+    "idl+ig-autograd": lambda case: _ig_step(case, case.ig_autograd),
     "idl+ig-torch": lambda case: _ig_step(case, case.ig_torch),
     "ig-reference": _reference_step,
 }

@@ -1,0 +1,121 @@
+"""The numpy IG step for GMF against the autograd one (learner.meta.InverseGradient)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from learner.backbones import GMF, NeuMF
+from learner.gmf_ig import GMFInverseGradient
+from learner.meta import InverseGradient, Pairs, make_inverse_gradient
+from learner.optim import MixedAdam, ensure_rows
+from stream.errors import ConfigError
+
+
+def _pair(seed: int, users: int = 40, items: int = 30) -> tuple[GMF, GMF, MixedAdam, MixedAdam]:
+    torch.manual_seed(seed)
+    model = GMF(dim=8, users=users, items=items)
+    twin = copy.deepcopy(model)
+    return model, twin, MixedAdam(model, lr=0.01), MixedAdam(twin, lr=0.01)
+
+
+def _batch(gen: torch.Generator, users: int, items: int, n_vague: int = 24, n_meta: int = 16):
+    """Random vague and meta pairs, ids repeating (as in a real batch), labels 0/1."""
+    def pairs(n):
+        return Pairs(torch.randint(0, users, (n,), generator=gen),
+                     torch.randint(0, items, (n,), generator=gen))
+    return pairs(n_vague), pairs(n_meta), torch.randint(0, 2, (n_meta,), generator=gen).float()
+
+
+def _assert_same_state(a: GMF, b: GMF, opt_a: MixedAdam, opt_b: MixedAdam) -> None:
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=name)
+    for o_a, o_b in zip(opt_a.optimizers, opt_b.optimizers, strict=True):
+        for p_a, p_b in zip(o_a.param_groups[0]["params"], o_b.param_groups[0]["params"],
+                            strict=True):
+            s_a, s_b = o_a.state[p_a], o_b.state[p_b]
+            assert s_a.keys() == s_b.keys()
+            for key in s_a:
+                if torch.is_tensor(s_a[key]):
+                    assert s_a[key].dtype == s_b[key].dtype, key
+                    torch.testing.assert_close(s_a[key], s_b[key], atol=1e-6, rtol=1e-5)
+                else:
+                    assert s_a[key] == s_b[key], key
+
+
+def _run_both(lookahead: str, steps: int = 40, sync: bool = False):
+    """Autograd and numpy IG steps on the same batches; with ``sync`` each numpy step starts
+    from a copy of the autograd side's state. Yields (branches, parameter pairs) per step."""
+    model, twin, opt, opt_twin = _pair(0)
+    slow = InverseGradient(model, opt, sample_lr=1e-2, lookahead=lookahead)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        if sync or _ == 0:
+            twin = copy.deepcopy(model)
+            opt_twin = MixedAdam(twin, lr=0.01)
+            opt_twin.load_state_dict(copy.deepcopy(opt.state_dict()))
+            fast = GMFInverseGradient(twin, opt_twin, sample_lr=1e-2, lookahead=lookahead)
+        vague, meta, labels = _batch(gen, 40, 30)
+        opt.zero_grad()
+        b_slow, losses_slow, loss_slow = slow.step(vague, meta, labels)
+        b_fast, losses_fast, loss_fast = fast.step(vague, meta, labels)
+        assert b_fast == b_slow
+        assert losses_fast == pytest.approx(losses_slow, rel=1e-5)
+        assert loss_fast == pytest.approx(loss_slow, rel=1e-5)
+        assert fast.last_vague_positive == slow.last_vague_positive
+        yield b_fast, (model, twin, opt, opt_twin)
+
+
+def test_numpy_step_follows_the_autograd_step_with_the_plain_look_ahead():
+    steps = list(_run_both("sgd"))
+    assert len({branch for branch, _ in steps}) >= 2  # the steps went more than one way
+    _assert_same_state(*steps[-1][1])
+
+
+def test_numpy_step_is_the_autograd_step_up_to_the_sign_steps_rounding():
+    """The default look-ahead moves each coordinate by ``sample_lr * g / (|g| + 1e-8)``: where
+    a row's gradient sums to about 1e-8 (contributions that nearly cancel), float32 rounding
+    of ``g`` shows in the step. From the same state, all but a few coordinates per step agree
+    to 1e-6, and none moves by more than ``sample_lr`` apart."""
+    for _, (model, twin, _opt, _opt_twin) in _run_both("adam", sync=True):
+        for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+            diff = (p - q).detach().abs()
+            assert int((diff > 1e-6).sum()) <= 3 and float(diff.max()) <= 1e-2
+
+
+def test_forced_branches_and_growing_tables_agree_and_the_state_is_torchs():
+    """Each branch forced in turn; tables grown mid-run; the numpy steps alternate with
+    autograd steps on the same model, so each must leave state the other can carry on."""
+    model, twin, opt, opt_twin = _pair(2, users=8, items=8)
+    slow = InverseGradient(model, opt, lookahead="sgd")
+    mixed = {"numpy": GMFInverseGradient(twin, opt_twin, lookahead="sgd"),
+             "torch": InverseGradient(twin, opt_twin, lookahead="sgd")}
+    gen = torch.Generator().manual_seed(3)
+    for k in range(30):
+        if k == 10:
+            for m, o in ((model, opt), (twin, opt_twin)):
+                torch.manual_seed(7)  # the same new rows in both
+                ensure_rows(m, o, 50, 40)
+        users, items = model.rows()
+        vague, meta, labels = _batch(gen, users, items)
+        branch = ("original", "forward", "inverse")[k % 3]
+        opt.zero_grad()
+        opt_twin.zero_grad()
+        slow.step(vague, meta, labels, branch=branch)
+        mixed["numpy" if k % 2 else "torch"].step(vague, meta, labels, branch=branch)
+    _assert_same_state(model, twin, opt, opt_twin)
+
+
+def test_the_learner_takes_the_numpy_step_for_gmf_on_the_cpu_only():
+    model = GMF(dim=4, users=8, items=8)
+    opt = MixedAdam(model, lr=0.01)
+    assert type(make_inverse_gradient(model, opt)) is GMFInverseGradient
+    assert type(make_inverse_gradient(model, opt, kernel="torch")) is InverseGradient
+    neumf = NeuMF(dim=4, users=8, items=8)
+    assert type(make_inverse_gradient(neumf, MixedAdam(neumf, lr=0.01))) is InverseGradient
+    with pytest.raises(ConfigError, match="ig kernel must be auto or torch"):
+        make_inverse_gradient(model, opt, kernel="numpy")
+    with pytest.raises(ConfigError, match="for GMF, not NeuMF"):
+        GMFInverseGradient(neumf, MixedAdam(neumf, lr=0.01))
