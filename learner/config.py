@@ -74,8 +74,9 @@ class Config:
     meta: str = _opt("none", "meta step: none, or ig (Inverse Gradient; needs loss idl)")
     sample_lr: float = _opt(1e-3, "IG look-ahead step size")
     lookahead: str = _opt("adam", "IG look-ahead: adam (fresh Adam's first step) or sgd")
-    ig_kernel: str = _opt("auto", "IG step: auto (numpy, no autograd, for GMF on the CPU; "
-                          "autograd otherwise) or torch (autograd always)")
+    kernel: str = _opt("auto", "training steps: auto (for GMF on the CPU, the IG step and "
+                       "the bce and idl steps in numpy, no autograd; autograd otherwise) or "
+                       "torch (autograd always)")
     meta_source: str = _opt("batch", "IG meta batch: batch (its genuine events) or reservoir")
     meta_size: int = _opt(4096, "genuine events kept in the IG reservoir")
     meta_batch: int = _opt(256, "events drawn from the reservoir per IG step")
@@ -140,7 +141,7 @@ class Config:
             auc_window=self.auc_window, auc_long_window=self.auc_long_window, labels=rule,
             num_neg=self.num_neg, sampler=self.sampler,
             meta=self.meta, sample_lr=self.sample_lr, lookahead=self.lookahead,
-            ig_kernel=self.ig_kernel,
+            kernel=self.kernel,
             meta_source=self.meta_source, meta_size=self.meta_size, meta_batch=self.meta_batch,
             threads=self.threads, max_users=self.max_users, max_videos=self.max_videos,
         )

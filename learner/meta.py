@@ -32,7 +32,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -42,9 +41,6 @@ from learner.backbones.base import Backbone
 from learner.losses import inverse_dual_loss
 from learner.optim import MixedAdam
 from stream.errors import ConfigError
-
-if TYPE_CHECKING:
-    from learner.gmf_ig import GMFInverseGradient
 
 BRANCHES = ("original", "forward", "inverse")
 ADAM_EPS = 1e-8
@@ -200,24 +196,3 @@ class InverseGradient:
         loss.backward()
         self.optimizer.step()
         return chosen, meta_losses, float(loss.detach())
-
-
-IG_KERNELS = ("auto", "torch")
-
-
-def make_inverse_gradient(
-    model: Backbone, optimizer: MixedAdam, sample_lr: float = 1e-3, lookahead: str = "adam",
-    kernel: str = "auto",
-) -> InverseGradient | GMFInverseGradient:
-    """The learner's IG step: :class:`~learner.gmf_ig.GMFInverseGradient` (numpy, no
-    autograd) for a GMF on the CPU with ``kernel="auto"``, else :class:`InverseGradient`.
-    Both keep the same state in ``model`` and ``optimizer``."""
-    if kernel not in IG_KERNELS:
-        raise ConfigError(f"ig kernel must be auto or torch, not {kernel!r}")
-    from learner.backbones.gmf import GMF
-    from learner.gmf_ig import GMFInverseGradient  # here: it imports this module
-
-    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-    if kernel == "auto" and type(model) is GMF and on_cpu:
-        return GMFInverseGradient(model, optimizer, sample_lr, lookahead)
-    return InverseGradient(model, optimizer, sample_lr, lookahead)

@@ -36,10 +36,11 @@ from learner.backbones import make_backbone
 from learner.devices import resolve_device, to_device
 from learner.distributed import UpdateLog
 from learner.features import event_features
+from learner.gmf_steps import make_inverse_gradient, make_loss_step
 from learner.idmap import IdMap
 from learner.labels import CLASS_NAMES, NEGATIVE, POSITIVE, VAGUE, LabelRule
 from learner.losses import make_loss
-from learner.meta import Pairs, make_inverse_gradient
+from learner.meta import Pairs
 from learner.optim import MixedAdam, ensure_rows, reset_rows
 from learner.prequential import Evaluator
 from learner.sampling import NegativeSampler, Reservoir
@@ -69,7 +70,7 @@ class LearnerSettings:
     meta: str = "none"
     sample_lr: float = 1e-3
     lookahead: str = "adam"
-    ig_kernel: str = "auto"  # auto: numpy IG step for GMF on the CPU (learner.gmf_ig); torch
+    kernel: str = "auto"  # auto: numpy steps for GMF on the CPU (learner.gmf_steps); torch
     meta_source: str = "batch"
     meta_size: int = 4096
     meta_batch: int = 256
@@ -118,9 +119,11 @@ class OnlineLearner:
         self.loss = make_loss(settings.loss)
         self.ig = (
             make_inverse_gradient(self.model, self.optimizer, settings.sample_lr,
-                                  settings.lookahead, settings.ig_kernel)
+                                  settings.lookahead, settings.kernel)
             if settings.meta == "ig" else None
         )
+        self.numpy_step = make_loss_step(self.model, self.optimizer, settings.loss,
+                                         settings.kernel)
         for name in ("max_users", "max_videos"):
             if getattr(settings, name) < 0:
                 raise ConfigError(f"{name} must be 0 (unbounded) or positive")
@@ -360,6 +363,8 @@ class OnlineLearner:
         )
 
     def _loss_step(self, users, items, feats, labels, vague, chunk) -> tuple[float, int]:
+        if self.numpy_step is not None:
+            return self.numpy_step.step(users[chunk], items[chunk], labels[chunk], vague[chunk])
         p = self._pairs(users, items, feats, chunk)
         target, mask = self._tensor(labels[chunk]), self._tensor(vague[chunk])
         self.optimizer.zero_grad()

@@ -6,9 +6,9 @@ genuine half) and on the same model, in round-robin so that machine noise hits a
 ====================  ======================================================================
 ``bce``               a :class:`~learner.optim.MixedAdam` step on BCE over the genuine events
 ``idl``               a MixedAdam step on the IDL loss (BCE on genuine, IDL on vague events)
-``idl+ig``            the learner's IG step (:func:`learner.meta.make_inverse_gradient`): vague
+``idl+ig``            the learner's IG step (:func:`learner.gmf_steps.make_inverse_gradient`): vague
                       half as the vague batch, genuine half as the meta batch. For GMF on the
-                      CPU the numpy step of :mod:`learner.gmf_ig`, else the autograd one
+                      CPU the numpy step of :mod:`learner.gmf_steps`, else the autograd one
 ``idl+ig-autograd``   :meth:`learner.meta.InverseGradient.step`, the autograd IG step, for
                       every backbone (the same as ``idl+ig`` except for GMF on the CPU)
 ``idl+ig-torch``      the autograd IG step with torch's parts as they come: ``SparseAdam``,
@@ -48,9 +48,9 @@ from tqdm import tqdm
 
 from learner.backbones import Backbone, make_backbone
 from learner.devices import resolve_device
-from learner.gmf_ig import GMFInverseGradient
+from learner.gmf_steps import GMFInverseGradient, make_inverse_gradient
 from learner.losses import LOSSES, inverse_dual_loss
-from learner.meta import BRANCHES, InverseGradient, Pairs, make_inverse_gradient
+from learner.meta import BRANCHES, InverseGradient, Pairs
 from learner.optim import MixedAdam, ensure_rows
 
 from .report import THREAD_ENV, csv

@@ -1,4 +1,4 @@
-"""The numpy IG step for GMF against the autograd one (learner.meta.InverseGradient)."""
+"""GMF's numpy steps (learner.gmf_steps) against the autograd ones."""
 
 from __future__ import annotations
 
@@ -8,8 +8,14 @@ import pytest
 import torch
 
 from learner.backbones import GMF, NeuMF
-from learner.gmf_ig import GMFInverseGradient
-from learner.meta import InverseGradient, Pairs, make_inverse_gradient
+from learner.gmf_steps import (
+    GMFInverseGradient,
+    GMFLossStep,
+    make_inverse_gradient,
+    make_loss_step,
+)
+from learner.losses import make_loss
+from learner.meta import InverseGradient, Pairs
 from learner.optim import MixedAdam, ensure_rows
 from stream.errors import ConfigError
 
@@ -115,7 +121,43 @@ def test_the_learner_takes_the_numpy_step_for_gmf_on_the_cpu_only():
     assert type(make_inverse_gradient(model, opt, kernel="torch")) is InverseGradient
     neumf = NeuMF(dim=4, users=8, items=8)
     assert type(make_inverse_gradient(neumf, MixedAdam(neumf, lr=0.01))) is InverseGradient
-    with pytest.raises(ConfigError, match="ig kernel must be auto or torch"):
+    with pytest.raises(ConfigError, match="kernel must be auto or torch"):
         make_inverse_gradient(model, opt, kernel="numpy")
     with pytest.raises(ConfigError, match="for GMF, not NeuMF"):
         GMFInverseGradient(neumf, MixedAdam(neumf, lr=0.01))
+
+
+@pytest.mark.parametrize("loss_name", ["bce", "idl"])
+def test_numpy_loss_step_is_the_autograd_step(loss_name):
+    """The learner's plain step both ways, on batches with some, all and no vague events
+    (with none genuine, BCE's zero gradient still steps the optimiser, as autograd's does)."""
+    model, twin, opt, opt_twin = _pair(4)
+    fast = make_loss_step(twin, opt_twin, loss_name)
+    assert type(fast) is GMFLossStep
+    loss_fn = make_loss(loss_name)
+    gen = torch.Generator().manual_seed(5)
+    for k in range(30):
+        users = torch.randint(0, 40, (32,), generator=gen)
+        items = torch.randint(0, 30, (32,), generator=gen)
+        labels = torch.randint(0, 2, (32,), generator=gen).float()
+        vague = torch.rand(32, generator=gen) < (0.5, 1.0, 0.0)[k % 3]
+        opt.zero_grad()
+        logits = model(users, items)
+        expected = loss_fn(logits, labels, vague, k)
+        expected.backward()
+        opt.step()
+        loss, lean = fast.step(users.numpy(), items.numpy(), labels.numpy(), vague.numpy())
+        assert loss == pytest.approx(float(expected.detach()), rel=1e-5, abs=1e-7)
+        assert lean == int(((logits.detach() > 0) & vague).sum())
+    _assert_same_state(model, twin, opt, opt_twin)
+
+
+def test_the_numpy_loss_step_only_where_it_applies():
+    model = GMF(dim=4, users=8, items=8)
+    opt = MixedAdam(model, lr=0.01)
+    assert make_loss_step(model, opt, "tce") is None  # no closed form here: autograd
+    assert make_loss_step(model, opt, "bce", kernel="torch") is None
+    neumf = NeuMF(dim=4, users=8, items=8)
+    assert make_loss_step(neumf, MixedAdam(neumf, lr=0.01), "bce") is None
+    with pytest.raises(ConfigError, match="bce or idl, not 'rce'"):
+        GMFLossStep(model, opt, "rce")
