@@ -134,3 +134,31 @@ def test_row_sparse_adam_is_torch_sparse_adam_bit_for_bit():
     for key in ("exp_avg", "exp_avg_sq", "step"):
         a, b = opts[0].state[mine][key], opts[1].state[theirs][key]
         assert torch.equal(a, b) if torch.is_tensor(a) else a == b
+
+
+def test_the_numpy_gmf_steps_learn_as_the_autograd_ones():
+    """The learner with ``kernel="auto"`` (GMF's numpy steps) and with ``kernel="torch"``
+    (autograd) on the same batches: the same parameters to float32 rounding for the plain
+    losses; for IDL+IG the same branches and the same scores to 1e-3 (its sign-like look-ahead
+    is steep where a gradient nearly cancels, see tests/unit/test_gmf_steps.py)."""
+    from learner.gmf_steps import GMFInverseGradient, GMFLossStep
+    from learner.meta import InverseGradient
+
+    for setup in ({"loss": "bce"}, {"loss": "idl"}, {"loss": "idl", "meta": "ig", "num_neg": 1}):
+        learners = {k: OnlineLearner(LearnerSettings(dim=8, lr=0.05, train_batch=32, kernel=k,
+                                                     **setup)) for k in ("auto", "torch")}
+        fast, slow = learners["auto"], learners["torch"]
+        if "meta" in setup:
+            assert type(fast.ig) is GMFInverseGradient and type(slow.ig) is InverseGradient
+        else:
+            assert type(fast.numpy_step) is GMFLossStep and slow.numpy_step is None
+        rng = np.random.default_rng(3)
+        for _ in range(6):
+            batch = decode_batch(_events(200, rng))
+            results = {k: learner.learn_many(batch) for k, learner in learners.items()}
+            assert results["auto"].branches == results["torch"].branches
+            np.testing.assert_allclose(results["auto"].scores, results["torch"].scores,
+                                       atol=1e-3 if "meta" in setup else 1e-6)
+        if "meta" not in setup:
+            for p, q in zip(fast.model.parameters(), slow.model.parameters(), strict=True):
+                torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4)
