@@ -134,15 +134,22 @@ def consume_ceiling(client: str, bootstrap: str, topic: str, total: int) -> Meas
     return Measure("consume ceiling", client, seen, time.perf_counter() - (start or 0))
 
 
+def _learner_config(bootstrap: str, topic: str, group: str, client: str, device: str,
+                    extra: dict[str, str] | None, **settings) -> Config:
+    """A benchmark learner's settings: no ``/metrics``, rare progress lines, no ``DWELL_*``
+    environment; ``settings``, then ``extra`` (text, e.g. from ``--kafka-set``) over them."""
+    flags = {"bootstrap": bootstrap, "topic": topic, "group": group, "client": client,
+             "metrics_port": -1, "progress_interval_s": 30.0, "device": device,
+             **settings, **(extra or {})}
+    return Config.load(flags=flags, env={})
+
+
 def end_to_end(client: str, bootstrap: str, topic: str, setup: str, overrides: dict,
                device: str = "cpu", extra: dict[str, str] | None = None) -> Measure:
     """The learner daemon drains ``topic`` with ``client``; events/s from its first batch.
     ``extra``: settings (as text, e.g. from ``--kafka-set``) over the setup's own."""
-    flags = {"bootstrap": bootstrap, "topic": topic, "group": f"bench-{client}-{time.time_ns()}",
-             "client": client, "until_end": True, "metrics_port": -1,
-             "progress_interval_s": 30.0, "batch_timeout_s": 0.2, "device": device,
-             **overrides, **(extra or {})}
-    cfg = Config.load(flags=flags, env={})
+    cfg = _learner_config(bootstrap, topic, f"bench-{client}-{time.time_ns()}", client, device,
+                          extra, until_end=True, batch_timeout_s=0.2, **overrides)
     totals = Daemon(cfg).run()
     return Measure(setup, client, totals["consumed"], totals["seconds"])
 
@@ -158,10 +165,8 @@ def latency(client: str, bootstrap: str, rate: float, device: str = "cpu",
 
     topic = f"bench-latency-{client}-{time.time_ns()}"
     create_topic(bootstrap, topic, partitions=4)
-    flags = {"bootstrap": bootstrap, "topic": topic, "group": f"{topic}-g", "client": client,
-             "metrics_port": -1, "progress_interval_s": 30.0, "batch_timeout_s": 0.05,
-             **SETUPS["GMF IDL+IG"], "device": device, **(extra or {})}
-    cfg = Config.load(flags=flags, env={})
+    cfg = _learner_config(bootstrap, topic, f"{topic}-g", client, device, extra,
+                          batch_timeout_s=0.05, **SETUPS["GMF IDL+IG"])
     daemon = Daemon(cfg)
     delays: list[np.ndarray] = []
     process = daemon.process
