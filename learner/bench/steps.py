@@ -13,9 +13,8 @@ genuine half) and on the same model, in round-robin so that machine noise hits a
                       every backbone (the same as ``idl+ig`` except for GMF on the CPU)
 ``idl+ig-torch``      the autograd IG step with torch's parts as they come: ``SparseAdam``,
                       ``Adam`` (not fused) and :func:`torch.func.functional_call` for the
-                      look-ahead: the
-                      baseline of :class:`~learner.optim.RowSparseAdam`, the fused Adam and
-                      :class:`~learner.meta.SwappedCall`
+                      look-ahead: the baseline of :class:`~learner.optim.RowSparseAdam`, the
+                      fused Adam and :class:`~learner.meta.SwappedCall`
 ``ig-reference``      the same step the reference code's way: two deep copies of the model with
                       dense embeddings and a fresh Adam each, the winner's ``state_dict`` loaded
                       back, then the persistent MixedAdam on the meta loss. It copies whole
@@ -131,7 +130,7 @@ def _loss_step(case: _Case, loss_name: str) -> None:
     case.opt.step()
 
 
-def _ig_step(case: _Case, ig: InverseGradient | None = None) -> None:
+def _ig_step(case: _Case, ig: InverseGradient | GMFInverseGradient | None = None) -> None:
     ig = ig or case.ig
     ig.optimizer.zero_grad()
     ig.step(case.vague_pairs, case.meta_pairs, case.meta_labels)
