@@ -36,7 +36,7 @@ from learner.backbones import make_backbone
 from learner.devices import resolve_device, to_device
 from learner.distributed import UpdateLog
 from learner.features import event_features
-from learner.gmf_steps import make_inverse_gradient, make_loss_step
+from learner.gmf_steps import GMFInverseGradient, make_inverse_gradient, make_loss_step
 from learner.idmap import IdMap
 from learner.labels import CLASS_NAMES, NEGATIVE, POSITIVE, VAGUE, LabelRule
 from learner.losses import make_loss
@@ -70,7 +70,7 @@ class LearnerSettings:
     meta: str = "none"
     sample_lr: float = 1e-3
     lookahead: str = "adam"
-    kernel: str = "auto"  # auto: numpy steps for GMF on the CPU (learner.gmf_steps); torch
+    kernel: str = "auto"  # auto: compiled steps for GMF on the CPU (learner.gmf_steps); torch
     meta_source: str = "batch"
     meta_size: int = 4096
     meta_batch: int = 256
@@ -122,7 +122,7 @@ class OnlineLearner:
                                   settings.lookahead, settings.kernel)
             if settings.meta == "ig" else None
         )
-        self.numpy_step = make_loss_step(self.model, self.optimizer, settings.loss,
+        self.compiled_step = make_loss_step(self.model, self.optimizer, settings.loss,
                                          settings.kernel)
         for name in ("max_users", "max_videos"):
             if getattr(settings, name) < 0:
@@ -363,8 +363,8 @@ class OnlineLearner:
         )
 
     def _loss_step(self, users, items, feats, labels, vague, chunk) -> tuple[float, int]:
-        if self.numpy_step is not None:
-            return self.numpy_step.step(users[chunk], items[chunk], labels[chunk], vague[chunk])
+        if self.compiled_step is not None:
+            return self.compiled_step.step(users[chunk], items[chunk], labels[chunk], vague[chunk])
         p = self._pairs(users, items, feats, chunk)
         target, mask = self._tensor(labels[chunk]), self._tensor(vague[chunk])
         self.optimizer.zero_grad()
@@ -382,18 +382,23 @@ class OnlineLearner:
             pick = r.sample(self.settings.meta_batch, self._rng)
             if self.updates is not None:  # the IG step trains these rows too
                 self.updates.record(r.users[pick], r.items[pick])
-            meta = self._pairs(r.users, r.items, r.feats, pick)
-            meta_labels = self._tensor(r.labels[pick])
+            meta_source, meta_index = (r.users, r.items, r.feats, r.labels), pick
         else:
-            meta = self._pairs(users, items, feats, g_idx)
-            meta_labels = self._tensor(labels[g_idx])
-        if v_idx.size == 0 or len(meta) == 0:  # nothing to correct, or nothing to judge by
+            meta_source, meta_index = (users, items, feats, labels), g_idx
+        if v_idx.size == 0 or meta_index.size == 0:  # nothing to correct, or to judge by
             loss, lean = self._loss_step(users, items, feats, labels, vague, chunk)
             return loss, lean, "none"
-        vague_pairs = self._pairs(users, items, feats, v_idx)
-        branch, _meta_losses, loss = self.ig.step(vague_pairs, meta, meta_labels)
+        m_users, m_items, m_feats, m_labels = meta_source
+        if isinstance(self.ig, GMFInverseGradient):  # the compiled step takes the arrays
+            branch, _meta_losses, loss = self.ig.step_rows(
+                users[v_idx], items[v_idx], m_users[meta_index], m_items[meta_index],
+                m_labels[meta_index])
+        else:
+            branch, _meta_losses, loss = self.ig.step(
+                self._pairs(users, items, feats, v_idx),
+                self._pairs(m_users, m_items, m_feats, meta_index),
+                self._tensor(m_labels[meta_index]))
         lean = self.ig.last_vague_positive  # from the look-ahead's own forward pass
         return loss, lean, branch
-
 
 __all__ = ["BatchResult", "LearnerSettings", "OnlineLearner", "NEGATIVE", "POSITIVE", "VAGUE"]

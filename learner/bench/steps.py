@@ -8,7 +8,7 @@ genuine half) and on the same model, in round-robin so that machine noise hits a
 ``idl``               a MixedAdam step on the IDL loss (BCE on genuine, IDL on vague events)
 ``idl+ig``            the learner's IG step (:func:`learner.gmf_steps.make_inverse_gradient`): vague
                       half as the vague batch, genuine half as the meta batch. For GMF on the
-                      CPU the numpy step of :mod:`learner.gmf_steps`, else the autograd one
+                      CPU the compiled step of :mod:`learner.gmf_steps`, else the autograd one
 ``idl+ig-autograd``   :meth:`learner.meta.InverseGradient.step`, the autograd IG step, for
                       every backbone (the same as ``idl+ig`` except for GMF on the CPU)
 ``idl+ig-torch``      the autograd IG step with torch's parts as they come: ``SparseAdam``,

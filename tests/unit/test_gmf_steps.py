@@ -1,4 +1,4 @@
-"""GMF's numpy steps (learner.gmf_steps) against the autograd ones."""
+"""GMF's compiled steps (learner.gmf_steps) against the autograd ones."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def _assert_same_state(a: GMF, b: GMF, opt_a: MixedAdam, opt_b: MixedAdam) -> No
 
 
 def _run_both(lookahead: str, steps: int = 40, sync: bool = False):
-    """Autograd and numpy IG steps on the same batches; with ``sync`` each numpy step starts
+    """Autograd and compiled IG steps on the same batches; with ``sync`` each compiled step starts
     from a copy of the autograd side's state. Yields (branches, parameter pairs) per step."""
     model, twin, opt, opt_twin = _pair(0)
     slow = InverseGradient(model, opt, sample_lr=1e-2, lookahead=lookahead)
@@ -74,13 +74,13 @@ def _run_both(lookahead: str, steps: int = 40, sync: bool = False):
         yield b_fast, (model, twin, opt, opt_twin)
 
 
-def test_numpy_step_follows_the_autograd_step_with_the_plain_look_ahead():
+def test_compiled_step_follows_the_autograd_step_with_the_plain_look_ahead():
     steps = list(_run_both("sgd"))
     assert len({branch for branch, _ in steps}) >= 2  # the steps went more than one way
     _assert_same_state(*steps[-1][1])
 
 
-def test_numpy_step_is_the_autograd_step_up_to_the_sign_steps_rounding():
+def test_compiled_step_is_the_autograd_step_up_to_the_sign_steps_rounding():
     """The default look-ahead moves each coordinate by ``sample_lr * g / (|g| + 1e-8)``: where
     a row's gradient sums to about 1e-8 (contributions that nearly cancel), float32 rounding
     of ``g`` shows in the step. From the same state, all but a few coordinates per step agree
@@ -92,11 +92,11 @@ def test_numpy_step_is_the_autograd_step_up_to_the_sign_steps_rounding():
 
 
 def test_forced_branches_and_growing_tables_agree_and_the_state_is_torchs():
-    """Each branch forced in turn; tables grown mid-run; the numpy steps alternate with
+    """Each branch forced in turn; tables grown mid-run; the compiled steps alternate with
     autograd steps on the same model, so each must leave state the other can carry on."""
     model, twin, opt, opt_twin = _pair(2, users=8, items=8)
     slow = InverseGradient(model, opt, lookahead="sgd")
-    mixed = {"numpy": GMFInverseGradient(twin, opt_twin, lookahead="sgd"),
+    mixed = {"compiled": GMFInverseGradient(twin, opt_twin, lookahead="sgd"),
              "torch": InverseGradient(twin, opt_twin, lookahead="sgd")}
     gen = torch.Generator().manual_seed(3)
     for k in range(30):
@@ -110,11 +110,11 @@ def test_forced_branches_and_growing_tables_agree_and_the_state_is_torchs():
         opt.zero_grad()
         opt_twin.zero_grad()
         slow.step(vague, meta, labels, branch=branch)
-        mixed["numpy" if k % 2 else "torch"].step(vague, meta, labels, branch=branch)
+        mixed["compiled" if k % 2 else "torch"].step(vague, meta, labels, branch=branch)
     _assert_same_state(model, twin, opt, opt_twin)
 
 
-def test_the_learner_takes_the_numpy_step_for_gmf_on_the_cpu_only():
+def test_the_learner_takes_the_compiled_step_for_gmf_on_the_cpu_only():
     model = GMF(dim=4, users=8, items=8)
     opt = MixedAdam(model, lr=0.01)
     assert type(make_inverse_gradient(model, opt)) is GMFInverseGradient
@@ -128,7 +128,7 @@ def test_the_learner_takes_the_numpy_step_for_gmf_on_the_cpu_only():
 
 
 @pytest.mark.parametrize("loss_name", ["bce", "idl"])
-def test_numpy_loss_step_is_the_autograd_step(loss_name):
+def test_compiled_loss_step_is_the_autograd_step(loss_name):
     """The learner's plain step both ways, on batches with some, all and no vague events
     (with none genuine, BCE's zero gradient still steps the optimiser, as autograd's does)."""
     model, twin, opt, opt_twin = _pair(4)
@@ -152,7 +152,7 @@ def test_numpy_loss_step_is_the_autograd_step(loss_name):
     _assert_same_state(model, twin, opt, opt_twin)
 
 
-def test_the_numpy_loss_step_only_where_it_applies():
+def test_the_compiled_loss_step_only_where_it_applies():
     model = GMF(dim=4, users=8, items=8)
     opt = MixedAdam(model, lr=0.01)
     assert make_loss_step(model, opt, "tce") is None  # no closed form here: autograd

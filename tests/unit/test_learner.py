@@ -136,8 +136,8 @@ def test_row_sparse_adam_is_torch_sparse_adam_bit_for_bit():
         assert torch.equal(a, b) if torch.is_tensor(a) else a == b
 
 
-def test_the_numpy_gmf_steps_learn_as_the_autograd_ones():
-    """The learner with ``kernel="auto"`` (GMF's numpy steps) and with ``kernel="torch"``
+def test_the_compiled_gmf_steps_learn_as_the_autograd_ones():
+    """The learner with ``kernel="auto"`` (GMF's compiled steps) and with ``kernel="torch"``
     (autograd) on the same batches: the same parameters to float32 rounding for the plain
     losses; for IDL+IG the same branches and the same scores to 1e-3 (its sign-like look-ahead
     is steep where a gradient nearly cancels, see tests/unit/test_gmf_steps.py)."""
@@ -151,7 +151,7 @@ def test_the_numpy_gmf_steps_learn_as_the_autograd_ones():
         if "meta" in setup:
             assert type(fast.ig) is GMFInverseGradient and type(slow.ig) is InverseGradient
         else:
-            assert type(fast.numpy_step) is GMFLossStep and slow.numpy_step is None
+            assert type(fast.compiled_step) is GMFLossStep and slow.compiled_step is None
         rng = np.random.default_rng(3)
         for _ in range(6):
             batch = decode_batch(_events(200, rng))
