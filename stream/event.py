@@ -1,9 +1,16 @@
 """The dwell event on the wire: decoding and validation of Kafka record values.
 
-A record value is a JSON object (encoded with orjson) with the fields of the design's table.
-:func:`decode_batch` turns a list of raw values into an :class:`EventBatch` of columns plus
-the list of records it rejected, each with a bounded :class:`Reason` (a metric label) and a
-human-readable detail (for the dead-letter record).
+A record value is a JSON object with the fields of the design's table. :func:`decode_batch`
+turns a list of raw values into an :class:`EventBatch` of columns plus the list of records
+it rejected, each with a bounded :class:`Reason` (a metric label) and a human-readable
+detail (for the dead-letter record).
+
+Records are parsed by msgspec into a typed struct (:class:`Wire`): the types are checked in
+C as the JSON is read, and of ``context`` only ``explicit`` is built (the other free
+features are parsed and skipped: no backbone reads them yet; a backbone that does adds its
+fields to :class:`Context`). That is ~1.2 us a record, against ~4 us for a dict from orjson.
+A record the struct does not fit is parsed again, untyped, by the same parser, and
+:func:`check_object` says exactly why.
 
 >>> batch = decode_batch([b'{"user_id": 1, "video_id": "v", "play_ms": 5, '
 ...                       b'"duration_ms": 10, "ts_ms": 0}', b'nope'])
@@ -14,11 +21,12 @@ human-readable detail (for the dead-letter record).
 from __future__ import annotations
 
 import enum
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
-import orjson
 
 MAX_VALUE_BYTES = 64 * 1024
 MAX_ID_BYTES = 128
@@ -69,7 +77,6 @@ class EventBatch:
     duration_ms: np.ndarray  # int64
     ts_ms: np.ndarray  # int64
     explicit: np.ndarray  # float32: 1 like, 0 dislike, NaN when the event carries none
-    context: list[dict[str, Any] | None]
     rejected: list[Rejected] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -104,17 +111,61 @@ def _check_int(obj: dict[str, Any], name: str, low: int, high: int) -> int:
     return value
 
 
-def validate(value: bytes, max_bytes: int = MAX_VALUE_BYTES) -> dict[str, Any]:
-    """Parse and validate one record value; return the JSON object or raise InvalidEvent."""
+class Context(msgspec.Struct, gc=False):
+    """The part of an event's ``context`` the learner reads; other fields are skipped."""
+
+    explicit: Any = None
+
+
+class Wire(msgspec.Struct, gc=False):
+    """An event as msgspec parses it: the types of the design's table, ranges unchecked."""
+
+    user_id: int | str
+    video_id: int | str
+    play_ms: int
+    duration_ms: int
+    ts_ms: int
+    event_id: str | msgspec.UnsetType = msgspec.UNSET
+    context: Context | None = None
+
+
+_DECODER = msgspec.json.Decoder(Wire)
+
+
+def validate(value: bytes | None, max_bytes: int = MAX_VALUE_BYTES) -> Wire:
+    """Parse and validate one record value; return the event or raise InvalidEvent."""
     if value is None:
         raise InvalidEvent(Reason.NOT_JSON, "empty record value (tombstone)")
     if len(value) > max_bytes:
         raise InvalidEvent(Reason.TOO_LARGE, f"{len(value)} bytes > {max_bytes}")
     try:
-        obj = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
+        wire = _DECODER.decode(value)
+    except msgspec.ValidationError as exc:  # a DecodeError too: first
+        _why(value)
+        raise InvalidEvent(Reason.WRONG_TYPE, str(exc)[:200]) from None  # _why found nothing
+    except msgspec.DecodeError as exc:
         raise InvalidEvent(Reason.NOT_JSON, str(exc)[:200]) from None
-    return check_object(obj)
+    if _odd(wire):
+        _why(value)
+    return wire
+
+
+def _why(value: bytes) -> None:
+    """Raise the exact InvalidEvent of a record that msgspec parses as JSON, if any."""
+    try:
+        obj = msgspec.json.decode(value)
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent(Reason.NOT_JSON, str(exc)[:200]) from None
+    check_object(obj)
+
+
+def _odd(wire: Wire) -> bool:
+    """Whether a parsed event may be out of range: then :func:`check_object` says."""
+    ids_ok = all(_is_int(v) and -(2**63) <= v < 2**63 or type(v) is str and 0 < len(v) <= _SHORT_ID
+                 for v in (wire.user_id, wire.video_id))
+    numbers_ok = all(low <= getattr(wire, name) <= high for name, (low, high) in _RANGES.items())
+    event_id = wire.event_id
+    return not (ids_ok and numbers_ok and (type(event_id) is not str or len(event_id) <= _SHORT_ID))
 
 
 def check_object(obj: Any) -> dict[str, Any]:
@@ -144,64 +195,62 @@ def check_object(obj: Any) -> dict[str, Any]:
 def decode_batch(values: list[bytes], max_bytes: int = MAX_VALUE_BYTES) -> EventBatch:
     """Decode and validate raw record values into columns; invalid ones go to ``rejected``.
 
-    A batch is checked a column at a time (C-level ``map``/``len``, numpy ranges); only the
-    records that fail or look unusual (long ids, out-of-range numbers) are validated one by
-    one, with :func:`validate`, for their exact reason. A batch with a tombstone, bad JSON, a
-    missing field or a wrong type is validated record by record. Both ways give the same
-    result (``tests/unit/test_event.py`` checks it on random hostile batches).
+    Every record is parsed by msgspec into a :class:`Wire`; the ranges are checked a column
+    at a time (numpy); only the records that fail to parse or look unusual (long ids,
+    out-of-range numbers) are validated one by one, with :func:`validate`, for their exact
+    reason. It gives what :func:`decode_each` gives (``tests/unit/test_event.py`` checks it on
+    random hostile batches).
     """
-    fast = _decode_columns(values, max_bytes)
-    return fast if fast is not None else decode_each(values, max_bytes)
+    return _decode_columns(values, max_bytes)
 
 
 def decode_each(values: list[bytes], max_bytes: int = MAX_VALUE_BYTES) -> EventBatch:
     """:func:`decode_batch` one record at a time: the reference behaviour."""
-    objs: list[dict[str, Any]] = []
+    wires: list[Wire] = []
     index: list[int] = []
     rejected: list[Rejected] = []
     for i, value in enumerate(values):
         try:
-            objs.append(validate(value, max_bytes))
+            wires.append(validate(value, max_bytes))
             index.append(i)
         except InvalidEvent as exc:
             rejected.append(Rejected(i, exc.reason, exc.detail))
-    return _columns(objs, index, rejected)
+    return _columns(wires, np.asarray(index, dtype=np.int64), rejected)
 
 
-def _columns(objs: list[dict[str, Any]], index, rejected: list[Rejected]) -> EventBatch:
-    contexts = [o.get("context") for o in objs]
+_FIELDS = operator.attrgetter("user_id", "video_id", "play_ms", "duration_ms", "ts_ms",
+                              "event_id", "context")
+
+
+def _fields(wires: list[Wire]) -> list[list]:
+    """The events' seven fields as seven lists (one C-level pass, then a transpose)."""
+    return [list(column) for column in zip(*map(_FIELDS, wires), strict=True)] or [[]] * 7
+
+
+def _columns(wires: list[Wire], index: np.ndarray, rejected: list[Rejected],
+             fields: list[list] | None = None) -> EventBatch:
+    user_id, video_id, play_ms, duration_ms, ts_ms, _event_id, contexts = fields or _fields(
+        wires)
     return EventBatch(
-        index=np.asarray(index, dtype=np.int64),
-        user_id=[o["user_id"] for o in objs],
-        video_id=[o["video_id"] for o in objs],
-        play_ms=np.fromiter((o["play_ms"] for o in objs), np.int64, len(objs)),
-        duration_ms=np.fromiter((o["duration_ms"] for o in objs), np.int64, len(objs)),
-        ts_ms=np.fromiter((o["ts_ms"] for o in objs), np.int64, len(objs)),
-        explicit=_explicit_column(contexts),
-        context=contexts,
+        index=index, user_id=user_id, video_id=video_id,
+        play_ms=np.array(play_ms, np.int64), duration_ms=np.array(duration_ms, np.int64),
+        ts_ms=np.array(ts_ms, np.int64),
+        explicit=_explicit_column([None if c is None else c.explicit for c in contexts]),
         rejected=rejected,
     )
 
 
-def _explicit_column(contexts: list[dict[str, Any] | None]) -> np.ndarray:
-    values = [None if c is None else c.get("explicit") for c in contexts]
+def _explicit_column(values: list[Any]) -> np.ndarray:
     return np.array([float(v) if v in (0, 1) and type(v) is not float else np.nan
                      for v in values], dtype=np.float32)
 
 
-class _Missing:
-    """Stands for an absent field in a column."""
-
-
-_MISSING = _Missing()
 _RANGES = {"play_ms": (0, 2**63 - 1), "duration_ms": (1, MAX_DURATION_MS), "ts_ms": (0, MAX_TS_MS)}
 _SHORT_ID = MAX_ID_BYTES // 4  # a str of at most this many characters fits in MAX_ID_BYTES
 
 
 def _int_column(column: list) -> np.ndarray | None:
-    """``column`` as int64 if every value is a plain int within 64 bits, else None."""
-    if set(map(type, column)) != {int}:
-        return None
+    """``column`` (ints) as int64 if every value fits in 64 bits, else None."""
     try:
         array = np.array(column)
     except OverflowError:
@@ -209,72 +258,74 @@ def _int_column(column: list) -> np.ndarray | None:
     return array if array.dtype == np.int64 else None
 
 
-def _id_suspects(column: list) -> np.ndarray | None:
-    """Rows of an id column to check one by one; None if the column needs the slow path."""
+def _id_odd(column: list) -> np.ndarray:
+    """Rows of an id column (ints and strs) that may be out of range: empty, long, huge."""
     kinds = set(map(type, column))
-    if kinds == {int}:
-        return None if _int_column(column) is None else np.zeros(len(column), bool)
-    if not kinds <= {int, str}:
-        return None
-    if int in kinds and _int_column([v for v in column if type(v) is int]) is None:
-        return None
-    lengths = np.fromiter((len(v) if type(v) is str else 1 for v in column), np.int64,
-                          len(column))
-    return (lengths == 0) | (lengths > _SHORT_ID)
+    if kinds == {int} and _int_column(column) is not None:
+        return np.zeros(len(column), bool)
+    lengths = _lengths(column)
+    return (lengths > _SHORT_ID) | (lengths == 0) | _huge(column)
 
 
-def _decode_columns(values: list[bytes], max_bytes: int) -> EventBatch | None:
-    """The column-at-a-time path of :func:`decode_batch`; None where it does not apply."""
-    if not values or None in values or max(map(len, values)) > max_bytes:
-        return None
+def _lengths(column: list) -> np.ndarray:
+    """Lengths of the strs of a column; 1 for anything else."""
+    if set(map(type, column)) <= {str}:
+        return np.fromiter(map(len, column), np.int64, len(column))
+    return np.fromiter((len(v) if type(v) is str else 1 for v in column), np.int64,
+                       len(column))
+
+
+def _long(column: list) -> np.ndarray:
+    """Rows of a column holding strs that may be longer than MAX_ID_BYTES."""
+    return _lengths(column) > _SHORT_ID
+
+
+def _huge(column: list) -> np.ndarray:
+    """Rows of a column holding ints outside 64 bits."""
+    odd = np.zeros(len(column), bool)
+    ints = [i for i, v in enumerate(column) if type(v) is int]
+    if ints and _int_column([column[i] for i in ints]) is None:
+        odd[ints] = True
+    return odd
+
+
+def _decode_columns(values: list[bytes], max_bytes: int) -> EventBatch:
+    """:func:`decode_batch`'s work: every record parsed, the ranges checked a column at a
+    time, and only the records that fail or look odd validated one by one."""
+    n = len(values)
+    if not n:
+        return _columns([], np.zeros(0, np.int64), [])
     try:
-        objs = list(map(orjson.loads, values))
-    except (orjson.JSONDecodeError, TypeError):
-        return None
-    if set(map(type, objs)) != {dict}:
-        return None
-    n = len(objs)
-    suspect = np.zeros(n, bool)
-    ids = {}
-    for name in ("user_id", "video_id"):
-        ids[name] = column = [o.get(name, _MISSING) for o in objs]
-        rows = _id_suspects(column)
-        if rows is None:
-            return None
-        suspect |= rows
-    numbers = {}
-    for name, (low, high) in _RANGES.items():
-        numbers[name] = array = _int_column([o.get(name, _MISSING) for o in objs])
-        if array is None:
-            return None
-        suspect |= (array < low) | (array > high)
-    event_ids = [o.get("event_id", _MISSING) for o in objs]
-    kinds = set(map(type, event_ids))
-    if not kinds <= {_Missing, str}:
-        return None
-    if str in kinds:
-        suspect |= np.fromiter((type(e) is str and len(e) > _SHORT_ID for e in event_ids),
-                               bool, n)
-    contexts = [o.get("context") for o in objs]
-    if not set(map(type, contexts)) <= {type(None), dict}:
-        return None
+        if max(map(len, values)) > max_bytes:
+            raise TypeError
+        wires = list(map(_DECODER.decode, values))
+        odd = np.zeros(n, bool)
+    except (TypeError, msgspec.DecodeError):  # ValidationError is a DecodeError
+        wires, odd = [], np.zeros(n, bool)
+        for i, value in enumerate(values):
+            try:
+                if value is None or len(value) > max_bytes:
+                    raise TypeError
+                wires.append(_DECODER.decode(value))
+            except (TypeError, msgspec.DecodeError):  # ValidationError is a DecodeError
+                wires.append(None)
+                odd[i] = True
+    good = [w for w in wires if w is not None] if odd.any() else wires
+    fields = _fields(good)
+    checks = _id_odd(fields[0]) | _id_odd(fields[1])
+    for column, (low, high) in zip(fields[2:5], _RANGES.values(), strict=True):
+        array = _int_column(column)
+        checks |= np.ones(len(good), bool) if array is None else (array < low) | (array > high)
+    checks |= _long(fields[5])
+    odd[np.flatnonzero(~odd)[checks]] = True
     rejected = []
-    for i in np.flatnonzero(suspect).tolist():
+    for i in np.flatnonzero(odd).tolist():
         try:
-            check_object(objs[i])
-            suspect[i] = False
+            wires[i] = validate(values[i], max_bytes)
+            odd[i] = False
         except InvalidEvent as exc:
             rejected.append(Rejected(i, exc.reason, exc.detail))
-    if rejected:
-        keep = np.flatnonzero(~suspect)
-        rows = keep.tolist()
-        ids = {name: [column[i] for i in rows] for name, column in ids.items()}
-        numbers = {name: array[keep] for name, array in numbers.items()}
-        contexts = [contexts[i] for i in rows]
-    else:
-        keep = np.arange(n)
-    return EventBatch(
-        index=keep.astype(np.int64), user_id=ids["user_id"], video_id=ids["video_id"],
-        play_ms=numbers["play_ms"], duration_ms=numbers["duration_ms"], ts_ms=numbers["ts_ms"],
-        explicit=_explicit_column(contexts), context=contexts, rejected=rejected,
-    )
+    keep = np.flatnonzero(~odd)
+    if not checks.any() and len(good) == n:  # nothing set aside: the fields are the batch's
+        return _columns(good, keep, rejected, fields)
+    return _columns([wires[i] for i in keep.tolist()], keep, rejected)

@@ -74,7 +74,6 @@ def rating_batches(ratings: Ratings, batch_size: int) -> list[EventBatch]:
             play_ms=np.zeros(n, np.int64), duration_ms=np.ones(n, np.int64),
             ts_ms=np.zeros(n, np.int64),
             explicit=ratings.labels[part].astype(np.float32),
-            context=[None] * n,
         ))
     return out
 
