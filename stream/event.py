@@ -34,6 +34,8 @@ MAX_DURATION_MS = 24 * 3600 * 1000
 MAX_TS_MS = 32_503_680_000_000  # year 3000: anything later is a unit error, not an event time
 
 REQUIRED = ("user_id", "video_id", "play_ms", "duration_ms", "ts_ms")
+_RANGES = {"play_ms": (0, 2**63 - 1), "duration_ms": (1, MAX_DURATION_MS), "ts_ms": (0, MAX_TS_MS)}
+_SHORT_ID = MAX_ID_BYTES // 4  # a str of at most this many characters fits in MAX_ID_BYTES
 
 
 class Reason(enum.StrEnum):
@@ -87,8 +89,7 @@ def _is_int(value: Any) -> bool:
     return type(value) is int  # bool is an int subclass and is not a valid count
 
 
-def _check_id(obj: dict[str, Any], name: str) -> str | int:
-    value = obj[name]
+def _check_id(value: Any, name: str) -> str | int:
     if _is_int(value):
         if not -(2**63) <= value < 2**63:
             raise InvalidEvent(Reason.OUT_OF_RANGE, f"{name} outside 64-bit range")
@@ -102,8 +103,7 @@ def _check_id(obj: dict[str, Any], name: str) -> str | int:
     return value
 
 
-def _check_int(obj: dict[str, Any], name: str, low: int, high: int) -> int:
-    value = obj[name]
+def _check_int(value: Any, name: str, low: int, high: int) -> int:
     if not _is_int(value):
         raise InvalidEvent(Reason.WRONG_TYPE, f"{name} must be an integer")
     if not low <= value <= high:
@@ -145,8 +145,7 @@ def validate(value: bytes | None, max_bytes: int = MAX_VALUE_BYTES) -> Wire:
         raise InvalidEvent(Reason.WRONG_TYPE, str(exc)[:200]) from None  # _why found nothing
     except msgspec.DecodeError as exc:
         raise InvalidEvent(Reason.NOT_JSON, str(exc)[:200]) from None
-    if _odd(wire):
-        _why(value)
+    check_wire(wire)
     return wire
 
 
@@ -159,13 +158,25 @@ def _why(value: bytes) -> None:
     check_object(obj)
 
 
-def _odd(wire: Wire) -> bool:
-    """Whether a parsed event may be out of range: then :func:`check_object` says."""
-    ids_ok = all(_is_int(v) and -(2**63) <= v < 2**63 or type(v) is str and 0 < len(v) <= _SHORT_ID
-                 for v in (wire.user_id, wire.video_id))
-    numbers_ok = all(low <= getattr(wire, name) <= high for name, (low, high) in _RANGES.items())
-    event_id = wire.event_id
-    return not (ids_ok and numbers_ok and (type(event_id) is not str or len(event_id) <= _SHORT_ID))
+def check_wire(wire: Wire) -> None:
+    """Validate the ranges and lengths of a parsed event (its types are msgspec's); raise
+    InvalidEvent. The same checks, in the same order, as :func:`check_object`'s."""
+    _check_fields(wire.user_id, wire.video_id, wire.play_ms, wire.duration_ms, wire.ts_ms,
+                  wire.event_id)
+
+
+def _check_fields(user_id: Any, video_id: Any, play_ms: Any, duration_ms: Any, ts_ms: Any,
+                  event_id: Any) -> None:
+    _check_id(user_id, "user_id")
+    _check_id(video_id, "video_id")
+    for value, (name, (low, high)) in zip((play_ms, duration_ms, ts_ms), _RANGES.items(),
+                                          strict=True):
+        _check_int(value, name, low, high)
+    if event_id is not msgspec.UNSET:
+        if type(event_id) is not str:
+            raise InvalidEvent(Reason.WRONG_TYPE, "event_id must be a string")
+        if len(event_id.encode()) > MAX_ID_BYTES:
+            raise InvalidEvent(Reason.ID_TOO_LONG, f"event_id longer than {MAX_ID_BYTES} bytes")
 
 
 def check_object(obj: Any) -> dict[str, Any]:
@@ -175,17 +186,7 @@ def check_object(obj: Any) -> dict[str, Any]:
     missing = [name for name in REQUIRED if name not in obj]
     if missing:
         raise InvalidEvent(Reason.MISSING_FIELD, ",".join(missing))
-    _check_id(obj, "user_id")
-    _check_id(obj, "video_id")
-    _check_int(obj, "play_ms", 0, 2**63 - 1)
-    _check_int(obj, "duration_ms", 1, MAX_DURATION_MS)
-    _check_int(obj, "ts_ms", 0, MAX_TS_MS)
-    if "event_id" in obj:
-        event_id = obj["event_id"]
-        if type(event_id) is not str:
-            raise InvalidEvent(Reason.WRONG_TYPE, "event_id must be a string")
-        if len(event_id.encode()) > MAX_ID_BYTES:
-            raise InvalidEvent(Reason.ID_TOO_LONG, f"event_id longer than {MAX_ID_BYTES} bytes")
+    _check_fields(*(obj[name] for name in REQUIRED), obj.get("event_id", msgspec.UNSET))
     context = obj.get("context")
     if context is not None and type(context) is not dict:
         raise InvalidEvent(Reason.WRONG_TYPE, "context must be an object")
@@ -215,22 +216,19 @@ def decode_each(values: list[bytes], max_bytes: int = MAX_VALUE_BYTES) -> EventB
             index.append(i)
         except InvalidEvent as exc:
             rejected.append(Rejected(i, exc.reason, exc.detail))
-    return _columns(wires, np.asarray(index, dtype=np.int64), rejected)
+    return _columns(np.asarray(index, dtype=np.int64), rejected, _fields(wires))
 
 
-_FIELDS = operator.attrgetter("user_id", "video_id", "play_ms", "duration_ms", "ts_ms",
-                              "event_id", "context")
+_FIELDS = tuple(map(operator.attrgetter, Wire.__struct_fields__))
 
 
 def _fields(wires: list[Wire]) -> list[list]:
-    """The events' seven fields as seven lists (one C-level pass, then a transpose)."""
-    return [list(column) for column in zip(*map(_FIELDS, wires), strict=True)] or [[]] * 7
+    """The events' fields (:class:`Wire`'s order) as lists, one C-level pass each."""
+    return [list(map(get, wires)) for get in _FIELDS]
 
 
-def _columns(wires: list[Wire], index: np.ndarray, rejected: list[Rejected],
-             fields: list[list] | None = None) -> EventBatch:
-    user_id, video_id, play_ms, duration_ms, ts_ms, _event_id, contexts = fields or _fields(
-        wires)
+def _columns(index: np.ndarray, rejected: list[Rejected], fields: list[list]) -> EventBatch:
+    user_id, video_id, play_ms, duration_ms, ts_ms, _event_id, contexts = fields
     return EventBatch(
         index=index, user_id=user_id, video_id=video_id,
         play_ms=np.array(play_ms, np.int64), duration_ms=np.array(duration_ms, np.int64),
@@ -245,8 +243,6 @@ def _explicit_column(values: list[Any]) -> np.ndarray:
                      for v in values], dtype=np.float32)
 
 
-_RANGES = {"play_ms": (0, 2**63 - 1), "duration_ms": (1, MAX_DURATION_MS), "ts_ms": (0, MAX_TS_MS)}
-_SHORT_ID = MAX_ID_BYTES // 4  # a str of at most this many characters fits in MAX_ID_BYTES
 
 
 def _int_column(column: list) -> np.ndarray | None:
@@ -293,39 +289,43 @@ def _decode_columns(values: list[bytes], max_bytes: int) -> EventBatch:
     """:func:`decode_batch`'s work: every record parsed, the ranges checked a column at a
     time, and only the records that fail or look odd validated one by one."""
     n = len(values)
-    if not n:
-        return _columns([], np.zeros(0, np.int64), [])
     try:
-        if max(map(len, values)) > max_bytes:
+        if n and max(map(len, values)) > max_bytes:
             raise TypeError
         wires = list(map(_DECODER.decode, values))
-        odd = np.zeros(n, bool)
+        parsed = np.arange(n)
     except (TypeError, msgspec.DecodeError):  # ValidationError is a DecodeError
-        wires, odd = [], np.zeros(n, bool)
+        wires, parsed = [], []
         for i, value in enumerate(values):
             try:
                 if value is None or len(value) > max_bytes:
                     raise TypeError
                 wires.append(_DECODER.decode(value))
-            except (TypeError, msgspec.DecodeError):  # ValidationError is a DecodeError
-                wires.append(None)
-                odd[i] = True
-    good = [w for w in wires if w is not None] if odd.any() else wires
-    fields = _fields(good)
-    checks = _id_odd(fields[0]) | _id_odd(fields[1])
+                parsed.append(i)
+            except (TypeError, msgspec.DecodeError):
+                pass
+        parsed = np.asarray(parsed, dtype=np.int64)
+    rejected = []
+    for i in np.setdiff1d(np.arange(n), parsed, assume_unique=True).tolist():
+        try:
+            validate(values[i], max_bytes)
+        except InvalidEvent as exc:  # always: validate parses as the struct above did not
+            rejected.append(Rejected(i, exc.reason, exc.detail))
+    fields = _fields(wires)
+    odd = _id_odd(fields[0]) | _id_odd(fields[1]) | _long(fields[5])
     for column, (low, high) in zip(fields[2:5], _RANGES.values(), strict=True):
         array = _int_column(column)
-        checks |= np.ones(len(good), bool) if array is None else (array < low) | (array > high)
-    checks |= _long(fields[5])
-    odd[np.flatnonzero(~odd)[checks]] = True
-    rejected = []
-    for i in np.flatnonzero(odd).tolist():
+        odd |= np.ones(len(wires), bool) if array is None else (array < low) | (array > high)
+    keep = ~odd
+    for j in np.flatnonzero(odd).tolist():
         try:
-            wires[i] = validate(values[i], max_bytes)
-            odd[i] = False
+            check_wire(wires[j])
+            keep[j] = True
         except InvalidEvent as exc:
-            rejected.append(Rejected(i, exc.reason, exc.detail))
-    keep = np.flatnonzero(~odd)
-    if not checks.any() and len(good) == n:  # nothing set aside: the fields are the batch's
-        return _columns(good, keep, rejected, fields)
-    return _columns([wires[i] for i in keep.tolist()], keep, rejected)
+            rejected.append(Rejected(int(parsed[j]), exc.reason, exc.detail))
+    if not keep.all():
+        rows = np.flatnonzero(keep).tolist()
+        fields = [[column[j] for j in rows] for column in fields]
+        parsed = parsed[keep]
+    rejected.sort(key=lambda r: r.index)
+    return _columns(parsed.astype(np.int64), rejected, fields)
