@@ -23,9 +23,9 @@ def test_peer_section_compares_river_and_dwell_on_the_same_events():
         assert float(rate.replace(",", "")) > 0 and 0.0 <= float(auc) <= 1.0
 
 
-def test_decode_section_has_both_ways_and_the_floor():
+def test_decode_section_has_both_ways_and_the_floors():
     rates = decode.decode_rates(rounds=1)
-    assert len(rates) == 3 and all(rate > 0 for rate in rates.values())
+    assert len(rates) == 4 and all(rate > 0 for rate in rates.values())
 
 
 def _summary(consumed: int, seconds: float, run_auc: float) -> str:
