@@ -64,6 +64,9 @@ class Config:
     metrics_addr: str = _opt("127.0.0.1", "address of the Prometheus /metrics server")
     metrics_port: int = _opt(9464, "port of /metrics (0: any free port, -1: no server)")
     progress_interval_s: float = _opt(2.0, "log a progress line this often")
+    gc_threshold: int = _opt(50_000, "while the daemon runs, Python's cyclic garbage "
+                             "collector starts a collection after this many new objects "
+                             "(its default, 700, spent ~20%% of the time; 0: leave it)")
     model: str = _opt("gmf", "backbone")
     dim: int = _opt(32, "latent factors")
     lr: float = _opt(0.01, "learning rate (Adam / SparseAdam)")
@@ -75,8 +78,8 @@ class Config:
     sample_lr: float = _opt(1e-3, "IG look-ahead step size")
     lookahead: str = _opt("adam", "IG look-ahead: adam (fresh Adam's first step) or sgd")
     kernel: str = _opt("auto", "training steps: auto (for GMF on the CPU, the IG step and "
-                       "the bce and idl steps in numpy, no autograd; autograd otherwise) or "
-                       "torch (autograd always)")
+                       "the bce and idl steps compiled with numba, no autograd; autograd "
+                       "otherwise) or torch (autograd always)")
     meta_source: str = _opt("batch", "IG meta batch: batch (its genuine events) or reservoir")
     meta_size: int = _opt(4096, "genuine events kept in the IG reservoir")
     meta_batch: int = _opt(256, "events drawn from the reservoir per IG step")

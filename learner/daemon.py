@@ -20,12 +20,14 @@ as an error and counted; offsets stay uncommitted until the next attempt succeed
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import math
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -95,6 +97,11 @@ class Daemon:
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> dict:
         """Consume until stopped, done or idle; return the totals."""
+        thresholds = gc.get_threshold()
+        if self.config.gc_threshold:
+            # a tracked object or two a record (the client's record, its headers) make the
+            # default 700 collect several times a batch, each walking the batch in hand
+            gc.set_threshold(self.config.gc_threshold, *thresholds[1:])
         self._open()
         try:
             while self._iterate():
@@ -103,6 +110,7 @@ class Daemon:
         finally:
             self._progress(time.monotonic())
             self._close()
+            gc.set_threshold(*thresholds)
         totals = self.metrics.totals()
         first = self._first_batch_at
         totals["seconds"] = time.monotonic() - first if first is not None else 0.0
@@ -176,7 +184,9 @@ class Daemon:
         batch = decode_batch([r.value for r in records], self.config.max_value_bytes)
         for rejected in batch.rejected:
             self.dlq.send(records[rejected.index], rejected.reason, rejected.detail)
-            self.metrics.events_invalid.labels(rejected.reason.value).inc()
+        # once per reason: a labelled child's lookup costs ~10 us, as much as a dead letter
+        for reason, count in Counter(r.reason.value for r in batch.rejected).items():
+            self.metrics.events_invalid.labels(reason).inc(count)
         self._decode_seconds = time.perf_counter() - started
         return batch
 

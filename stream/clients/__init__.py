@@ -27,7 +27,7 @@ stream.errors.ConfigError: unknown Kafka client 'kafka': expected kafka-python o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from stream.errors import ClientError, ConfigError
@@ -61,7 +61,7 @@ class Record(Protocol):
     def timestamp(self) -> int:
         """Milliseconds since the epoch (-1 when the record carries none)."""
     @property
-    def headers(self) -> list[tuple[str, bytes]]: ...
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
 
 
 class Message(NamedTuple):
@@ -73,7 +73,7 @@ class Message(NamedTuple):
     key: bytes | None
     value: bytes | None
     timestamp: int
-    headers: list[tuple[str, bytes]]
+    headers: Sequence[tuple[str, bytes]]  # () when none: no empty list a record
 
 
 class BatchConsumer(Protocol):

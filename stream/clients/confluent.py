@@ -328,7 +328,7 @@ class ConfluentConsumer:
                 err = m.error()
                 if err is None:
                     out.append(Message(m.topic(), m.partition(), m.offset(), m.key(), m.value(),
-                                       m.timestamp()[1], m.headers() or []))
+                                       m.timestamp()[1], m.headers() or ()))
                 elif err.fatal():
                     raise ClientError(f"poll: {err.str()}", err.name(), False)
                 elif err.code() != self._ck.KafkaError._PARTITION_EOF:

@@ -177,7 +177,8 @@ class KafkaPythonConsumer:
         return out
 
     def mark_processed(self, records: Iterable[ConsumerRecord]) -> None:
-        self._next.update({TopicPartition(r.topic, r.partition): r.offset + 1 for r in records})
+        last = {r.partition: r.offset + 1 for r in records}  # one TopicPartition a partition
+        self._next.update({TopicPartition(self.topic, p): o for p, o in last.items()})
 
     def seek(self, partition: int, offset: int) -> None:
         tp = TopicPartition(self.topic, partition)

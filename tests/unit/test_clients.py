@@ -288,7 +288,7 @@ def test_confluent_messages_become_light_records_and_errors_are_skipped(caplog):
     assert [(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp, r.headers)
             for r in records] == [
         ("t", 0, 5, b"k", b"v", 1_700_000_000_000, [("h", b"1")]),
-        ("t", 2, 9, b"k", None, 1_700_000_000_000, []),  # a tombstone keeps value None
+        ("t", 2, 9, b"k", None, 1_700_000_000_000, ()),  # a tombstone keeps value None
     ]
     assert "UNKNOWN_TOPIC_OR_PART" in caplog.text and "PARTITION_EOF" not in caplog.text
 
