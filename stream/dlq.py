@@ -66,8 +66,11 @@ class DeadLetterQueue:
         self.topic = topic
         self.client = client
         self._pending: list[_Letter] = []
+        # Long batches: a flush (before each commit) sends them at once anyway, and
+        # kafka-python wakes its sender thread (a syscall) for each new batch: a dead letter
+        # cost 60 us with these against 81-97 with linger 5 ms and 16 KiB batches.
         self._config = {
-            "acks": "all", "retries": 10, "linger_ms": 5,
+            "acks": "all", "retries": 10, "linger_ms": 500, "batch_size": 1 << 20,
             "max_request_size": 4 * 1024 * 1024, "client_id": "dwell-dlq",
             **dict(client_config or {}), "bootstrap_servers": bootstrap.split(","),
         }
