@@ -115,6 +115,9 @@ class Config:
 
     def __post_init__(self) -> None:
         check_client(self.client)
+        if self.gc_threshold < 0:
+            raise ConfigError(f"gc_threshold {self.gc_threshold}: must be 0 (leave Python's) "
+                              "or positive")
 
     def client_options(self) -> dict[str, Any]:
         """``kafka_options`` as keyword arguments for kafka-python's clients."""

@@ -23,6 +23,7 @@ moments) must reset those rows before using them for their new ids.
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from itertools import repeat
 
 import numpy as np
 
@@ -65,14 +66,18 @@ class IdMap:
         capacity (they could not all have rows at once).
         """
         rows = self._rows
+        # a C-level map: a generator over the ids cost ~0.15 us an id more
+        out = np.fromiter(map(rows.get, ids, repeat(-1, len(ids))), np.int64, len(ids))
         if not add:
-            return np.fromiter((rows.get(i, -1) for i in ids), np.int64, len(ids))
+            return out
         self.last_evicted = _NONE
-        if self.capacity is None:
-            setdefault = rows.setdefault
-            return np.fromiter((setdefault(i, len(rows)) for i in ids), np.int64, len(ids))
-        out = np.fromiter((rows.get(i, -1) for i in ids), np.int64, len(ids))
         missing = np.flatnonzero(out < 0)
+        if self.capacity is None:
+            if missing.size:  # new rows in order of first appearance
+                for key in dict.fromkeys(ids[j] for j in missing.tolist()):
+                    rows[key] = len(rows)
+                out[missing] = [rows[ids[j]] for j in missing.tolist()]
+            return out
         if missing.size:
             self._assign(ids, out, missing)
         self.clock += 1

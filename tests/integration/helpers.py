@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import threading
@@ -44,7 +45,9 @@ def learn_until_end(bootstrap: str, topic: str, **overrides) -> tuple[Daemon, di
     server = serve_metrics(registry, "127.0.0.1", 0)
     try:
         daemon = Daemon(cfg, registry)
+        thresholds = gc.get_threshold()
         totals = daemon.run()
+        assert gc.get_threshold() == thresholds  # gc_threshold holds only while it runs
         with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/metrics") as resp:
             text = resp.read().decode()
     finally:

@@ -91,3 +91,11 @@ def test_ranks_is_a_suite_with_its_options():
     assert "ranks" in bench.SUITES and args.suites == ("ranks",)
     assert args.ranks_sync == (1, 8) and args.ranks_repeat == 5
     assert parser.parse_args(["bench"]).ranks_sync == ranks.DEFAULT_SYNC
+
+
+def test_peer_rounds_report_one_median_pass_per_learner():
+    once = {r.name: r for r in peer.peer_results(limit=1_500, rounds=1)}
+    thrice = peer.peer_results(limit=1_500, rounds=3)
+    assert [r.name for r in thrice] == list(once)
+    for r in thrice:  # every model is seeded: a pass's AUC does not depend on the round
+        assert r.auc == pytest.approx(once[r.name].auc, abs=1e-9) and r.events_per_s > 0

@@ -30,6 +30,8 @@ def test_bad_values_are_clear_errors(tmp_path):
         Config.load(env={"DWELL_BATCH_SIZE": "many"})
     with pytest.raises(ConfigError, match="until_end"):
         Config.load(env={"DWELL_UNTIL_END": "perhaps"})
+    with pytest.raises(ConfigError, match="gc_threshold -1"):
+        Config.load(env={"DWELL_GC_THRESHOLD": "-1"})
     with pytest.raises(ConfigError, match="unknown settings: nope"):
         Config.load(env={}, flags={"nope": 1})
     with pytest.raises(ConfigError, match="cannot read config file"):

@@ -88,6 +88,13 @@ def test_a_lookup_with_more_distinct_ids_than_capacity_is_refused_and_changes_no
         IdMap(capacity=0)
 
 
+def test_unbounded_rows_go_in_order_of_first_appearance():
+    m = IdMap()
+    assert m.lookup(["a", "b", "a", "c"]).tolist() == [0, 1, 0, 2]
+    assert m.lookup(["c", "d", "a", "d", 7]).tolist() == [2, 3, 0, 3, 4]
+    assert m.lookup(["z", "a"], add=False).tolist() == [-1, 0] and len(m) == 5
+
+
 def test_unbounded_map_never_evicts():
     m = IdMap()
     m.lookup(list(range(10_000)))
