@@ -6,13 +6,16 @@
 2. **End to end**: the learner daemon (its real code path: poll, decode, dead-letter, score,
    train, commit) draining the same topic with each client, for several learner setups;
    events/s from its first micro-batch, and the ratio to that client's ceiling.
+   The log's zero-duration rows (17%) are dead letters, each a produce on the dead-letter
+   topic; so GMF IDL+IG and both ceilings are measured again on a second topic of the
+   valid events only (rows "valid events only"): the learner's own cost on a clean stream.
 3. **Latency**: a ``dwell replay`` process paced at half the learner's measured rate (GMF
    IDL+IG, with the same ``--kafka-set``) into a fresh topic while that learner consumes
    it; per record, the time from its Kafka timestamp (set by the producer at send) to the
    end of the model update that includes it: p50, p99.
+4. **Replay**: producer events/s with each client (acks=all, idempotent).
 5. **Device and settings**: the learner runs on ``--device``; ``--kafka-set KEY=VALUE,...``
    applies learner settings over every setup's own (e.g. ``train_batch=1024`` on a GPU).
-4. **Replay**: producer events/s with each client (acks=all, idempotent).
 
 The topic holds the shipped KuaiRand log repeated ``--kafka-repeat`` times (ids suffixed per
 repeat, so the learner keeps meeting new users and videos), 4 partitions.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import tempfile
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 from learner.config import Config
 from learner.daemon import Daemon
@@ -40,6 +45,7 @@ from producers.readers import order_by_time, read_log
 from producers.replay import replay
 from stream.admin import create_topic, end_offsets
 from stream.broker import LocalBroker
+from stream.event import decode_each
 
 from .report import csv
 
@@ -206,9 +212,20 @@ def replay_rate(client: str, bootstrap: str, events: list[dict]) -> Measure:
     return Measure("replay", client, stats.events_sent, stats.seconds)
 
 
-def kafka_measures(args: argparse.Namespace) -> tuple[list[Measure], int]:
+VALID = ", valid events only"  # the measures on the second topic: no dead letters
+
+
+def valid_events(events: list[dict]) -> list[dict]:
+    """The events the learner accepts (the KuaiRand log's zero-duration rows are not)."""
+    batch = decode_each([orjson.dumps(e) for e in events])
+    return [events[i] for i in batch.index.tolist()]
+
+
+def kafka_measures(args: argparse.Namespace) -> tuple[list[Measure], int, int]:
+    """Every measure; the records of the main topic and of the valid-only one."""
     events = bench_events(1 if args.quick else args.kafka_repeat)
     measures: list[Measure] = []
+    extra = dict(args.kafka_set)
     with local_broker(args.kafka_bootstrap) as bootstrap:
         topic = f"bench-{time.time_ns()}"
         create_topic(bootstrap, topic, partitions=4)
@@ -223,29 +240,48 @@ def kafka_measures(args: argparse.Namespace) -> tuple[list[Measure], int]:
         for setup, overrides in setups.items():
             for client in args.clients:
                 measures.append(end_to_end(client, bootstrap, topic, setup, overrides,
-                                           args.device, dict(args.kafka_set)))
+                                           args.device, extra))
+        # the same without dead letters: what the learner costs on a clean stream
+        valid = valid_events(events)
+        clean = f"{topic}-valid"
+        create_topic(bootstrap, clean, partitions=4)
+        replay(valid, bootstrap=bootstrap, topic=clean, progress=False, client=args.clients[-1])
+        for client in args.clients:
+            ceiling = consume_ceiling(client, bootstrap, clean, len(valid))
+            measures.append(dataclasses.replace(ceiling, what=ceiling.what + VALID))
+            measures.append(end_to_end(client, bootstrap, clean, "GMF IDL+IG" + VALID,
+                                       SETUPS["GMF IDL+IG"], args.device, extra))
         for client in args.clients:
             full = next(m for m in measures if m.client == client and m.what == "GMF IDL+IG")
             measures.append(latency(client, bootstrap, rate=full.rate / 2, device=args.device,
-                                    extra=dict(args.kafka_set)))
-    return measures[1:], len(events)  # the first replay warmed the broker up
+                                    extra=extra))
+    return measures[1:], len(events), len(valid)  # the first replay warmed the broker up
 
 
-def format_markdown(measures: list[Measure], n: int, machine: str, command: str) -> str:
-    ceilings = {m.client: m.rate for m in measures if m.what == "consume ceiling"}
+def format_markdown(measures: list[Measure], n: int, machine: str, command: str,
+                    n_valid: int | None = None) -> str:
+    def stream(m: Measure) -> bool:
+        return m.what.endswith(VALID)
+
+    ceilings = {(m.client, stream(m)): m.rate for m in measures
+                if m.what.startswith("consume ceiling")}
+    second = (f"; then a second topic of its {n_valid:,} valid records (rows marked \"valid "
+              "events only\": no dead letters), each share against the ceiling on its own "
+              "topic") if n_valid is not None else ""
     lines = [
         "## Kafka: ceilings, end to end, latency, replay",
         "",
         f"`{command}` on {machine}; single-node Apache Kafka 4.1.1 on loopback, a topic of "
-        f"{n:,} records (the KuaiRand log, ids distinct per repeat), 4 partitions.",
+        f"{n:,} records (the KuaiRand log, ids distinct per repeat), 4 partitions{second}.",
         "",
         "| measure | client | events | seconds | events/s | of the client's ceiling | |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for m in measures:
         share = ""
-        if m.what not in ("consume ceiling", "replay", "latency") and ceilings.get(m.client):
-            share = f"{m.rate / ceilings[m.client]:.0%}"
+        ceiling = ceilings.get((m.client, stream(m)))
+        if not m.what.startswith(("consume ceiling", "replay", "latency")) and ceiling:
+            share = f"{m.rate / ceiling:.0%}"
         lines.append(f"| {m.what} | {m.client} | {m.events:,} | {m.seconds:.1f} | "
                      f"{m.rate:,.0f} | {share} | {m.extra} |")
     return "\n".join(lines) + "\n"
@@ -270,11 +306,11 @@ def _setting(text: str) -> tuple[str, str]:
 
 
 def run(args: argparse.Namespace, machine: str) -> str:
-    measures, n = kafka_measures(args)
+    measures, n, n_valid = kafka_measures(args)
     command = f"dwell bench --suites kafka --clients {','.join(args.clients)}"
     command += " --quick" if args.quick else f" --kafka-repeat {args.kafka_repeat}"
     if args.device != "cpu":
         command += f" --device {args.device}"
     if args.kafka_set:
         command += " --kafka-set " + ",".join(f"{k}={v}" for k, v in args.kafka_set)
-    return format_markdown(measures, n, machine, command)
+    return format_markdown(measures, n, machine, command, n_valid)

@@ -15,16 +15,20 @@ def test_kafka_suite_measures_every_row(kafka_bootstrap, kafka_client):
     args = argparse.Namespace(quick=True, clients=(kafka_client,), kafka_repeat=1,
                               kafka_bootstrap=kafka_bootstrap, device="cpu",
                               kafka_set=(("train_batch", "128"),))
-    measures, n = kafka.kafka_measures(args)
+    measures, n, n_valid = kafka.kafka_measures(args)
     kinds = [m.what for m in measures]
     assert kinds.count("consume ceiling") == 1 and kinds.count("latency") == 1
     assert "GMF IDL+IG" in kinds and "replay" in kinds
+    assert "GMF IDL+IG, valid events only" in kinds
     for m in measures:
         assert m.events > 0 and m.seconds > 0, m
     ceiling = next(m for m in measures if m.what == "consume ceiling")
-    assert ceiling.events == n
-    section = kafka.format_markdown(measures, n, "test machine", "cmd")
+    clean = next(m for m in measures if m.what == "consume ceiling, valid events only")
+    invalid = sum(1 for e in kafka.bench_events(1) if e["duration_ms"] <= 0)
+    assert ceiling.events == n and clean.events == n_valid == n - invalid > 0
+    section = kafka.format_markdown(measures, n, "test machine", "cmd", n_valid)
     assert "p99" in section and "| consume ceiling |" in section
+    assert f"a second topic of its {n_valid:,} valid records" in section
 
 
 def test_kafka_set_settings_are_checked_before_the_learner_starts(kafka_bootstrap):
