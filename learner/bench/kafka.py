@@ -6,7 +6,7 @@
 2. **End to end**: the learner daemon (its real code path: poll, decode, dead-letter, score,
    train, commit) draining the same topic with each client, for several learner setups;
    events/s from its first micro-batch, and the ratio to that client's ceiling.
-   The log's zero-duration rows (17%) are dead letters, each a produce on the dead-letter
+   The log's zero-duration rows (18%) are dead letters, each a produce on the dead-letter
    topic; so GMF IDL+IG and both ceilings are measured again on a second topic of the
    valid events only (rows "valid events only"): the learner's own cost on a clean stream.
 3. **Latency**: a ``dwell replay`` process paced at half the learner's measured rate (GMF
