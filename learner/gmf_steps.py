@@ -37,17 +37,27 @@ unless ``kernel="torch"``.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 
 import numpy as np
 import torch
 
-from learner import gmf_kernels as kernels
 from learner.backbones.base import Backbone
 from learner.backbones.gmf import GMF
 from learner.meta import BRANCHES, InverseGradient, Pairs
 from learner.optim import MixedAdam
 from stream.errors import ConfigError
+
+try:  # numba is a dependency; where it cannot be imported, GMF trains through autograd
+    from learner import gmf_kernels as kernels
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    kernels, NO_KERNELS = None, f"{type(exc).__name__}: {exc}"
+else:
+    NO_KERNELS = ""
+
+logger = logging.getLogger(__name__)
 
 
 def _index(rows: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -67,6 +77,8 @@ class _CompiledStep:
             if group.get("maximize") or group.get("weight_decay") or group.get("amsgrad"):
                 raise ConfigError("the compiled steps do plain Adam: no maximize, weight "
                                   "decay or amsgrad")
+        if kernels is None:
+            raise ConfigError(f"the compiled steps need numba ({NO_KERNELS})")
         self.model, self.optimizer = model, optimizer
         kernels.warm_up()
         self._cache: tuple = ((), (), (), ())  # (key, states, their tensors, views): _arrays
@@ -199,7 +211,16 @@ def _compiled_applies(model: Backbone, kernel: str) -> bool:
     if kernel not in KERNELS:
         raise ConfigError(f"kernel must be auto or torch, not {kernel!r}")
     on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-    return kernel == "auto" and type(model) is GMF and on_cpu
+    applies = kernel == "auto" and type(model) is GMF and on_cpu
+    if applies and kernels is None:
+        _warn_no_kernels(NO_KERNELS)
+    return applies and kernels is not None
+
+
+@functools.cache
+def _warn_no_kernels(why: str) -> None:
+    logger.warning("numba cannot be imported (%s): GMF trains through autograd, ~3x slower",
+                   why)
 
 
 def make_inverse_gradient(

@@ -197,10 +197,10 @@ def decode_batch(values: list[bytes], max_bytes: int = MAX_VALUE_BYTES) -> Event
     """Decode and validate raw record values into columns; invalid ones go to ``rejected``.
 
     Every record is parsed by msgspec into a :class:`Wire`; the ranges are checked a column
-    at a time (numpy); only the records that fail to parse or look unusual (long ids,
-    out-of-range numbers) are validated one by one, with :func:`validate`, for their exact
-    reason. It gives what :func:`decode_each` gives (``tests/unit/test_event.py`` checks it on
-    random hostile batches).
+    at a time (numpy); only the records that fail to parse (:func:`validate` gives their
+    exact reason) or look unusual (long ids, out-of-range numbers: :func:`check_wire`) are
+    checked one by one. It gives what :func:`decode_each` gives (``tests/unit/test_event.py``
+    checks it on random hostile batches).
     """
     return _decode_columns(values, max_bytes)
 

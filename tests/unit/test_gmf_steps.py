@@ -161,3 +161,18 @@ def test_the_compiled_loss_step_only_where_it_applies():
     assert make_loss_step(neumf, MixedAdam(neumf, lr=0.01), "bce") is None
     with pytest.raises(ConfigError, match="bce or idl, not 'rce'"):
         GMFLossStep(model, opt, "rce")
+
+
+def test_without_numba_gmf_trains_through_autograd(monkeypatch, caplog):
+    from learner import gmf_steps
+
+    monkeypatch.setattr(gmf_steps, "kernels", None)
+    monkeypatch.setattr(gmf_steps, "NO_KERNELS", "ImportError: no numba here")
+    model = GMF(dim=4, users=8, items=8)
+    opt = MixedAdam(model, lr=0.01)
+    with caplog.at_level("WARNING", logger="learner.gmf_steps"):
+        assert type(make_inverse_gradient(model, opt)) is InverseGradient
+        assert make_loss_step(model, opt, "bce") is None
+    assert "no numba here" in caplog.text and "autograd" in caplog.text
+    with pytest.raises(ConfigError, match="need numba"):
+        GMFInverseGradient(model, opt)
