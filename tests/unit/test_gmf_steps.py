@@ -176,3 +176,26 @@ def test_without_numba_gmf_trains_through_autograd(monkeypatch, caplog):
     assert "no numba here" in caplog.text and "autograd" in caplog.text
     with pytest.raises(ConfigError, match="need numba"):
         GMFInverseGradient(model, opt)
+
+
+def test_a_step_that_has_run_follows_a_reloaded_checkpoint():
+    """The compiled step keeps numpy views of the model's and optimiser's tensors; after a
+    checkpoint loads into the same model and optimiser, it must train on the loaded state,
+    exactly as a step built afresh on that state does."""
+    model, twin, opt, opt_twin = _pair(3)
+    fast = GMFInverseGradient(model, opt, lookahead="sgd")
+    gen = torch.Generator().manual_seed(4)
+    batches = [_batch(gen, 40, 30) for _ in range(15)]
+    for vague, meta, labels in batches[:5]:
+        fast.step(vague, meta, labels)
+    saved = copy.deepcopy((model.state_dict(), opt.state_dict()))
+    for vague, meta, labels in batches[5:10]:  # steps the checkpoint does not hold
+        fast.step(vague, meta, labels)
+    model.load_state_dict(saved[0])
+    opt.load_state_dict(copy.deepcopy(saved[1]))
+    twin.load_state_dict(saved[0])
+    opt_twin.load_state_dict(copy.deepcopy(saved[1]))
+    fresh = GMFInverseGradient(twin, opt_twin, lookahead="sgd")
+    for vague, meta, labels in batches[10:]:
+        assert fast.step(vague, meta, labels) == fresh.step(vague, meta, labels)
+    _assert_same_state(model, twin, opt, opt_twin)
