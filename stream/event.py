@@ -9,8 +9,14 @@ Records are parsed by msgspec into a typed struct (:class:`Wire`): the types are
 C as the JSON is read, and of ``context`` only ``explicit`` is built (the other free
 features are parsed and skipped: no backbone reads them yet; a backbone that does adds its
 fields to :class:`Context`). That is ~1.2 us a record, against ~4 us for a dict from orjson.
-A record the struct does not fit is parsed again, untyped, by the same parser, and
-:func:`check_object` says exactly why.
+
+What is valid JSON is orjson's rule (strict UTF-8, numbers that fit a double, nesting up to
+1,024 deep). msgspec agrees with it except in the content it skips, where it does not check
+UTF-8 or number sizes, and it nests less deep. So only *plain* records take msgspec: ASCII,
+no digit run of 100 or more, no exponent of three digits, too short or too flat to nest 950
+deep (:func:`plain`). The others, and any record the struct does not fit, are parsed by
+orjson, and :func:`check_object` says exactly what is wrong. A feed of dwell's producers is
+plain throughout; a batch is screened at once (one join, a translate and a few searches).
 
 >>> batch = decode_batch([b'{"user_id": 1, "video_id": "v", "play_ms": 5, '
 ...                       b'"duration_ms": 10, "ts_ms": 0}', b'nope'])
@@ -27,6 +33,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
+import orjson
 
 MAX_VALUE_BYTES = 64 * 1024
 MAX_ID_BYTES = 128
@@ -132,30 +139,59 @@ class Wire(msgspec.Struct, gc=False):
 _DECODER = msgspec.json.Decoder(Wire)
 
 
+_DIGITS = bytes.maketrans(b"123456789", b"000000000")
+#: after _DIGITS: what a number too large for a double needs (a 3-digit exponent, or 100+
+#: digits in a run); plain() sends records with one to orjson (strings with one too: rare)
+_LARGE = (b"e000", b"E000", b"e+000", b"E+000", b"0" * 100)
+_DEPTH = 950  # msgspec raises RecursionError from ~999 levels; orjson reads 1,024
+
+
+def plain(value: bytes) -> bool:
+    """Whether msgspec reads ``value`` as orjson does (see the module's notes)."""
+    if not value.isascii() or any(p in value.translate(_DIGITS) for p in _LARGE):
+        return False
+    return len(value) < 2 * _DEPTH or value.count(b"[") + value.count(b"{") < _DEPTH
+
+
+def _all_plain(values: list[bytes]) -> bool:
+    """:func:`plain` of every value (bytes, none too long), screened at once."""
+    joined = b"\n".join(values)
+    return (joined.isascii() and max(map(len, values)) < 2 * _DEPTH
+            and not any(p in joined.translate(_DIGITS) for p in _LARGE))
+
+
 def validate(value: bytes | None, max_bytes: int = MAX_VALUE_BYTES) -> Wire:
     """Parse and validate one record value; return the event or raise InvalidEvent."""
     if value is None:
         raise InvalidEvent(Reason.NOT_JSON, "empty record value (tombstone)")
     if len(value) > max_bytes:
         raise InvalidEvent(Reason.TOO_LARGE, f"{len(value)} bytes > {max_bytes}")
+    if not plain(value):
+        return _wire(check_object(_loads(value)))
     try:
         wire = _DECODER.decode(value)
     except msgspec.ValidationError as exc:  # a DecodeError too: first
-        _why(value)
-        raise InvalidEvent(Reason.WRONG_TYPE, str(exc)[:200]) from None  # _why found nothing
-    except msgspec.DecodeError as exc:
+        check_object(_loads(value))
+        raise InvalidEvent(Reason.WRONG_TYPE, str(exc)[:200]) from None  # nothing found
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise InvalidEvent(Reason.NOT_JSON, str(exc)[:200]) from None
     check_wire(wire)
     return wire
 
 
-def _why(value: bytes) -> None:
-    """Raise the exact InvalidEvent of a record that msgspec parses as JSON, if any."""
+def _loads(value: bytes) -> Any:
+    """The JSON value of ``value`` as orjson reads it, or InvalidEvent (not JSON)."""
     try:
-        obj = msgspec.json.decode(value)
-    except msgspec.DecodeError as exc:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
         raise InvalidEvent(Reason.NOT_JSON, str(exc)[:200]) from None
-    check_object(obj)
+
+
+def _wire(obj: dict[str, Any]) -> Wire:
+    """A checked JSON object (:func:`check_object`) as the struct msgspec would give."""
+    context = obj.get("context")
+    return Wire(*(obj[name] for name in REQUIRED), obj.get("event_id", msgspec.UNSET),
+                None if context is None else Context(context.get("explicit")))
 
 
 def check_wire(wire: Wire) -> None:
@@ -199,8 +235,9 @@ def decode_batch(values: list[bytes], max_bytes: int = MAX_VALUE_BYTES) -> Event
     Every record is parsed by msgspec into a :class:`Wire`; the ranges are checked a column
     at a time (numpy); only the records that fail to parse (:func:`validate` gives their
     exact reason) or look unusual (long ids, out-of-range numbers: :func:`check_wire`) are
-    checked one by one. It gives what :func:`decode_each` gives (``tests/unit/test_event.py``
-    checks it on random hostile batches).
+    checked one by one, as are records that are not :func:`plain`. It gives what
+    :func:`decode_each` gives (``tests/unit/test_event.py`` checks it on random hostile
+    batches).
     """
     return _decode_columns(values, max_bytes)
 
@@ -286,30 +323,31 @@ def _huge(column: list) -> np.ndarray:
 
 
 def _decode_columns(values: list[bytes], max_bytes: int) -> EventBatch:
-    """:func:`decode_batch`'s work: every record parsed, the ranges checked a column at a
-    time, and only the records that fail or look odd validated one by one."""
+    """:func:`decode_batch`'s work: the plain records parsed by msgspec, their ranges checked
+    a column at a time, and only the records that fail, look odd or are not plain validated
+    one by one."""
     n = len(values)
     try:
-        if n and max(map(len, values)) > max_bytes:
+        if n and (max(map(len, values)) > max_bytes or not _all_plain(values)):
             raise TypeError
         wires = list(map(_DECODER.decode, values))
         parsed = np.arange(n)
-    except (TypeError, msgspec.DecodeError):  # ValidationError is a DecodeError
+    except (TypeError, msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
         wires, parsed = [], []
         for i, value in enumerate(values):
+            if value is None or len(value) > max_bytes or not plain(value):
+                continue
             try:
-                if value is None or len(value) > max_bytes:
-                    raise TypeError
                 wires.append(_DECODER.decode(value))
                 parsed.append(i)
-            except (TypeError, msgspec.DecodeError):
+            except (msgspec.DecodeError, RecursionError):
                 pass
         parsed = np.asarray(parsed, dtype=np.int64)
-    rejected = []
+    rejected, others = [], []
     for i in np.setdiff1d(np.arange(n), parsed, assume_unique=True).tolist():
         try:
-            validate(values[i], max_bytes)
-        except InvalidEvent as exc:  # always: validate parses as the struct above did not
+            others.append((i, validate(values[i], max_bytes)))
+        except InvalidEvent as exc:
             rejected.append(Rejected(i, exc.reason, exc.detail))
     fields = _fields(wires)
     odd = _id_odd(fields[0]) | _id_odd(fields[1]) | _long(fields[5])
@@ -323,9 +361,14 @@ def _decode_columns(values: list[bytes], max_bytes: int) -> EventBatch:
             keep[j] = True
         except InvalidEvent as exc:
             rejected.append(Rejected(int(parsed[j]), exc.reason, exc.detail))
+    rejected.sort(key=lambda r: r.index)
+    if others:  # valid records that were not plain: merged back in input order
+        rows = sorted([(int(parsed[j]), wires[j]) for j in np.flatnonzero(keep).tolist()]
+                      + others, key=lambda row: row[0])
+        index = np.array([i for i, _ in rows], dtype=np.int64)
+        return _columns(index, rejected, _fields([w for _, w in rows]))
     if not keep.all():
         rows = np.flatnonzero(keep).tolist()
         fields = [[column[j] for j in rows] for column in fields]
         parsed = parsed[keep]
-    rejected.sort(key=lambda r: r.index)
     return _columns(parsed.astype(np.int64), rejected, fields)

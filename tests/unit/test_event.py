@@ -169,3 +169,28 @@ def test_clean_batch_takes_the_column_path():
     fast = _decode_columns(values, 65536)
     assert fast is not None and len(fast) == 6  # duration 0 is out of range
     assert {r.reason.value for r in fast.rejected} == {"out_of_range"}
+
+
+_BASE = b'{"user_id":1,"video_id":2,"play_ms":3,"duration_ms":4,"ts_ms":5,%s}'
+
+
+@pytest.mark.parametrize("fragment, reason", [
+    # what msgspec skips unchecked: orjson's rule decides (strict UTF-8, finite doubles)
+    (b'"x":"\xff"', "not_json"), (b'"x":"\xc0\xaf"', "not_json"),
+    (b'"x":"\xed\xa0\x80"', "not_json"), (b'"x":"\x7f\x80"', "not_json"),
+    (b'"x":1e400', "not_json"), (b'"x":1.7976931348623157e309', "not_json"),
+    (b'"context":{"a":1E400}', "not_json"), (b'"x":' + b"9" * 400, "not_json"),
+    (b'"x":' + b"9" * 300 + b"e9", "not_json"), (b'"x":"\\ud800"', "not_json"),
+    # valid, some of them not plain (orjson reads them)
+    (b'"x":1e-400', None), (b'"x":1e300', None), (b'"x":123456789012345678901234567890', None),
+    (b'"x":"\xc3\xa9"', None), (b'"context":{"explicit":1,"a":"\xf0\x9f\x98\x80"}', None),
+    # nesting: orjson reads 1,024 levels (msgspec fewer)
+    (b'"x":' + b"[" * 1022 + b"]" * 1022, None),
+    (b'"x":' + b"[" * 1024 + b"]" * 1024, "not_json"),
+])
+def test_json_is_what_orjson_reads_in_the_fields_dwell_skips_too(fragment, reason):
+    value = _BASE % fragment
+    assert reason_of(value) == (None if reason is None else Reason(reason))
+    batch = decode_batch([with_(), value, with_(user_id="u")])  # among plain records
+    assert [r.reason.value for r in batch.rejected] == ([] if reason is None else [reason])
+    assert batch.index.tolist() == ([0, 1, 2] if reason is None else [0, 2])
