@@ -180,6 +180,7 @@ _BASE = b'{"user_id":1,"video_id":2,"play_ms":3,"duration_ms":4,"ts_ms":5,%s}'
     (b'"x":"\xed\xa0\x80"', "not_json"), (b'"x":"\x7f\x80"', "not_json"),
     (b'"x":1e400', "not_json"), (b'"x":1.7976931348623157e309', "not_json"),
     (b'"context":{"a":1E400}', "not_json"), (b'"x":' + b"9" * 400, "not_json"),
+    (b'"x":1E+400', "not_json"), (b'"x":[1e+309]', "not_json"),
     (b'"x":' + b"9" * 300 + b"e9", "not_json"), (b'"x":"\\ud800"', "not_json"),
     # valid, some of them not plain (orjson reads them)
     (b'"x":1e-400', None), (b'"x":1e300', None), (b'"x":123456789012345678901234567890', None),
