@@ -110,6 +110,25 @@ def _adam_dense(param, avg, sq, grad, step_size, bias2, beta1, beta2, eps) -> No
 
 
 @njit(**JIT)
+def _gradients(P, Q, w, users, items, u_inv, i_inv, n_users, n_items, dz) -> tuple:
+    """GMF's gradients from ``dL/dz`` of the pairs ``users[k]``, ``items[k]`` (k < dz.size):
+    per distinct user row (``u_inv[k]`` of ``n_users``), per distinct item row, ``w``, ``b``."""
+    dim = w.size
+    gp = np.zeros((n_users, dim), np.float64)
+    gq = np.zeros((n_items, dim), np.float64)
+    gw = np.zeros(dim, np.float64)
+    gb = np.zeros(1, np.float64)
+    for k in range(dz.size):
+        u, i = users[k], items[k]
+        for d in range(dim):
+            gp[u_inv[k], d] += dz[k] * w[d] * Q[i, d]
+            gq[i_inv[k], d] += dz[k] * w[d] * P[u, d]
+            gw[d] += dz[k] * P[u, d] * Q[i, d]
+        gb[0] += dz[k]
+    return gp, gq, gw, gb
+
+
+@njit(**JIT)
 def mixed_adam(P, Q, w, b, states, users, items, dz, hyper) -> None:
     """One MixedAdam step from ``dL/dz`` of the pairs (table rows ``users[k]``,
     ``items[k]``). Every row of the pairs is updated, a zero gradient too, as autograd's
@@ -117,18 +136,8 @@ def mixed_adam(P, Q, w, b, states, users, items, dz, hyper) -> None:
     ``(user avg, user sq, item avg, item sq, w avg, w sq, b avg, b sq)``."""
     u_rows, u_inv = unique_rows(users)
     i_rows, i_inv = unique_rows(items)
-    dim = w.size
-    gp = np.zeros((u_rows.size, dim), np.float64)
-    gq = np.zeros((i_rows.size, dim), np.float64)
-    gw = np.zeros(dim, np.float64)
-    gb = np.zeros(1, np.float64)
-    for k in range(users.size):
-        u, i = users[k], items[k]
-        for d in range(dim):
-            gp[u_inv[k], d] += dz[k] * w[d] * Q[i, d]
-            gq[i_inv[k], d] += dz[k] * w[d] * P[u, d]
-            gw[d] += dz[k] * P[u, d] * Q[i, d]
-        gb[0] += dz[k]
+    gp, gq, gw, gb = _gradients(P, Q, w, users, items, u_inv, i_inv, u_rows.size, i_rows.size,
+                                dz)
     beta1, beta2 = hyper[BETA1], hyper[BETA2]
     _adam_rows(P, states[0], states[1], u_rows, gp, hyper[SPARSE_USER], beta1, beta2,
                hyper[EPS_S])
@@ -190,25 +199,17 @@ def ig_step(P, Q, w, b, states, vague_users, vague_items, meta_users, meta_items
     items, i_local = unique_rows(np.concatenate((vague_items, meta_items)))
 
     # 1. look ahead on the vague events' IDL: the gradient per distinct row, then delta
-    gp = np.zeros((users.size, dim), np.float64)
-    gq = np.zeros((items.size, dim), np.float64)
-    gw = np.zeros(dim, np.float64)
-    gb, lean = 0.0, 0
+    dz, lean = np.empty(n_vague, np.float64), 0
     for k in range(n_vague):
-        pu, qi = P[vague_users[k]], Q[vague_items[k]]
-        z = _logit(pu, qi, w, b[0])
+        z = _logit(P[vague_users[k]], Q[vague_items[k]], w, b[0])
         if z > 0:
             lean += 1
-        dz = (_sigmoid(z) - _idl_wp(z)) / n_vague
-        for d in range(dim):
-            gp[u_local[k], d] += dz * w[d] * qi[d]
-            gq[i_local[k], d] += dz * w[d] * pu[d]
-            gw[d] += dz * pu[d] * qi[d]
-        gb += dz
-    _lookahead(gp.reshape(-1), sample_lr, adam_lookahead)
-    _lookahead(gq.reshape(-1), sample_lr, adam_lookahead)
-    _lookahead(gw, sample_lr, adam_lookahead)
-    delta_b = sample_lr * (gb / (abs(gb) + ADAM_EPS) if adam_lookahead else gb)
+        dz[k] = (_sigmoid(z) - _idl_wp(z)) / n_vague
+    gp, gq, gw, gb = _gradients(P, Q, w, vague_users, vague_items, u_local, i_local,
+                                users.size, items.size, dz)
+    for g in (gp.reshape(-1), gq.reshape(-1), gw, gb):  # now the deltas, in place
+        _lookahead(g, sample_lr, adam_lookahead)
+    delta_b = gb[0]
 
     # 2. the meta BCE of each branch theta + s * delta, s in (0, -1, +1)
     signs = (0.0, -1.0, 1.0)

@@ -81,7 +81,7 @@ class _CompiledStep:
             raise ConfigError(f"the compiled steps need numba ({NO_KERNELS})")
         self.model, self.optimizer = model, optimizer
         kernels.warm_up()
-        self._cache: tuple = ((), (), (), ())  # (key, states, their tensors, views): _arrays
+        self._cache: tuple | None = None  # (key, states, their tensors, views): _arrays
 
     def _arrays(self) -> tuple:
         """Numpy views of the model's tables, ``w``, ``b`` and the optimiser state's moments,
@@ -93,34 +93,39 @@ class _CompiledStep:
         params = (modules["user"]._parameters["weight"], modules["item"]._parameters["weight"],
                   modules["predict"]._parameters["weight"], modules["predict"]._parameters["bias"])
         key = (*params, sparse.state, dense.state)
-        cached_key, states, tensors, views = self._cache
-        if (len(key) != len(cached_key) or any(a is not b for a, b in zip(key, cached_key,
-                                                                            strict=True))
-                or any(state[k] is not t for state, k, t in tensors)):
+        cache = self._cache
+        if (cache is None or any(a is not b for a, b in zip(key, cache[0], strict=True))
+                or any(state[k] is not t for state, k, t in cache[2])):
             states = (_state(sparse, params[0], False), _state(sparse, params[1], False),
                       _state(dense, params[2], True), _state(dense, params[3], True))
             tensors = [(state, k, t) for state in states for k, t in state.items()
                        if torch.is_tensor(t)]
-            views = self._views(params, states)
-            self._cache = (key, states, tensors, views)
-        p, q, w, b, moments, steps = views
-        s_group, d_group = sparse.param_groups[0], dense.param_groups[0]
+            cache = self._cache = (key, states, tensors, self._views(params, states))
+        _key, states, _tensors, (p, q, w, b, moments, steps) = cache
+        return p, q, w, b, moments, self._hyper(states, steps)
+
+    def _hyper(self, states: tuple, steps: tuple) -> np.ndarray:
+        """Advance the step counters (SparseAdam's ints in ``states``, Adam's float32 scalars
+        through their views ``steps``); this step's sizes as :mod:`learner.gmf_kernels`
+        takes them."""
+        opt = self.optimizer
+        s_group, d_group = opt.sparse.param_groups[0], opt.dense.param_groups[0]
         beta1, beta2 = s_group["betas"]
         if tuple(d_group["betas"]) != (beta1, beta2):
             raise ConfigError("the compiled steps take one pair of Adam betas for all tables")
         hyper = np.empty(kernels.HYPER_SIZE)
         s_lr, d_lr = float(s_group["lr"]), float(d_group["lr"])
         for state, at in ((states[0], kernels.SPARSE_USER), (states[1], kernels.SPARSE_ITEM)):
-            state["step"] += 1  # SparseAdam's: an int
+            state["step"] += 1
             step = state["step"]
             hyper[at] = s_lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
         for step_view, at in ((steps[0], kernels.DENSE_W), (steps[1], kernels.DENSE_B)):
-            step_view += 1  # Adam's: a float32 scalar tensor, through its view
+            step_view += 1
             step = float(step_view)
             hyper[at], hyper[at + 1] = d_lr / (1 - beta1**step), math.sqrt(1 - beta2**step)
         hyper[kernels.BETA1], hyper[kernels.BETA2] = beta1, beta2
         hyper[kernels.EPS_S], hyper[kernels.EPS_D] = s_group["eps"], d_group["eps"]
-        return p, q, w, b, moments, hyper
+        return hyper
 
     @staticmethod
     def _views(params: tuple, states: tuple) -> tuple:

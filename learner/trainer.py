@@ -123,7 +123,7 @@ class OnlineLearner:
             if settings.meta == "ig" else None
         )
         self.compiled_step = make_loss_step(self.model, self.optimizer, settings.loss,
-                                         settings.kernel)
+                                            settings.kernel)
         for name in ("max_users", "max_videos"):
             if getattr(settings, name) < 0:
                 raise ConfigError(f"{name} must be 0 (unbounded) or positive")
