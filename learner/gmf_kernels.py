@@ -1,11 +1,12 @@
-"""GMF's training arithmetic, compiled with numba: one call per training step.
+"""GMF's training arithmetic, compiled with numba: one call per training step, or per micro-batch.
 
 :mod:`learner.gmf_steps` holds the steps (their checks, the optimiser's state, the choice
 between them and the autograd steps); this module holds what they compute, as loops that
 numba compiles to machine code on first use (cached on disk, ``cache=True``). At the
 learner's train batch of 64 a step is a few hundred multiply-adds per pair, and written as
 numpy array operations it was ~50 operations of ~5-10 us of Python and numpy overhead each;
-compiled, the whole step is one call.
+compiled, the whole step is one call. :func:`train_steps` runs every step of a micro-batch in
+one call, and like every kernel here releases the interpreter lock while it runs.
 
 The arithmetic is the closed form of GMF's gradients (``logit = w . (p_u * q_i) + b``):
 ``dL/dp_u`` sums ``dL/dz * w * q_i`` over the user's pairs, alike for ``q_i``;
@@ -35,8 +36,9 @@ from learner.meta import ADAM_EPS
 
 # numpy's error model (1/0 is inf, no exception, no check in the loops); fastmath's
 # reassociation and contraction, which let LLVM vectorise the sums (1.6x a step), but not
-# its no-NaN / no-inf assumptions
-JIT = {"cache": True, "error_model": "numpy", "fastmath": {"reassoc", "contract", "nsz", "arcp"}}
+# its no-NaN / no-inf assumptions; no interpreter lock held while a kernel runs
+JIT = {"cache": True, "error_model": "numpy", "nogil": True,
+       "fastmath": {"reassoc", "contract", "nsz", "arcp"}}
 
 SPARSE_USER, SPARSE_ITEM, DENSE_W, BIAS2_W, DENSE_B, BIAS2_B, BETA1, BETA2, EPS_S, EPS_D = range(10)
 HYPER_SIZE = 10
@@ -253,6 +255,38 @@ def ig_step(P, Q, w, b, states, vague_users, vague_items, meta_users, meta_items
     return chosen, lean, meta_losses[chosen]
 
 
+#: :func:`train_steps`' branch of a step that took the plain step instead of an IG step
+NO_BRANCH = -1
+
+
+@njit(**JIT)
+def train_steps(P, Q, w, b, states, users, items, labels, vague, order, bounds, ig, idl,
+                sample_lr, adam_lookahead, hypers, branches, leans, losses) -> None:
+    """Every step of a micro-batch, one after the other: step ``c`` trains the pairs
+    ``order[bounds[c]:bounds[c + 1]]`` with the sizes ``hypers[c]``. With ``ig``, a step
+    whose pairs hold vague and genuine ones is :func:`ig_step` (its genuine pairs the meta
+    batch; ``branches[c]`` the branch kept), any other :func:`loss_step`; without, every step
+    is :func:`loss_step` (``branches[c]`` is NO_BRANCH for those). Fills ``leans[c]`` and
+    ``losses[c]`` as the steps return them."""
+    meta_losses = np.empty(3)
+    for c in range(bounds.size - 1):
+        chunk = order[bounds[c]:bounds[c + 1]]
+        mask = vague[chunk]
+        n_vague = 0
+        for k in range(chunk.size):
+            if mask[k]:
+                n_vague += 1
+        if ig and 0 < n_vague < chunk.size:
+            v, g = chunk[mask], chunk[~mask]
+            branches[c], leans[c], losses[c] = ig_step(
+                P, Q, w, b, states, users[v], items[v], users[g], items[g], labels[g],
+                sample_lr, adam_lookahead, -1, hypers[c], meta_losses)
+        else:
+            branches[c] = NO_BRANCH
+            losses[c], leans[c] = loss_step(P, Q, w, b, states, users[chunk], items[chunk],
+                                            labels[chunk], mask, idl, hypers[c])
+
+
 @functools.cache
 def warm_up() -> None:
     """Compile the steps (or load them from numba's disk cache: ~0.5 s) once per process, on
@@ -266,3 +300,6 @@ def warm_up() -> None:
     ig_step(tables[0], tables[1], w, b, states, rows, rows, rows, rows, labels, 1e-3, True, -1,
             hyper, np.empty(3))
     loss_step(tables[0], tables[1], w, b, states, rows, rows, labels, rows > 0, True, hyper)
+    train_steps(tables[0], tables[1], w, b, states, rows, rows, labels, rows > 0, rows,
+                np.array([0, 2]), True, True, 1e-3, True, hyper.reshape(1, -1),
+                np.empty(1, np.int64), np.empty(1, np.int64), np.empty(1))

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 
 import numpy as np
 import torch
@@ -83,12 +82,13 @@ class _CompiledStep:
         kernels.warm_up()
         self._cache: tuple | None = None  # (key, states, their tensors, views): _arrays
 
-    def _arrays(self) -> tuple:
+    def _arrays(self, n: int = 1) -> tuple:
         """Numpy views of the model's tables, ``w``, ``b`` and the optimiser state's moments,
-        and this step's sizes (the step counters advanced). The views are made again only
-        when a tensor or a state is replaced (tables grow, a checkpoint loads). The check
-        reads the modules' parameter dicts directly: attribute access and a state lookup by
-        tensor cost 1.4 and 3.4 us each, and the check would otherwise cost ~25 us a step."""
+        and the sizes of the next ``n`` steps (the step counters advanced). The views are made
+        again only when a tensor or a state is replaced (tables grow, a checkpoint loads).
+        The check reads the modules' parameter dicts directly: attribute access and a state
+        lookup by tensor cost 1.4 and 3.4 us each, and the check would otherwise cost ~25 us
+        a step."""
         modules, sparse, dense = self.model._modules, self.optimizer.sparse, self.optimizer.dense
         params = (modules["user"]._parameters["weight"], modules["item"]._parameters["weight"],
                   modules["predict"]._parameters["weight"], modules["predict"]._parameters["bias"])
@@ -102,30 +102,45 @@ class _CompiledStep:
                        if torch.is_tensor(t)]
             cache = self._cache = (key, states, tensors, self._views(params, states))
         _key, states, _tensors, (p, q, w, b, moments, steps) = cache
-        return p, q, w, b, moments, self._hyper(states, steps)
+        return p, q, w, b, moments, self._hyper(states, steps, n)
 
-    def _hyper(self, states: tuple, steps: tuple) -> np.ndarray:
-        """Advance the step counters (SparseAdam's ints in ``states``, Adam's float32 scalars
-        through their views ``steps``); this step's sizes as :mod:`learner.gmf_kernels`
-        takes them."""
+    def _hyper(self, states: tuple, steps: tuple, n: int) -> np.ndarray:
+        """Advance the step counters by ``n`` (SparseAdam's ints in ``states``, Adam's float32
+        scalars through their views ``steps``); the sizes of these ``n`` steps, a row each,
+        as :mod:`learner.gmf_kernels` takes them."""
         opt = self.optimizer
         s_group, d_group = opt.sparse.param_groups[0], opt.dense.param_groups[0]
         beta1, beta2 = s_group["betas"]
         if tuple(d_group["betas"]) != (beta1, beta2):
             raise ConfigError("the compiled steps take one pair of Adam betas for all tables")
-        hyper = np.empty(kernels.HYPER_SIZE)
+        hyper = np.empty((n, kernels.HYPER_SIZE))
         s_lr, d_lr = float(s_group["lr"]), float(d_group["lr"])
+        ahead = np.arange(1, n + 1, dtype=np.float64)
         for state, at in ((states[0], kernels.SPARSE_USER), (states[1], kernels.SPARSE_ITEM)):
-            state["step"] += 1
-            step = state["step"]
-            hyper[at] = s_lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+            step = state["step"] + ahead
+            state["step"] += n
+            hyper[:, at] = s_lr * np.sqrt(1 - beta2**step) / (1 - beta1**step)
         for step_view, at in ((steps[0], kernels.DENSE_W), (steps[1], kernels.DENSE_B)):
-            step_view += 1
-            step = float(step_view)
-            hyper[at], hyper[at + 1] = d_lr / (1 - beta1**step), math.sqrt(1 - beta2**step)
-        hyper[kernels.BETA1], hyper[kernels.BETA2] = beta1, beta2
-        hyper[kernels.EPS_S], hyper[kernels.EPS_D] = s_group["eps"], d_group["eps"]
+            step = float(step_view) + ahead
+            step_view += n
+            hyper[:, at], hyper[:, at + 1] = d_lr / (1 - beta1**step), np.sqrt(1 - beta2**step)
+        hyper[:, kernels.BETA1], hyper[:, kernels.BETA2] = beta1, beta2
+        hyper[:, kernels.EPS_S], hyper[:, kernels.EPS_D] = s_group["eps"], d_group["eps"]
         return hyper
+
+    def _train_steps(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray,
+                     vague: np.ndarray, order: np.ndarray, bounds: np.ndarray, ig: bool,
+                     idl: bool, sample_lr: float = 0.0, adam_lookahead: bool = True,
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:func:`learner.gmf_kernels.train_steps`: the steps' branches, losses, leanings."""
+        n = bounds.size - 1
+        p, q, w, b, moments, hypers = self._arrays(n)
+        branches, leans, losses = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n)
+        kernels.train_steps(p, q, w, b, moments, _index(users), _index(items),
+                            np.asarray(labels, np.float32), np.asarray(vague, bool),
+                            _index(order), _index(bounds), ig, idl, sample_lr, adam_lookahead,
+                            hypers, branches, leans, losses)
+        return branches, losses, leans
 
     @staticmethod
     def _views(params: tuple, states: tuple) -> tuple:
@@ -180,9 +195,20 @@ class GMFInverseGradient(_CompiledStep):
         chosen, lean, loss = kernels.ig_step(
             p, q, w, b, moments, _index(vague_users), _index(vague_items), _index(meta_users),
             _index(meta_items), np.asarray(meta_labels, np.float32), self.sample_lr,
-            self.lookahead == "adam", BRANCHES.index(branch) if branch else -1, hyper, losses)
+            self.lookahead == "adam", BRANCHES.index(branch) if branch else -1, hyper[0], losses)
         self.last_vague_positive = lean
         return BRANCHES[chosen], dict(zip(BRANCHES, losses.tolist(), strict=True)), loss
+
+    def train(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray,
+              vague: np.ndarray, order: np.ndarray, bounds: np.ndarray,
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every step of a micro-batch in one call, as the learner takes them one by one: step
+        ``c`` trains the pairs ``order[bounds[c]:bounds[c + 1]]``, by :meth:`step_rows` on
+        its vague pairs with its genuine ones as the meta batch, or by the plain IDL step
+        when it lacks either. Returns each step's branch (an index of ``BRANCHES``, or
+        ``gmf_kernels.NO_BRANCH``), loss and leaning."""
+        return self._train_steps(users, items, labels, vague, order, bounds, True, True,
+                                 self.sample_lr, self.lookahead == "adam")
 
 
 class GMFLossStep(_CompiledStep):
@@ -205,7 +231,16 @@ class GMFLossStep(_CompiledStep):
         p, q, w, b, moments, hyper = self._arrays()
         return kernels.loss_step(p, q, w, b, moments, _index(users), _index(items),
                                  np.asarray(labels, np.float32), np.asarray(vague, bool),
-                                 self.loss == "idl", hyper)
+                                 self.loss == "idl", hyper[0])
+
+    def train(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray,
+              vague: np.ndarray, order: np.ndarray, bounds: np.ndarray,
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """Every step of a micro-batch in one call: step ``c`` is :meth:`step` on the pairs
+        ``order[bounds[c]:bounds[c + 1]]``. Returns each step's loss and leaning."""
+        _branches, losses, leans = self._train_steps(users, items, labels, vague, order,
+                                                     bounds, False, self.loss == "idl")
+        return losses, leans
 
 
 KERNELS = ("auto", "torch")

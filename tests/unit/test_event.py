@@ -161,6 +161,41 @@ def test_column_path_and_record_path_agree(values):
     _same(decode_batch(values), decode_each(values))
 
 
+def test_the_bulk_range_checks_give_the_reason_and_detail_of_the_first_check_that_fails():
+    from stream.event import decode_each
+
+    def record(**fields) -> bytes:
+        good = {"user_id": 1, "video_id": 2, "play_ms": 3, "duration_ms": 4, "ts_ms": 5}
+        return json.dumps({**good, **fields}).encode()
+
+    values = [
+        record(),
+        record(duration_ms=0),  # one number out of range
+        record(play_ms=-1, duration_ms=0, ts_ms=-1),  # three: play_ms is checked first
+        record(user_id="", duration_ms=0),  # the id is checked before the numbers
+        record(video_id="v" * 200, ts_ms=-5),
+        record(event_id="e" * 200, duration_ms=0),  # numbers before the event id
+        record(event_id="e" * 200),
+        record(user_id=2**70, duration_ms=0),
+        record(ts_ms=2**70),  # over 64 bits: the column is no int64 array
+        record(duration_ms=10**9),
+    ]
+    batch = decode_batch(values)
+    _same(batch, decode_each(values))
+    assert [(r.index, r.reason.value, r.detail) for r in batch.rejected] == [
+        (1, "out_of_range", "duration_ms=0 outside [1, 86400000]"),
+        (2, "out_of_range", "play_ms=-1 outside [0, 9223372036854775807]"),
+        (3, "out_of_range", "user_id is empty"),
+        (4, "id_too_long", "video_id longer than 128 bytes"),
+        (5, "out_of_range", "duration_ms=0 outside [1, 86400000]"),
+        (6, "id_too_long", "event_id longer than 128 bytes"),
+        (7, "out_of_range", "user_id outside 64-bit range"),
+        (8, "out_of_range", f"ts_ms={2**70} outside [0, 32503680000000]"),
+        (9, "out_of_range", "duration_ms=1000000000 outside [1, 86400000]"),
+    ]
+    assert batch.index.tolist() == [0]
+
+
 def test_clean_batch_takes_the_column_path():
     from stream.event import _decode_columns
 
