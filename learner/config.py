@@ -67,11 +67,19 @@ class Config:
     gc_threshold: int = _opt(50_000, "while the daemon runs, Python's cyclic garbage "
                              "collector starts a collection after this many new objects "
                              "(its default, 700, spent ~20%% of the time; 0: leave it)")
+    switch_interval_s: float = _opt(0.0005, "while the daemon runs, Python's thread switch "
+                                    "interval: how long a thread waits for the interpreter "
+                                    "lock held by another (its default, 0.005, would hold the "
+                                    "background training back; 0: leave it)")
     model: str = _opt("gmf", "backbone")
     dim: int = _opt(32, "latent factors")
     lr: float = _opt(0.01, "learning rate (Adam / SparseAdam)")
     loss: str = _opt("bce", "training loss")
     train_batch: int = _opt(64, "events per optimiser step within a micro-batch")
+    background_training: bool = _opt(True, "train a micro-batch on a second thread while the "
+                                     "next one is fetched and decoded, where its steps run "
+                                     "in one compiled call (GMF on the CPU); offsets are "
+                                     "committed after the training of their events")
     max_steps: int = _opt(0, "at most this many optimiser steps per micro-batch: a full "
                           "micro-batch (backlog) trains in larger steps (0: no limit)")
     meta: str = _opt("none", "meta step: none, or ig (Inverse Gradient; needs loss idl)")
@@ -115,6 +123,9 @@ class Config:
 
     def __post_init__(self) -> None:
         check_client(self.client)
+        if self.switch_interval_s < 0:
+            raise ConfigError(f"switch_interval_s {self.switch_interval_s}: must be 0 (leave "
+                              "Python's) or positive")
         if self.gc_threshold < 0:
             raise ConfigError(f"gc_threshold {self.gc_threshold}: must be 0 (leave Python's) "
                               "or positive")

@@ -20,7 +20,6 @@ as an error and counted; offsets stay uncommitted until the next attempt succeed
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import logging
 import math
@@ -37,6 +36,7 @@ from prometheus_client import CollectorRegistry
 from learner.checkpoint import Checkpointer, CheckpointError
 from learner.config import Config
 from learner.drift import SIGNALS, DriftMonitor
+from learner.interpreter import tuned
 from learner.labels import POSITIVE, VAGUE
 from learner.monitoring import AUC_WINDOWS, TARGETS, WINDOWS, Metrics
 from learner.trainer import OnlineLearner
@@ -83,6 +83,7 @@ class Daemon:
         self._runlog = None
         self._last_records = time.monotonic()
         self._decode_seconds = 0.0
+        self._training: tuple[float, np.ndarray | None] = (0.0, None)  # of the batch training
 
     # -- control, callable from any thread ------------------------------------------------
     def stop(self) -> None:
@@ -97,20 +98,15 @@ class Daemon:
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> dict:
         """Consume until stopped, done or idle; return the totals."""
-        thresholds = gc.get_threshold()
-        if self.config.gc_threshold:
-            # a tracked object or two a record (the client's record, its headers) make the
-            # default 700 collect several times a batch, each walking the batch in hand
-            gc.set_threshold(self.config.gc_threshold, *thresholds[1:])
-        self._open()
-        try:
-            while self._iterate():
-                pass
-            self._final_commit()
-        finally:
-            self._progress(time.monotonic())
-            self._close()
-            gc.set_threshold(*thresholds)
+        with tuned(self.config.gc_threshold, self.config.switch_interval_s):
+            self._open()
+            try:
+                while self._iterate():
+                    pass
+                self._final_commit()
+            finally:
+                self._progress(time.monotonic())
+                self._close()
         totals = self.metrics.totals()
         first = self._first_batch_at
         totals["seconds"] = time.monotonic() - first if first is not None else 0.0
@@ -167,6 +163,8 @@ class Daemon:
         return False
 
     def _close(self) -> None:
+        self.settle()
+        self.learner.close()
         if self.consumer is not None:
             self.consumer.close()
         if self.dlq is not None:
@@ -202,30 +200,28 @@ class Daemon:
             self._first_batch_at = now
         if records:
             self._last_records = now
+        self.settle()  # the batch before, if it trained in the background
         started = time.perf_counter()
-        result = self.learner.learn_many(batch, rows=rows, steps=steps, after_step=after_step)
-        m.batch_duration.observe(self._decode_seconds + time.perf_counter() - started)
+        result = self.learner.learn_many(batch, rows=rows, steps=steps, after_step=after_step,
+                                         background=self.config.background_training)
+        seconds = self._decode_seconds + time.perf_counter() - started
+        record_ms = (np.fromiter((r.timestamp for r in records), np.float64, len(records))
+                     if len(batch) else None)
+        if self.learner.training:
+            self._training = (seconds, record_ms)
+        else:
+            self._publish_training(result, seconds, record_ms)
         m.events_consumed.inc(len(records))
         if len(batch):
-            record_ms = np.fromiter((r.timestamp for r in records), np.float64, len(records))
-            m.event_to_update.observe_many(np.maximum(time.time() - record_ms / 1000.0, 0.0))
-            m.step_duration.observe_many(result.step_seconds)
             m.freshness.set(time.time() - batch.ts_ms.max() / 1000.0)
             self._watch_drift(result.scores, result.classes)
         for name, count in result.counts.items():
             m.events_labelled.labels(name).inc(count)
         m.batches.inc()
         m.sampled.inc(result.sampled)
-        for branch, count in result.branches.items():
-            m.ig_branch.labels(branch).inc(count)
-        if result.vague_total:
-            m.vague_positive_share.set(result.vague_positive / result.vague_total)
-        m.train_steps.inc(result.steps)
         for table, count in result.evicted.items():
             if count:
                 m.idmap_evictions.labels(table).inc(count)
-        if not math.isnan(result.loss):
-            m.loss.set(result.loss)
         self.consumer.mark_processed(records)
         self._since_checkpoint += len(records)
         if self._audit is not None:
@@ -234,6 +230,30 @@ class Daemon:
                 span = spans.setdefault(r.partition, [r.offset, r.offset])
                 span[0], span[1] = min(span[0], r.offset), max(span[1], r.offset)
             self._write_audit("batch", spans)
+
+    def settle(self) -> None:
+        """Wait for the micro-batch training in the background, if any, and publish what it
+        did: its steps, its loss, and the time from its records to the end of its update."""
+        for result in self.learner.trained():
+            seconds, record_ms = self._training
+            self._publish_training(result, seconds + float(result.step_seconds.sum()),
+                                   record_ms)
+
+    def _publish_training(self, result, seconds: float, record_ms: np.ndarray | None) -> None:
+        """The metrics of a micro-batch's training: ``seconds`` the batch's whole time,
+        ``record_ms`` its records' Kafka timestamps (None when nothing trained)."""
+        m = self.metrics
+        m.batch_duration.observe(seconds)
+        if record_ms is not None:
+            m.event_to_update.observe_many(np.maximum(time.time() - record_ms / 1000.0, 0.0))
+            m.step_duration.observe_many(result.step_seconds)
+        for branch, count in result.branches.items():
+            m.ig_branch.labels(branch).inc(count)
+        if result.vague_total:
+            m.vague_positive_share.set(result.vague_positive / result.vague_total)
+        m.train_steps.inc(result.steps)
+        if not math.isnan(result.loss):
+            m.loss.set(result.loss)
 
     def _watch_drift(self, scores: np.ndarray, classes: np.ndarray) -> None:
         genuine = classes != VAGUE
@@ -257,6 +277,7 @@ class Daemon:
         nothing is committed and the next commit tries again).
         """
         self._last_commit = time.monotonic()
+        self.settle()  # offsets are committed after the training of their events
         try:
             self.dlq.flush()
         except DeadLetterError as exc:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -128,19 +129,21 @@ class _CompiledStep:
         hyper[:, kernels.EPS_S], hyper[:, kernels.EPS_D] = s_group["eps"], d_group["eps"]
         return hyper
 
-    def _train_steps(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray,
-                     vague: np.ndarray, order: np.ndarray, bounds: np.ndarray, ig: bool,
-                     idl: bool, sample_lr: float = 0.0, adam_lookahead: bool = True,
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """:func:`learner.gmf_kernels.train_steps`: the steps' branches, losses, leanings."""
+    def _plan_steps(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray,
+                    vague: np.ndarray, order: np.ndarray, bounds: np.ndarray, ig: bool,
+                    idl: bool, sample_lr: float = 0.0, adam_lookahead: bool = True,
+                    ) -> tuple[Callable[[], None], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """:func:`learner.gmf_kernels.train_steps` ready to call (the step counters advanced
+        already), and the arrays it fills: the steps' branches, losses and leanings. The call
+        holds the interpreter lock only to start and to return."""
         n = bounds.size - 1
         p, q, w, b, moments, hypers = self._arrays(n)
         branches, leans, losses = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n)
-        kernels.train_steps(p, q, w, b, moments, _index(users), _index(items),
-                            np.asarray(labels, np.float32), np.asarray(vague, bool),
-                            _index(order), _index(bounds), ig, idl, sample_lr, adam_lookahead,
-                            hypers, branches, leans, losses)
-        return branches, losses, leans
+        run = functools.partial(
+            kernels.train_steps, p, q, w, b, moments, _index(users), _index(items),
+            np.asarray(labels, np.float32), np.asarray(vague, bool), _index(order),
+            _index(bounds), ig, idl, sample_lr, adam_lookahead, hypers, branches, leans, losses)
+        return run, (branches, losses, leans)
 
     @staticmethod
     def _views(params: tuple, states: tuple) -> tuple:
@@ -199,16 +202,17 @@ class GMFInverseGradient(_CompiledStep):
         self.last_vague_positive = lean
         return BRANCHES[chosen], dict(zip(BRANCHES, losses.tolist(), strict=True)), loss
 
-    def train(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray,
-              vague: np.ndarray, order: np.ndarray, bounds: np.ndarray,
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every step of a micro-batch in one call, as the learner takes them one by one: step
-        ``c`` trains the pairs ``order[bounds[c]:bounds[c + 1]]``, by :meth:`step_rows` on
-        its vague pairs with its genuine ones as the meta batch, or by the plain IDL step
-        when it lacks either. Returns each step's branch (an index of ``BRANCHES``, or
-        ``gmf_kernels.NO_BRANCH``), loss and leaning."""
-        return self._train_steps(users, items, labels, vague, order, bounds, True, True,
-                                 self.sample_lr, self.lookahead == "adam")
+    def plan(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray,
+             vague: np.ndarray, order: np.ndarray, bounds: np.ndarray,
+             ) -> tuple[Callable[[], None], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Every step of a micro-batch as one call, to make, as the learner takes them one by
+        one: step ``c`` trains the pairs ``order[bounds[c]:bounds[c + 1]]``, by
+        :meth:`step_rows` on its vague pairs with its genuine ones as the meta batch, or by
+        the plain IDL step when it lacks either. Returns the call and the arrays it fills:
+        each step's branch (an index of ``BRANCHES``, or ``gmf_kernels.NO_BRANCH``), loss
+        and leaning."""
+        return self._plan_steps(users, items, labels, vague, order, bounds, True, True,
+                                self.sample_lr, self.lookahead == "adam")
 
 
 class GMFLossStep(_CompiledStep):
@@ -233,14 +237,14 @@ class GMFLossStep(_CompiledStep):
                                  np.asarray(labels, np.float32), np.asarray(vague, bool),
                                  self.loss == "idl", hyper[0])
 
-    def train(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray,
-              vague: np.ndarray, order: np.ndarray, bounds: np.ndarray,
-              ) -> tuple[np.ndarray, np.ndarray]:
-        """Every step of a micro-batch in one call: step ``c`` is :meth:`step` on the pairs
-        ``order[bounds[c]:bounds[c + 1]]``. Returns each step's loss and leaning."""
-        _branches, losses, leans = self._train_steps(users, items, labels, vague, order,
-                                                     bounds, False, self.loss == "idl")
-        return losses, leans
+    def plan(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray,
+             vague: np.ndarray, order: np.ndarray, bounds: np.ndarray,
+             ) -> tuple[Callable[[], None], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Every step of a micro-batch as one call, to make: step ``c`` is :meth:`step` on the
+        pairs ``order[bounds[c]:bounds[c + 1]]``. Returns the call and the arrays it fills:
+        each step's branch (always ``gmf_kernels.NO_BRANCH`` here), loss and leaning."""
+        return self._plan_steps(users, items, labels, vague, order, bounds, False,
+                                self.loss == "idl")
 
 
 KERNELS = ("auto", "torch")

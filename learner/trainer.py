@@ -27,6 +27,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -144,6 +145,37 @@ class OnlineLearner:
         self._item_duration = np.zeros(1024, dtype=np.int64)  # last duration bucket per item
         self._rng = np.random.default_rng(draws)
         self.updates: UpdateLog | None = None  # what training changed, in a distributed job
+        self._worker: ThreadPoolExecutor | None = None  # trains in the background (learn_many)
+        self._pending: tuple[Future, Callable[[float], BatchResult]] | None = None
+        self._trained: list[BatchResult] = []
+
+    # -- training in the background --------------------------------------------------------
+    def _settle(self) -> None:
+        """Wait for the micro-batch training in the background, if any; keep its result for
+        :meth:`trained`. Everything that reads or writes the model, the optimiser or the step
+        count calls this first."""
+        if self._pending is not None:
+            (pending, finish), self._pending = self._pending, None
+            self._trained.append(finish(pending.result()))  # a worker's exception raised here
+
+    @property
+    def training(self) -> bool:
+        """Whether a micro-batch is training in the background (``learn_many(background=True)``)."""
+        return self._pending is not None
+
+    def trained(self) -> list[BatchResult]:
+        """The training results (steps, loss, branches, step times) of the micro-batches
+        trained in the background since the last call; waits for the one in progress."""
+        self._settle()
+        done, self._trained = self._trained, []
+        return done
+
+    def close(self) -> None:
+        """Finish the training in progress and stop the background thread."""
+        self._settle()
+        if self._worker is not None:
+            self._worker.shutdown()
+            self._worker = None
 
     # -- helpers ---------------------------------------------------------------------------
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
@@ -162,10 +194,12 @@ class OnlineLearner:
 
     def log_updates(self) -> UpdateLog:
         """From now on, log what training changes (for :meth:`Ranks.synchronise`)."""
+        self._settle()
         self.updates = UpdateLog(self.model, self.optimizer)
         return self.updates
 
     def _rows(self, user_ids: Sequence[Hashable], video_ids: Sequence[Hashable]):
+        self._settle()  # tables may grow: not under a step that is running
         users = self.users.lookup(user_ids)
         videos = self.videos.lookup(video_ids)
         ensure_rows(self.model, self.optimizer, len(self.users), len(self.videos))
@@ -204,6 +238,7 @@ class OnlineLearner:
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Everything that evolves with the stream, for a checkpoint (numpy arrays inside)."""
+        self._settle()
         return {
             "model_config": {"model": self.settings.model, "dim": self.settings.dim},
             "model": self.model.state_dict(),
@@ -218,6 +253,7 @@ class OnlineLearner:
     def local_state_dict(self) -> dict:
         """The part of :meth:`state_dict` that is a rank's own in a distributed job: what it
         has seen (sampler, reservoir, prequential metrics) and its own draws."""
+        self._settle()
         return {
             "sampler": self.sampler.state_dict(),
             "reservoir": self.reservoir.state_dict(),
@@ -229,6 +265,7 @@ class OnlineLearner:
 
     def load_local_state_dict(self, state: dict) -> None:
         """Restore :meth:`local_state_dict`."""
+        self._settle()
         self.sampler.load_state_dict(state["sampler"])
         self.reservoir.load_state_dict(state["reservoir"])
         self.evaluator.load_state_dict(state["evaluator"])
@@ -238,6 +275,7 @@ class OnlineLearner:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`; refuse one whose model configuration differs."""
+        self._settle()
         mine = {"model": self.settings.model, "dim": self.settings.dim}
         if state["model_config"] != mine:
             raise ConfigError(
@@ -260,6 +298,7 @@ class OnlineLearner:
     @torch.no_grad()
     def score_rows(self, users: np.ndarray, items: np.ndarray, feats: np.ndarray) -> np.ndarray:
         """Like probabilities for (user row, item row, features) triples."""
+        self._settle()
         p = self._pairs(users, items, feats)
         return torch.sigmoid(self.model(p.users, p.items, p.feats)).cpu().numpy()
 
@@ -287,9 +326,16 @@ class OnlineLearner:
     def learn_many(
         self, batch: EventBatch, classes: np.ndarray | None = None,
         rows: tuple[np.ndarray, np.ndarray] | None = None, steps: int | None = None,
-        after_step: Callable[[], None] | None = None,
+        after_step: Callable[[], None] | None = None, background: bool = False,
     ) -> BatchResult:
         """Score the batch (prequential metrics), then train on it.
+
+        ``background``: where the batch's steps run in one compiled call (GMF on the CPU, no
+        ``after_step``, no distributed update log), train on a second thread and return
+        once the batch is scored: the caller fetches and decodes the next batch meanwhile
+        (the compiled steps release the interpreter lock). The result then holds no training
+        figures (``steps`` 0); :meth:`trained` gives them. The next call, and anything that
+        touches the model, waits for that training first.
 
         ``classes`` overrides the dwell-time labels (POSITIVE, NEGATIVE or VAGUE per event),
         for data sets whose labels are not dwell times. ``rows``: the (user, video) rows of
@@ -298,6 +344,7 @@ class OnlineLearner:
         and ``after_step`` is called after each, empty or not: the ranks of a distributed job
         step in lockstep that way.
         """
+        self._settle()
         if classes is None:
             classes = self.settings.labels.classify(batch.play_ms, batch.duration_ms)
         counts = {name: int((classes == c).sum()) for c, name in CLASS_NAMES.items()}
@@ -329,12 +376,15 @@ class OnlineLearner:
             self.reservoir.add(users[genuine], videos[genuine], feats[genuine],
                                labels[: len(batch)][genuine])
         result = self._train(all_users, all_items, all_feats, labels, vague, counts, steps,
-                             after_step)
+                             after_step, background)
+        if result is None:  # training in the background: its figures come from trained()
+            result = BatchResult(counts, 0, float("nan"), sampled=int(s_items.size),
+                                 step_seconds=np.empty(0))
         return dataclasses.replace(result, scores=scores, classes=classes, evicted=evicted)
 
     # -- training --------------------------------------------------------------------------
     def _train(self, users, items, feats, labels, vague, counts, steps=None,
-               after_step=None) -> BatchResult:
+               after_step=None, background=False) -> BatchResult | None:
         order = self._rng.permutation(users.size)
         losses, branches, leaning = [], Counter(), 0
         if steps is None:
@@ -343,8 +393,14 @@ class OnlineLearner:
                 steps = min(steps, self.settings.max_steps)
         chunks = np.array_split(order, steps)
         if after_step is None and self._all_steps is not None:
-            return self._train_at_once(users, items, labels, vague, counts, order,
-                                       [chunk.size for chunk in chunks])
+            run, finish = self._plan_at_once(users, items, labels, vague, counts, order,
+                                             [chunk.size for chunk in chunks])
+            if not (background and self.updates is None):
+                return finish(_timed(run))
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(1, thread_name_prefix="dwell-train")
+            self._pending = (self._worker.submit(_timed, run), finish)
+            return None
         seconds = []
         for chunk in chunks:
             if chunk.size:  # a chunk is empty only when the ranks of a job step in lockstep
@@ -370,30 +426,30 @@ class OnlineLearner:
             step_seconds=np.array(seconds),
         )
 
-    def _train_at_once(self, users, items, labels, vague, counts, order, sizes) -> BatchResult:
-        """:meth:`_train`'s steps in one call of the compiled GMF steps (the same steps, in
-        the same order). Each step's time is the call's time shared out evenly."""
+    def _plan_at_once(self, users, items, labels, vague, counts, order, sizes,
+                      ) -> tuple[Callable[[], None], Callable[[float], BatchResult]]:
+        """:meth:`_train`'s steps as one call of the compiled GMF steps (the same steps, in
+        the same order), and what makes the batch's result of it once it ran, given its time
+        (each step's time is the call's, shared out evenly)."""
         if self.updates is not None:  # the rows of every step, recorded before any trains
             self.updates.record(users, items)
         bounds = np.concatenate([[0], np.cumsum([size for size in sizes if size])])
-        started = time.perf_counter()
-        trained = self._all_steps.train(users, items, labels, vague, order, bounds)
-        seconds = time.perf_counter() - started
+        run, (branch_index, losses, leans) = self._all_steps.plan(users, items, labels, vague,
+                                                                  order, bounds)
         n = bounds.size - 1
-        self.steps += n
-        if self.ig is None:
-            losses, leans = trained
-            branches = Counter()
-        else:
-            branch_index, losses, leans = trained
+
+        def finish(seconds: float) -> BatchResult:
+            self.steps += n
             names = (*BRANCHES, "none")  # NO_BRANCH (-1) is the last
-            branches = Counter(names[i] for i in branch_index.tolist())
-        real = sum(counts.values())
-        return BatchResult(
-            counts, n, float(np.mean(losses)), sampled=int(users.size - real),
-            vague_positive=int(leans.sum()), vague_total=int(vague.sum()), branches=branches,
-            step_seconds=np.full(n, seconds / n),
-        )
+            branches = (Counter() if self.ig is None
+                        else Counter(names[i] for i in branch_index.tolist()))
+            return BatchResult(
+                counts, n, float(np.mean(losses)), sampled=int(users.size - sum(counts.values())),
+                vague_positive=int(leans.sum()), vague_total=int(vague.sum()), branches=branches,
+                step_seconds=np.full(n, seconds / n),
+            )
+
+        return run, finish
 
     def _loss_step(self, users, items, feats, labels, vague, chunk) -> tuple[float, int]:
         if self.compiled_step is not None:
@@ -433,5 +489,12 @@ class OnlineLearner:
                 self._tensor(m_labels[meta_index]))
         lean = self.ig.last_vague_positive  # from the look-ahead's own forward pass
         return loss, lean, branch
+
+def _timed(run: Callable[[], None]) -> float:
+    """Call ``run``; its wall time in seconds."""
+    started = time.perf_counter()
+    run()
+    return time.perf_counter() - started
+
 
 __all__ = ["BatchResult", "LearnerSettings", "OnlineLearner", "NEGATIVE", "POSITIVE", "VAGUE"]

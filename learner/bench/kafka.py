@@ -179,6 +179,7 @@ def latency(client: str, bootstrap: str, rate: float, device: str = "cpu",
 
     def timed(records):
         process(records)
+        daemon.settle()  # to the end of the update: the batch may train in the background
         sent = np.fromiter((r.timestamp for r in records), np.float64, len(records))
         delays.append(time.time() - sent / 1000.0)
 

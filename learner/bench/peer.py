@@ -4,7 +4,8 @@ The same stream (the shipped KuaiRand log in event-time order) goes through rive
 ``reco.FunkMF`` and ``reco.BiasedMF``, one event at a time (``predict_one`` then
 ``learn_one``: prequential), and through dwell's :class:`~learner.trainer.OnlineLearner`
 in micro-batches of 1,024 records, decoded from the raw bytes (river gets parsed dicts: the
-comparison is tilted its way). river learns on the genuine events with their dwell labels
+comparison is tilted its way), each batch decoded while the one before trains (as in the
+daemon: ``learn_many(background=True)``). river learns on the genuine events with their dwell labels
 (0/1; it has no notion of vague events); dwell learns on everything as its method says.
 Both are scored by the AUC of their prequential predictions on the genuine events. Events/s
 count the stream's records over the wall time of the whole pass; each learner makes
@@ -25,6 +26,7 @@ import orjson
 
 from learner.config import Config
 from learner.evaluation.datasets import KUAIRAND
+from learner.interpreter import tuned
 from learner.labels import POSITIVE, VAGUE, LabelRule
 from learner.prequential import auc_score
 from learner.trainer import OnlineLearner
@@ -81,11 +83,14 @@ def run_river(name: str, model, events: list[dict]) -> PeerResult:
 
 def run_dwell(name: str, overrides: dict, raw: list[bytes], batch: int = 1024) -> PeerResult:
     """Prequential pass of dwell's learner over the raw records, in micro-batches."""
-    learner = OnlineLearner(Config(**overrides).learner_settings())
-    start = time.perf_counter()
-    for i in range(0, len(raw), batch):
-        learner.learn_many(decode_batch(raw[i:i + batch]))
-    seconds = time.perf_counter() - start
+    config = Config(**overrides)
+    learner = OnlineLearner(config.learner_settings())
+    with tuned(config.gc_threshold, config.switch_interval_s):  # as the daemon runs
+        start = time.perf_counter()
+        for i in range(0, len(raw), batch):  # as the daemon: the next batch decodes while
+            learner.learn_many(decode_batch(raw[i:i + batch]), background=True)  # one trains
+        learner.close()
+        seconds = time.perf_counter() - start
     auc = learner.evaluator.values()[("run", "dwell")]
     return PeerResult(name, len(raw) / seconds, auc, seconds)
 

@@ -6,6 +6,7 @@ import dataclasses
 import gc
 import json
 import logging
+import sys
 import threading
 import time
 import urllib.request
@@ -45,9 +46,10 @@ def learn_until_end(bootstrap: str, topic: str, **overrides) -> tuple[Daemon, di
     server = serve_metrics(registry, "127.0.0.1", 0)
     try:
         daemon = Daemon(cfg, registry)
-        thresholds = gc.get_threshold()
+        thresholds, interval = gc.get_threshold(), sys.getswitchinterval()
         totals = daemon.run()
-        assert gc.get_threshold() == thresholds  # gc_threshold holds only while it runs
+        # gc_threshold and switch_interval_s hold only while it runs
+        assert (gc.get_threshold(), sys.getswitchinterval()) == (thresholds, interval)
         with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/metrics") as resp:
             text = resp.read().decode()
     finally:

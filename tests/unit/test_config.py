@@ -32,6 +32,8 @@ def test_bad_values_are_clear_errors(tmp_path):
         Config.load(env={"DWELL_UNTIL_END": "perhaps"})
     with pytest.raises(ConfigError, match="gc_threshold -1"):
         Config.load(env={"DWELL_GC_THRESHOLD": "-1"})
+    with pytest.raises(ConfigError, match="switch_interval_s -0.1"):
+        Config.load(env={"DWELL_SWITCH_INTERVAL_S": "-0.1"})
     with pytest.raises(ConfigError, match="unknown settings: nope"):
         Config.load(env={}, flags={"nope": 1})
     with pytest.raises(ConfigError, match="cannot read config file"):
