@@ -94,7 +94,8 @@ class BatchResult:
     branches: Counter = field(default_factory=Counter)  # IG branch kept, per step
     scores: np.ndarray | None = None  # prequential like probability of each real event
     classes: np.ndarray | None = None  # label class of each real event (POSITIVE, ...)
-    step_seconds: np.ndarray | None = None  # wall time of each optimiser step
+    # wall time of each optimiser step (the steps of one compiled call share its time evenly)
+    step_seconds: np.ndarray | None = None
     evicted: dict[str, int] = field(default_factory=dict)  # ids evicted per table ("user", ...)
 
 

@@ -233,3 +233,67 @@ def test_a_micro_batch_s_steps_in_one_call_are_its_steps_one_by_one(setup):
     if setup.get("meta") == "ig":
         assert len(a.branches) >= 2  # IG steps and plain ones (a step without genuine pairs)
     _assert_same_state(at_once.model, by_step.model, at_once.optimizer, by_step.optimizer)
+
+
+def _batches(n_batches: int = 5, seed: int = 0):
+    import numpy as np
+
+    from stream.event import EventBatch
+
+    rng = np.random.default_rng(seed)
+    for _ in range(n_batches):
+        n = int(rng.integers(20, 200))
+        duration = rng.integers(1_000, 60_000, n)
+        yield EventBatch(
+            index=np.arange(n), user_id=rng.integers(0, 50, n).tolist(),
+            video_id=rng.integers(0, 40, n).tolist(),
+            play_ms=(duration * rng.uniform(0, 1.2, n)).astype(np.int64), duration_ms=duration,
+            ts_ms=np.arange(n, dtype=np.int64) * 1_000, explicit=np.full(n, np.nan, np.float32))
+
+
+def test_training_in_the_background_is_training_in_the_foreground():
+    """``learn_many(background=True)`` returns once the batch is scored; its training, done
+    on a second thread, gives the same scores, results and state, and the model is never
+    read (scores, checkpoints) before the training it waits for is done."""
+    import numpy as np
+
+    from learner.trainer import LearnerSettings, OnlineLearner
+
+    settings = LearnerSettings(dim=8, train_batch=16, loss="idl", meta="ig", num_neg=1)
+    fore, back = OnlineLearner(settings), OnlineLearner(settings)
+    trained = []
+    for batch in _batches():
+        a, b = fore.learn_many(batch), back.learn_many(batch, background=True)
+        assert back.training and b.steps == 0 and b.step_seconds.size == 0
+        np.testing.assert_array_equal(a.scores, b.scores)  # scored after the last training
+        assert b.sampled == a.sampled and b.counts == a.counts
+        trained.append(a)
+    assert back.training
+    state = back.state_dict()  # waits for the training in progress
+    assert not back.training and state["steps"] == fore.steps
+    done = back.trained()
+    assert [(r.steps, r.branches, r.vague_positive) for r in done] == [
+        (r.steps, r.branches, r.vague_positive) for r in trained]
+    assert [r.loss for r in done] == [r.loss for r in trained]
+    assert back.trained() == []
+    _assert_same_state(fore.model, back.model, fore.optimizer, back.optimizer)
+    back.close()
+    assert back._worker is None
+
+
+def test_a_failure_of_the_background_training_is_raised_to_the_learner():
+    from learner.trainer import LearnerSettings, OnlineLearner
+
+    learner = OnlineLearner(LearnerSettings(dim=8, loss="bce"))
+    batches = list(_batches(2))
+    learner.learn_many(batches[0], background=True)
+    learner.close()
+
+    def broken(*args):
+        raise RuntimeError("the kernel failed")
+
+    learner._all_steps.plan = lambda *args: (broken, (None, None, None))
+    learner.learn_many(batches[1], background=True)
+    with pytest.raises(RuntimeError, match="the kernel failed"):
+        learner.learn_many(batches[0])
+    assert not learner.training
