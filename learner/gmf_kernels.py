@@ -255,6 +255,14 @@ def ig_step(P, Q, w, b, states, vague_users, vague_items, meta_users, meta_items
     return chosen, lean, meta_losses[chosen]
 
 
+@njit(**JIT)
+def scores(P, Q, w, b, users, items, out) -> None:
+    """Like probabilities of the pairs (table rows ``users[k]``, ``items[k]``) into ``out``:
+    the sigmoid of GMF's logit, accumulated in float64."""
+    for k in range(users.size):
+        out[k] = _sigmoid(_logit(P[users[k]], Q[items[k]], w, b[0]))
+
+
 #: :func:`train_steps`' branch of a step that took the plain step instead of an IG step
 NO_BRANCH = -1
 
@@ -300,6 +308,7 @@ def warm_up() -> None:
     ig_step(tables[0], tables[1], w, b, states, rows, rows, rows, rows, labels, 1e-3, True, -1,
             hyper, np.empty(3))
     loss_step(tables[0], tables[1], w, b, states, rows, rows, labels, rows > 0, True, hyper)
+    scores(tables[0], tables[1], w, b, rows, rows, np.empty(2, np.float32))
     train_steps(tables[0], tables[1], w, b, states, rows, rows, labels, rows > 0, rows,
                 np.array([0, 2]), True, True, 1e-3, True, hyper.reshape(1, -1),
                 np.empty(1, np.int64), np.empty(1, np.int64), np.empty(1))

@@ -84,12 +84,27 @@ class _CompiledStep:
         self._cache: tuple | None = None  # (key, states, their tensors, views): _arrays
 
     def _arrays(self, n: int = 1) -> tuple:
-        """Numpy views of the model's tables, ``w``, ``b`` and the optimiser state's moments,
-        and the sizes of the next ``n`` steps (the step counters advanced). The views are made
-        again only when a tensor or a state is replaced (tables grow, a checkpoint loads).
-        The check reads the modules' parameter dicts directly: attribute access and a state
-        lookup by tensor cost 1.4 and 3.4 us each, and the check would otherwise cost ~25 us
-        a step."""
+        """Numpy views of the model's tables, ``w``, ``b`` and the optimiser state's moments
+        (:meth:`_cached`), and the sizes of the next ``n`` steps (the step counters
+        advanced)."""
+        states, (p, q, w, b, moments, steps) = self._cached()
+        return p, q, w, b, moments, self._hyper(states, steps, n)
+
+    def scores(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Like probabilities (float32) of the pairs (table rows ``users``, ``items``): the
+        model's own, without torch's per-call overhead."""
+        _states, (p, q, w, b, _moments, _steps) = self._cached()
+        out = np.empty(len(users), np.float32)
+        kernels.scores(p, q, w, b, _index(users), _index(items), out)
+        return out
+
+    def _cached(self) -> tuple:
+        """The optimiser's states of the four parameters, and numpy views of the model's
+        tables, ``w``, ``b``, the moments and the dense step counters (:meth:`_views`). The
+        views are made again only when a tensor or a state is replaced (tables grow, a
+        checkpoint loads). The check reads the modules' parameter dicts directly: attribute
+        access and a state lookup by tensor cost 1.4 and 3.4 us each, and the check would
+        otherwise cost ~25 us a step."""
         modules, sparse, dense = self.model._modules, self.optimizer.sparse, self.optimizer.dense
         params = (modules["user"]._parameters["weight"], modules["item"]._parameters["weight"],
                   modules["predict"]._parameters["weight"], modules["predict"]._parameters["bias"])
@@ -102,8 +117,7 @@ class _CompiledStep:
             tensors = [(state, k, t) for state in states for k, t in state.items()
                        if torch.is_tensor(t)]
             cache = self._cache = (key, states, tensors, self._views(params, states))
-        _key, states, _tensors, (p, q, w, b, moments, steps) = cache
-        return p, q, w, b, moments, self._hyper(states, steps, n)
+        return cache[1], cache[3]
 
     def _hyper(self, states: tuple, steps: tuple, n: int) -> np.ndarray:
         """Advance the step counters by ``n`` (SparseAdam's ints in ``states``, Adam's float32

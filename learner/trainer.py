@@ -300,6 +300,8 @@ class OnlineLearner:
     def score_rows(self, users: np.ndarray, items: np.ndarray, feats: np.ndarray) -> np.ndarray:
         """Like probabilities for (user row, item row, features) triples."""
         self._settle()
+        if self._all_steps is not None:  # GMF's compiled steps apply: its compiled scores
+            return self._all_steps.scores(users, items)
         p = self._pairs(users, items, feats)
         return torch.sigmoid(self.model(p.users, p.items, p.feats)).cpu().numpy()
 
