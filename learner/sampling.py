@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from learner.keyset import KeySet
 from stream.errors import ConfigError
 
 PAIR_SHIFT = np.int64(1 << 31)
@@ -36,7 +37,7 @@ class NegativeSampler:
             raise ConfigError(f"unknown sampler {mode!r}; choose from {self.MODES}")
         self.num_neg, self.mode, self.retries = num_neg, mode, retries
         self.rng = np.random.default_rng(seed)
-        self._seen = np.zeros(0, dtype=np.int64)  # sorted distinct (user, item) pair keys
+        self._seen = KeySet()  # (user, item) pair keys
         self._recent = np.zeros(history, dtype=np.int64)
         self._recent_count = 0
         self.dropped = 0
@@ -47,11 +48,7 @@ class NegativeSampler:
 
     def observe(self, users: np.ndarray, items: np.ndarray) -> None:
         """Remember interactions (user rows, item rows) of a batch."""
-        keys = np.unique(self._keys(users, items))
-        pos = np.searchsorted(self._seen, keys)
-        new = ~self._found(keys, pos)
-        if new.any():
-            self._seen = np.insert(self._seen, pos[new], keys[new])
+        self._seen.add(self._keys(users, items))
         slots = (self._recent_count + np.arange(items.size)) % self._recent.size
         self._recent[slots] = items[-self._recent.size :] if items.size else items
         self._recent_count += items.size
@@ -62,24 +59,15 @@ class NegativeSampler:
             return self._recent[self.rng.integers(0, filled, size)]
         return self.rng.integers(0, n_items, size)
 
-    def _found(self, keys: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        """Whether each of ``keys`` (at its insertion position ``pos``) is in ``_seen``."""
-        found = pos < self._seen.size
-        found[found] = self._seen[pos[found]] == keys[found]
-        return found
-
     def _unseen(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        keys = self._keys(users, items)
-        return ~self._found(keys, np.searchsorted(self._seen, keys))
+        return ~self._seen.contains(self._keys(users, items))
 
     def forget(self, users: np.ndarray, items: np.ndarray) -> None:
         """Forget every pair of the user rows ``users`` or the item rows ``items``, and drop
         those items from the popularity ring: the rows now stand for other (new) ids."""
-        if self._seen.size and (users.size or items.size):
-            stale = (np.isin(self._seen // PAIR_SHIFT, users)
-                     | np.isin(self._seen % PAIR_SHIFT, items))
-            if stale.any():
-                self._seen = self._seen[~stale]
+        if users.size or items.size:
+            self._seen.discard(lambda keys: np.isin(keys // PAIR_SHIFT, users)
+                               | np.isin(keys % PAIR_SHIFT, items))
         filled = min(self._recent_count, self._recent.size)
         if items.size and filled:
             ring = self._recent[:filled]
@@ -109,12 +97,12 @@ class NegativeSampler:
         return users[ok], items[ok]
 
     def state_dict(self) -> dict:
-        return {"seen": self._seen.copy(),
+        return {"seen": self._seen.array().copy(),
                 "recent": self._recent.copy(), "recent_count": self._recent_count,
                 "dropped": self.dropped}
 
     def load_state_dict(self, state: dict) -> None:
-        self._seen = np.unique(np.asarray(state["seen"], dtype=np.int64))  # old: unsorted
+        self._seen = KeySet(state["seen"])  # sorted again: old checkpoints' were not
         self._recent = state["recent"].copy()
         self._recent_count = int(state["recent_count"])
         self.dropped = int(state["dropped"])

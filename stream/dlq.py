@@ -29,14 +29,17 @@ class DeadLetterError(DwellError):
     retriable = True
 
 
+_REASONS = {reason: reason.value.encode() for reason in Reason}
+
+
 def dead_letter_headers(record: Record, reason: Reason, detail: str):
     """The headers of the dead letter for ``record``."""
     return [
-        ("dwell.reason", reason.value.encode()),
+        ("dwell.reason", _REASONS[reason]),
         ("dwell.detail", detail.encode()[:MAX_DETAIL_BYTES]),
         ("dwell.source.topic", record.topic.encode()),
-        ("dwell.source.partition", str(record.partition).encode()),
-        ("dwell.source.offset", str(record.offset).encode()),
+        ("dwell.source.partition", b"%d" % record.partition),
+        ("dwell.source.offset", b"%d" % record.offset),
     ]
 
 

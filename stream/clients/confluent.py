@@ -637,6 +637,7 @@ class ConfluentProducer:
         self._config = conf
         self._producer = _construct(ck.Producer, conf, "producer", ck)
         self._closed = False
+        self._unpolled = 0  # produces since the last poll for delivery reports
         try:  # like kafka-python: fail now when nobody answers
             self._producer.list_topics(timeout=timeout_s)
         except ck.KafkaException as exc:
@@ -673,7 +674,10 @@ class ConfluentProducer:
                 producer.poll(0.1)
             except self._ck.KafkaException as exc:
                 raise client_error(exc, f"produce to {topic}") from exc
-        producer.poll(0)
+        self._unpolled += 1
+        if self._unpolled >= POLL_EVERY:  # serve delivery reports; a poll a produce cost
+            self._unpolled = 0  # ~0.3 us, and flush serves them all anyway
+            producer.poll(0)
 
     def flush(self, timeout: float | None = None) -> int:
         if timeout is None:
@@ -708,6 +712,9 @@ def _close_after(thread: threading.Thread, handle) -> None:
     """Close ``handle`` once ``thread`` (inside a call of it) is done, if it ever is."""
     thread.join()
     _close_quietly(handle)
+
+
+POLL_EVERY = 64  # produces between two polls for delivery reports
 
 
 def _reporter(on_delivery: DeliveryCallback) -> Callable[[Any, Any], None]:

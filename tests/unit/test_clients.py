@@ -506,6 +506,7 @@ class FakeProducer:
 def _producer(fake, max_block_s=60.0) -> confluent.ConfluentProducer:
     p = confluent.ConfluentProducer.__new__(confluent.ConfluentProducer)
     p._ck, p._producer, p._max_block_s, p._closed, p._config = ck, fake, max_block_s, False, {}
+    p._unpolled = 0
     return p
 
 
@@ -513,9 +514,13 @@ def _producer(fake, max_block_s=60.0) -> confluent.ConfluentProducer:
 def test_confluent_full_queue_waits_by_polling_and_never_crashes():
     fake = FakeProducer(full=3)
     reports = []
-    _producer(fake).produce("t", b"v", b"k", on_delivery=reports.append)
+    producer = _producer(fake)
+    producer.produce("t", b"v", b"k", on_delivery=reports.append)
     assert fake.produced == [("t", b"v", b"k", None)] and reports == [None]
-    assert fake.polls == [0.1, 0.1, 0.1, 0]  # served deliveries while waiting, then once more
+    assert fake.polls == [0.1, 0.1, 0.1]  # served deliveries while waiting
+    for _ in range(confluent.POLL_EVERY - 1):
+        producer.produce("t", b"v")
+    assert fake.polls == [0.1, 0.1, 0.1, 0]  # and every POLL_EVERY produces
 
 
 @needs_confluent

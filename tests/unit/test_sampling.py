@@ -52,3 +52,26 @@ def test_reservoir_keeps_the_most_recent_events():
     pick = r.sample(3, np.random.default_rng(0))
     assert len(set(pick.tolist())) == 3
     assert (r.items[pick] == r.users[pick] + 100).all()
+
+
+def test_the_key_set_is_a_set_through_adds_merges_and_discards():
+    from learner.keyset import KeySet
+
+    rng = np.random.default_rng(0)
+    keys, reference = KeySet(merge_at=50), set()
+    merges = 0
+    for step in range(200):
+        batch = rng.integers(0, 5_000, int(rng.integers(0, 60)))
+        before = keys._main.size
+        keys.add(batch)
+        merges += keys._main.size > before
+        reference.update(batch.tolist())
+        if step % 37 == 36:  # evictions: the keys of some rows go
+            gone = step % 7
+            keys.discard(lambda k, gone=gone: k % 7 == gone)
+            reference = {k for k in reference if k % 7 != gone}
+        probe = rng.integers(0, 5_000, 300)
+        assert keys.contains(probe).tolist() == [k in reference for k in probe.tolist()]
+        assert len(keys) == len(reference)
+    assert keys.array().tolist() == sorted(reference)
+    assert merges >= 3  # the small array was merged into the large one several times
