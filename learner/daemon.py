@@ -150,7 +150,7 @@ class Daemon:
             self.commit()
         if now - self._last_progress >= self.config.progress_interval_s:
             self._progress(now)
-        if self._done():
+        if self._done(full_batch=len(records) >= self.config.batch_size):
             logger.info("all target offsets processed")
             return False
         return not self._idle(now)
@@ -395,10 +395,17 @@ class Daemon:
         logger.info("run metrics log: %s (dwell report %s)", path, Path(path).parent)
 
     # -- reporting ------------------------------------------------------------------------
-    def _done(self) -> bool:
+    def _done(self, full_batch: bool = False) -> bool:
+        """Whether every owned partition is processed up to its target. After a full batch,
+        a partition processed short of its target says no without asking the client (its
+        assignment and positions cost ~0.4 ms a batch with confluent); after a short one
+        (caught up) the client is asked, whatever was processed."""
         with self._targets_lock:
             targets = self._targets
         if targets is None:
+            return False
+        if full_batch and any(offset < targets.get(p, 0)
+                              for p, offset in self.consumer.processed().items()):
             return False
         assignment = self.consumer.assignment
         if not assignment:

@@ -195,11 +195,11 @@ class RankDaemon(Daemon):
             return False
         return True
 
-    def _done(self) -> bool:
+    def _done(self, full_batch: bool = False) -> bool:
         if not self.partitions:
             with self._targets_lock:
                 return self._targets is not None
-        return super()._done()
+        return super()._done(full_batch)
 
     def _after_step(self) -> None:
         self._steps += 1

@@ -330,6 +330,9 @@ def _huge(column: list) -> np.ndarray:
     return odd
 
 
+_new_tuple = tuple.__new__  # Rejected(...) without NamedTuple's Python-level __new__
+
+
 def _out_of_range(fields: list[list], parsed: np.ndarray,
                   rejected: list[Rejected]) -> tuple[np.ndarray, np.ndarray, list | None]:
     """The range checks of :func:`check_wire`, a column at a time, on the parsed events'
@@ -348,7 +351,8 @@ def _out_of_range(fields: list[list], parsed: np.ndarray,
         first = ((array < low) | (array > high)) & ~failed  # check_wire's first failure
         failed |= first
         rows = np.flatnonzero(first & ~odd)
-        rejected.extend(Rejected(i, Reason.OUT_OF_RANGE, f"{name}={v} outside [{low}, {high}]")
+        rejected.extend(_new_tuple(Rejected, (i, Reason.OUT_OF_RANGE,
+                                              f"{name}={v} outside [{low}, {high}]"))
                         for i, v in zip(parsed[rows].tolist(), array[rows].tolist(),
                                         strict=True))
     bulk = failed & ~odd
@@ -378,7 +382,9 @@ def _decode_columns(values: list[bytes], max_bytes: int) -> EventBatch:
                 pass
         parsed = np.asarray(parsed, dtype=np.int64)
     rejected, others = [], []
-    for i in np.setdiff1d(np.arange(n), parsed, assume_unique=True).tolist():
+    unparsed = [] if len(parsed) == n else np.setdiff1d(np.arange(n), parsed,
+                                                         assume_unique=True).tolist()
+    for i in unparsed:
         try:
             others.append((i, validate(values[i], max_bytes)))
         except InvalidEvent as exc:

@@ -326,9 +326,10 @@ class ConfluentConsumer:
                 raise client_error(exc, "poll") from exc
             for m in messages:
                 err = m.error()
-                if err is None:
-                    out.append(Message(m.topic(), m.partition(), m.offset(), m.key(), m.value(),
-                                       m.timestamp()[1], m.headers() or ()))
+                if err is None:  # tuple.__new__: Message() costs ~0.1 us a record more
+                    out.append(_new_tuple(Message, (m.topic(), m.partition(), m.offset(), m.key(),
+                                                    m.value(), m.timestamp()[1],
+                                                    m.headers() or ())))
                 elif err.fatal():
                     raise ClientError(f"poll: {err.str()}", err.name(), False)
                 elif err.code() != self._ck.KafkaError._PARTITION_EOF:
@@ -714,6 +715,7 @@ def _close_after(thread: threading.Thread, handle) -> None:
     _close_quietly(handle)
 
 
+_new_tuple = tuple.__new__
 POLL_EVERY = 64  # produces between two polls for delivery reports
 
 

@@ -135,14 +135,18 @@ def test_killed_and_resumed_run_ends_with_the_same_model(kafka_bootstrap, tmp_pa
     name = f"test-resume-{time.time_ns()}"
     create_topic(kafka_bootstrap, name, partitions=1)
     _fill(kafka_bootstrap, name, kafka_client)
-    common = {"batch_size": 500, "checkpoint_every": 1500, "dim": 16, "client": kafka_client}
+    # IDL+IG in batches of 1,024 records (~1,700 pairs with the sampled ones) trains in the
+    # background (trainer.BACKGROUND_MIN_PAIRS): the resumed model must still be the same
+    common = {"batch_size": 1024, "checkpoint_every": 3072, "dim": 16, "client": kafka_client,
+              "loss": "idl", "meta": "ig", "num_neg": 1}
 
     learn_until_end(kafka_bootstrap, name, group="whole", checkpoint_dir=str(tmp_path / "a"),
                     **common)
 
     ckpt, audit = tmp_path / "b", tmp_path / "b.jsonl"
     proc = _learner(kafka_bootstrap, name, "killed", ckpt, audit, kafka_client,
-                    "--batch-size", "500", "--checkpoint-every", "1500", "--dim", "16",
+                    "--batch-size", "1024", "--checkpoint-every", "3072", "--dim", "16",
+                    "--loss", "idl", "--meta", "ig", "--num-neg", "1",
                     "--until-end")
     assert _wait_for(lambda: ckpt.is_dir() and any(ckpt.glob("ckpt-*.pt")), timeout=60)
     _kill(proc)

@@ -251,14 +251,20 @@ def _batches(n_batches: int = 5, seed: int = 0):
             ts_ms=np.arange(n, dtype=np.int64) * 1_000, explicit=np.full(n, np.nan, np.float32))
 
 
-def test_training_in_the_background_is_training_in_the_foreground():
+def test_training_in_the_background_is_training_in_the_foreground(monkeypatch):
     """``learn_many(background=True)`` returns once the batch is scored; its training, done
     on a second thread, gives the same scores, results and state, and the model is never
     read (scores, checkpoints) before the training it waits for is done."""
     import numpy as np
 
+    from learner import trainer
     from learner.trainer import LearnerSettings, OnlineLearner
 
+    small = next(_batches(seed=1))
+    learner = OnlineLearner(LearnerSettings(dim=8, loss="bce"))
+    assert learner.learn_many(small, background=True).steps > 0  # too small: foreground
+    assert not learner.training
+    monkeypatch.setattr(trainer, "BACKGROUND_MIN_PAIRS", 0)
     settings = LearnerSettings(dim=8, train_batch=16, loss="idl", meta="ig", num_neg=1)
     fore, back = OnlineLearner(settings), OnlineLearner(settings)
     trained = []
@@ -281,9 +287,11 @@ def test_training_in_the_background_is_training_in_the_foreground():
     assert back._worker is None
 
 
-def test_a_failure_of_the_background_training_is_raised_to_the_learner():
+def test_a_failure_of_the_background_training_is_raised_to_the_learner(monkeypatch):
+    from learner import trainer
     from learner.trainer import LearnerSettings, OnlineLearner
 
+    monkeypatch.setattr(trainer, "BACKGROUND_MIN_PAIRS", 0)
     learner = OnlineLearner(LearnerSettings(dim=8, loss="bce"))
     batches = list(_batches(2))
     learner.learn_many(batches[0], background=True)
