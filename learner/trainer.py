@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 #: batch's compiled steps take (offline, GMF IDL+IG: 210,000 events/s in the foreground
 #: against 172,000 in the background at 256 events a batch; 308,000 against 330,000 at 1,024)
 BACKGROUND_MIN_PAIRS = 1024
+TRAINED_KEPT = 16  # background training results kept until trained() collects them
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +155,9 @@ class OnlineLearner:
         self.updates: UpdateLog | None = None  # what training changed, in a distributed job
         self._worker: ThreadPoolExecutor | None = None  # trains in the background (learn_many)
         self._pending: tuple[Future, Callable[[float], BatchResult]] | None = None
-        self._trained: list[BatchResult] = []
+        # results of background trainings not yet collected by trained(); the daemon collects
+        # each before the next batch, a caller that never does keeps only the last few
+        self._trained: deque[BatchResult] = deque(maxlen=TRAINED_KEPT)
 
     # -- training in the background --------------------------------------------------------
     def _settle(self) -> None:
@@ -172,9 +175,11 @@ class OnlineLearner:
 
     def trained(self) -> list[BatchResult]:
         """The training results (steps, loss, branches, step times) of the micro-batches
-        trained in the background since the last call; waits for the one in progress."""
+        trained in the background since the last call (the last ``TRAINED_KEPT`` of them);
+        waits for the one in progress."""
         self._settle()
-        done, self._trained = self._trained, []
+        done = list(self._trained)
+        self._trained.clear()
         return done
 
     def close(self) -> None:
