@@ -305,7 +305,8 @@ def _id_odd(column: list) -> np.ndarray:
     if kinds == {int} and _int_column(column) is not None:
         return np.zeros(len(column), bool)
     lengths = _lengths(column)
-    return (lengths > _SHORT_ID) | (lengths == 0) | _huge(column)
+    odd = (lengths > _SHORT_ID) | (lengths == 0)
+    return odd | _huge(column) if int in kinds else odd
 
 
 def _lengths(column: list) -> np.ndarray:
