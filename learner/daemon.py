@@ -39,7 +39,7 @@ from learner.drift import SIGNALS, DriftMonitor
 from learner.interpreter import tuned
 from learner.labels import POSITIVE, VAGUE
 from learner.monitoring import AUC_WINDOWS, TARGETS, WINDOWS, Metrics
-from learner.trainer import OnlineLearner
+from learner.trainer import BatchResult, OnlineLearner
 from stream.admin import create_topic
 from stream.clients import BatchConsumer, make_consumer
 from stream.clients import Record as ConsumerRecord
@@ -239,7 +239,8 @@ class Daemon:
             self._publish_training(result, seconds + float(result.step_seconds.sum()),
                                    record_ms)
 
-    def _publish_training(self, result, seconds: float, record_ms: np.ndarray | None) -> None:
+    def _publish_training(self, result: BatchResult, seconds: float,
+                          record_ms: np.ndarray | None) -> None:
         """The metrics of a micro-batch's training: ``seconds`` the batch's whole time,
         ``record_ms`` its records' Kafka timestamps (None when nothing trained)."""
         m = self.metrics

@@ -401,7 +401,6 @@ class OnlineLearner:
     def _train(self, users, items, feats, labels, vague, counts, steps=None,
                after_step=None, background=False) -> BatchResult | None:
         order = self._rng.permutation(users.size)
-        losses, branches, leaning = [], Counter(), 0
         if steps is None:
             steps = max(1, -(-users.size // self.settings.train_batch))
             if self.settings.max_steps:  # under backlog, fewer and larger steps
@@ -417,7 +416,7 @@ class OnlineLearner:
                 self._worker = ThreadPoolExecutor(1, thread_name_prefix="dwell-train")
             self._pending = (self._worker.submit(_timed, run), finish)
             return None
-        seconds = []
+        losses, branches, leaning, seconds = [], Counter(), 0, []
         for chunk in np.array_split(order, steps):
             if chunk.size:  # a chunk is empty only when the ranks of a job step in lockstep
                 if self.updates is not None:

@@ -304,14 +304,15 @@ def _id_odd(column: list) -> np.ndarray:
     kinds = set(map(type, column))
     if kinds == {int} and _int_column(column) is not None:
         return np.zeros(len(column), bool)
-    lengths = _lengths(column)
+    lengths = _lengths(column, kinds)
     odd = (lengths > _SHORT_ID) | (lengths == 0)
     return odd | _huge(column) if int in kinds else odd
 
 
-def _lengths(column: list) -> np.ndarray:
-    """Lengths of the strs of a column; 1 for anything else."""
-    if set(map(type, column)) <= {str}:
+def _lengths(column: list, kinds: set[type] | None = None) -> np.ndarray:
+    """Lengths of the strs of a column; 1 for anything else. ``kinds``: the types the column
+    holds, when known already."""
+    if (set(map(type, column)) if kinds is None else kinds) <= {str}:
         return np.fromiter(map(len, column), np.int64, len(column))
     return np.fromiter((len(v) if type(v) is str else 1 for v in column), np.int64,
                        len(column))

@@ -201,40 +201,6 @@ def test_a_step_that_has_run_follows_a_reloaded_checkpoint():
     _assert_same_state(model, twin, opt, opt_twin)
 
 
-@pytest.mark.parametrize("setup", [{"loss": "idl", "meta": "ig", "num_neg": 1},
-                                   {"loss": "bce"}, {"loss": "idl"}])
-def test_a_micro_batch_s_steps_in_one_call_are_its_steps_one_by_one(setup):
-    """The learner trains a micro-batch's steps in one compiled call (``train``); taken one
-    call a step instead, the same batches give the same results and the same state."""
-    import numpy as np
-
-    from learner.trainer import LearnerSettings, OnlineLearner
-    from stream.event import EventBatch
-
-    settings = LearnerSettings(dim=8, train_batch=16, **setup)
-    at_once, by_step = OnlineLearner(settings), OnlineLearner(settings)
-    assert at_once._all_steps is not None
-    by_step._all_steps = None  # the learner's step by step path
-    rng = np.random.default_rng(0)
-    for _ in range(6):
-        n = int(rng.integers(20, 200))
-        duration = rng.integers(1_000, 60_000, n)
-        batch = EventBatch(
-            index=np.arange(n), user_id=rng.integers(0, 50, n).tolist(),
-            video_id=rng.integers(0, 40, n).tolist(),
-            play_ms=(duration * rng.uniform(0, 1.2, n)).astype(np.int64), duration_ms=duration,
-            ts_ms=np.arange(n, dtype=np.int64) * 1_000, explicit=np.full(n, np.nan, np.float32))
-        a, b = at_once.learn_many(batch), by_step.learn_many(batch)
-        assert (a.steps, a.branches, a.vague_positive, a.sampled) == (
-            b.steps, b.branches, b.vague_positive, b.sampled)
-        assert a.loss == pytest.approx(b.loss, rel=1e-6)
-        assert a.step_seconds.size == a.steps
-        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
-    if setup.get("meta") == "ig":
-        assert len(a.branches) >= 2  # IG steps and plain ones (a step without genuine pairs)
-    _assert_same_state(at_once.model, by_step.model, at_once.optimizer, by_step.optimizer)
-
-
 def _batches(n_batches: int = 5, seed: int = 0):
     import numpy as np
 
@@ -249,6 +215,31 @@ def _batches(n_batches: int = 5, seed: int = 0):
             video_id=rng.integers(0, 40, n).tolist(),
             play_ms=(duration * rng.uniform(0, 1.2, n)).astype(np.int64), duration_ms=duration,
             ts_ms=np.arange(n, dtype=np.int64) * 1_000, explicit=np.full(n, np.nan, np.float32))
+
+
+@pytest.mark.parametrize("setup", [{"loss": "idl", "meta": "ig", "num_neg": 1},
+                                   {"loss": "bce"}, {"loss": "idl"}])
+def test_a_micro_batch_s_steps_in_one_call_are_its_steps_one_by_one(setup):
+    """The learner trains a micro-batch's steps in one compiled call (``train``); taken one
+    call a step instead, the same batches give the same results and the same state."""
+    import numpy as np
+
+    from learner.trainer import LearnerSettings, OnlineLearner
+
+    settings = LearnerSettings(dim=8, train_batch=16, **setup)
+    at_once, by_step = OnlineLearner(settings), OnlineLearner(settings)
+    assert at_once._all_steps is not None
+    by_step._all_steps = None  # the learner's step by step path
+    for batch in _batches(6):
+        a, b = at_once.learn_many(batch), by_step.learn_many(batch)
+        assert (a.steps, a.branches, a.vague_positive, a.sampled) == (
+            b.steps, b.branches, b.vague_positive, b.sampled)
+        assert a.loss == pytest.approx(b.loss, rel=1e-6)
+        assert a.step_seconds.size == a.steps
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+    if setup.get("meta") == "ig":
+        assert len(a.branches) >= 2  # IG steps and plain ones (a step without genuine pairs)
+    _assert_same_state(at_once.model, by_step.model, at_once.optimizer, by_step.optimizer)
 
 
 def test_training_in_the_background_is_training_in_the_foreground(monkeypatch):
