@@ -16,7 +16,7 @@ UTF-8 or number sizes, and it nests less deep. So only *plain* records take msgs
 no digit run of 100 or more, no exponent of three digits, too short or too flat to nest 950
 deep (:func:`plain`). The others, and any record the struct does not fit, are parsed by
 orjson, and :func:`check_object` says exactly what is wrong. A feed of dwell's producers is
-plain throughout; a batch is screened at once (one join, a translate and two searches).
+plain throughout; a batch is screened at once (:mod:`stream.screen`: one compiled pass).
 
 >>> batch = decode_batch([b'{"user_id": 1, "video_id": "v", "play_ms": 5, '
 ...                       b'"duration_ms": 10, "ts_ms": 0}', b'nope'])
@@ -34,6 +34,9 @@ from typing import Any, NamedTuple
 import msgspec
 import numpy as np
 import orjson
+
+from stream.scan import scan
+from stream.screen import all_plain, plain
 
 MAX_VALUE_BYTES = 64 * 1024
 MAX_ID_BYTES = 128
@@ -139,31 +142,6 @@ class Wire(msgspec.Struct, gc=False):
 _DECODER = msgspec.json.Decoder(Wire)
 
 
-#: digits to 0 and E to e (with + deleted): a number too large for a double then shows as
-#: e000 (a 3-digit exponent) or a run of 100+ zeros; plain() sends a record with one to
-#: orjson (a string with one too: rare). Two searches: each costs ~0.25 us a record.
-_SCREEN = bytes.maketrans(b"123456789E", b"000000000e")
-_LARGE = (b"e000", b"0" * 100)
-_DEPTH = 950  # msgspec raises RecursionError from ~999 levels; orjson reads 1,024
-
-
-def plain(value: bytes) -> bool:
-    """Whether msgspec reads ``value`` as orjson does (see the module's notes)."""
-    if not value.isascii() or any(p in value.translate(_SCREEN, b"+") for p in _LARGE):
-        return False
-    return len(value) < 2 * _DEPTH or value.count(b"[") + value.count(b"{") < _DEPTH
-
-
-def _all_plain(values: list[bytes], longest: int) -> bool:
-    """:func:`plain` of every value (bytes, none too long, the longest ``longest`` bytes),
-    screened at once."""
-    joined = b"\n".join(values)
-    if longest >= 2 * _DEPTH or not joined.isascii():
-        return False
-    screened = joined.translate(_SCREEN, b"+")  # once: it is most of the screen's cost
-    return not any(p in screened for p in _LARGE)
-
-
 def validate(value: bytes | None, max_bytes: int = MAX_VALUE_BYTES) -> Wire:
     """Parse and validate one record value; return the event or raise InvalidEvent."""
     if value is None:
@@ -236,14 +214,59 @@ def check_object(obj: Any) -> dict[str, Any]:
 def decode_batch(values: list[bytes], max_bytes: int = MAX_VALUE_BYTES) -> EventBatch:
     """Decode and validate raw record values into columns; invalid ones go to ``rejected``.
 
-    Every record is parsed by msgspec into a :class:`Wire`; the ranges are checked a column
-    at a time (numpy); only the records that fail to parse (:func:`validate` gives their
-    exact reason) or look unusual (long ids, out-of-range numbers: :func:`check_wire`) are
-    checked one by one, as are records that are not :func:`plain`. It gives what
-    :func:`decode_each` gives (``tests/unit/test_event.py`` checks it on random hostile
-    batches).
+    Ordinary records (:mod:`stream.scan`: integer ids, plain JSON) are read by one compiled
+    pass straight into columns; the others are parsed by msgspec into a :class:`Wire`. The
+    ranges are checked a column at a time (numpy); only the records that fail to parse
+    (:func:`validate` gives their exact reason) or look unusual (long ids, out-of-range
+    numbers: :func:`check_wire`) are checked one by one, as are records that are not
+    :func:`plain`. It gives what :func:`decode_each` gives (``tests/unit/test_event.py``
+    checks it on random hostile batches).
     """
-    return _decode_columns(values, max_bytes)
+    try:
+        ok, ints, explicit = scan(values, max_bytes, MAX_ID_BYTES)
+    except TypeError:  # a None (tombstone) among the values: the general path says so
+        return _decode_columns(values, max_bytes)
+    if not ok.all():
+        return _with_unusual(values, max_bytes, ok, ints, explicit)
+    return _scanned(np.arange(len(values)), ints, explicit)
+
+
+def _scanned(positions: np.ndarray, ints: np.ndarray, explicit: np.ndarray) -> EventBatch:
+    """The batch of scanned records (rows of ``ints``, at input ``positions``), their ranges
+    checked."""
+    rejected: list[Rejected] = []
+    numbers = [ints[:, k] for k in (2, 3, 4)]
+    failed = _reject_ranges(numbers, positions, rejected)
+    if failed.any():
+        keep = ~failed
+        positions, ints, explicit = positions[keep], ints[keep], explicit[keep]
+        numbers = [ints[:, k] for k in (2, 3, 4)]
+    return EventBatch(index=positions, user_id=ints[:, 0].tolist(), video_id=ints[:, 1].tolist(),
+                      play_ms=numbers[0], duration_ms=numbers[1], ts_ms=numbers[2],
+                      explicit=explicit, rejected=rejected)
+
+
+def _with_unusual(values: list[bytes], max_bytes: int, ok: np.ndarray, ints: np.ndarray,
+                  explicit: np.ndarray) -> EventBatch:
+    """The scanned records, and the others through the general path, merged in input order."""
+    fast = np.flatnonzero(ok)
+    scanned = _scanned(fast, ints[fast], explicit[fast])
+    others = np.flatnonzero(~ok)
+    general = _decode_columns([values[i] for i in others.tolist()], max_bytes)
+    general.index = others[general.index]
+    rejected = scanned.rejected + [r._replace(index=int(others[r.index]))
+                                   for r in general.rejected]
+    rejected.sort(key=lambda r: r.index)
+    index = np.concatenate([scanned.index, general.index])
+    order = np.argsort(index, kind="stable")
+    ids = [[(a + b)[j] for j in order.tolist()] for a, b in (
+        (scanned.user_id, general.user_id), (scanned.video_id, general.video_id))]
+    return EventBatch(
+        index=index[order], user_id=ids[0], video_id=ids[1],
+        **{name: np.concatenate([getattr(scanned, name), getattr(general, name)])[order]
+           for name in ("play_ms", "duration_ms", "ts_ms", "explicit")},
+        rejected=rejected,
+    )
 
 
 def decode_each(values: list[bytes], max_bytes: int = MAX_VALUE_BYTES) -> EventBatch:
@@ -335,28 +358,37 @@ def _huge(column: list) -> np.ndarray:
 _new_tuple = tuple.__new__  # Rejected(...) without NamedTuple's Python-level __new__
 
 
+def _reject_ranges(numbers: list[np.ndarray], positions: np.ndarray, rejected: list[Rejected],
+                   exempt: np.ndarray | None = None) -> np.ndarray:
+    """:func:`check_wire`'s range checks of the three number columns (int64 arrays), a column
+    at a time: each failing row not ``exempt`` is rejected (into ``rejected``, at its input
+    position from ``positions``) with the reason and detail of its first field out of range,
+    and no exception raised. Returns the rows that failed, exempt or not."""
+    failed = np.zeros(positions.size, bool)
+    for (name, (low, high)), array in zip(_RANGES.items(), numbers, strict=True):
+        first = ((array < low) | (array > high)) & ~failed  # check_wire's first failure
+        failed |= first
+        rows = np.flatnonzero(first if exempt is None else first & ~exempt)
+        rejected.extend(_new_tuple(Rejected, (i, Reason.OUT_OF_RANGE,
+                                              f"{name}={v} outside [{low}, {high}]"))
+                        for i, v in zip(positions[rows].tolist(), array[rows].tolist(),
+                                        strict=True))
+    return failed
+
+
 def _out_of_range(fields: list[list], parsed: np.ndarray,
                   rejected: list[Rejected]) -> tuple[np.ndarray, np.ndarray, list | None]:
     """The range checks of :func:`check_wire`, a column at a time, on the parsed events'
-    ``fields``. Rejects (into ``rejected``) the events with ordinary ids and a number out of
-    range, with :func:`check_wire`'s reason and detail (the first field out of range), and
-    no exception raised. Returns the rows to reject or check one by one (odd ids, a long
-    event id, a number over 64 bits: :func:`check_wire` says), the rows rejected here, and
-    the three number columns as int64 arrays (None where one does not fit)."""
+    ``fields``. Rejects (:func:`_reject_ranges`) the events with ordinary ids and a number
+    out of range. Returns the rows to reject or check one by one (odd ids, a long event id,
+    a number over 64 bits: :func:`check_wire` says), the rows rejected here, and the three
+    number columns as int64 arrays (None where one does not fit)."""
     n = len(fields[0])
     odd = _id_odd(fields[0]) | _id_odd(fields[1])
     numbers = [_int_column(column) for column in fields[2:5]]
     if any(array is None for array in numbers):
         return np.ones(n, bool), np.zeros(n, bool), None
-    failed = np.zeros(n, bool)
-    for (name, (low, high)), array in zip(_RANGES.items(), numbers, strict=True):
-        first = ((array < low) | (array > high)) & ~failed  # check_wire's first failure
-        failed |= first
-        rows = np.flatnonzero(first & ~odd)
-        rejected.extend(_new_tuple(Rejected, (i, Reason.OUT_OF_RANGE,
-                                              f"{name}={v} outside [{low}, {high}]"))
-                        for i, v in zip(parsed[rows].tolist(), array[rows].tolist(),
-                                        strict=True))
+    failed = _reject_ranges(numbers, parsed, rejected, exempt=odd)
     bulk = failed & ~odd
     return odd | (_long(fields[5]) & ~failed), bulk, numbers
 
@@ -368,7 +400,7 @@ def _decode_columns(values: list[bytes], max_bytes: int) -> EventBatch:
     n = len(values)
     try:
         longest = max(map(len, values)) if n else 0
-        if longest > max_bytes or (n and not _all_plain(values, longest)):
+        if longest > max_bytes or (n and not all_plain(values, longest)):
             raise TypeError
         wires = list(map(_DECODER.decode, values))
         parsed = np.arange(n)

@@ -54,17 +54,16 @@ def test_reservoir_keeps_the_most_recent_events():
     assert (r.items[pick] == r.users[pick] + 100).all()
 
 
-def test_the_key_set_is_a_set_through_adds_merges_and_discards():
+def test_the_key_set_is_a_set_through_adds_growth_and_discards():
     from learner.keyset import KeySet
 
     rng = np.random.default_rng(0)
-    keys, reference = KeySet(merge_at=50), set()
-    merges = 0
+    keys, reference = KeySet(), set()
+    sizes = {keys._table.size}
     for step in range(200):
         batch = rng.integers(0, 5_000, int(rng.integers(0, 60)))
-        before = keys._main.size
         keys.add(batch)
-        merges += keys._main.size > before
+        sizes.add(keys._table.size)
         reference.update(batch.tolist())
         if step % 37 == 36:  # evictions: the keys of some rows go
             gone = step % 7
@@ -72,6 +71,10 @@ def test_the_key_set_is_a_set_through_adds_merges_and_discards():
             reference = {k for k in reference if k % 7 != gone}
         probe = rng.integers(0, 5_000, 300)
         assert keys.contains(probe).tolist() == [k in reference for k in probe.tolist()]
-        assert len(keys) == len(reference)
+        assert len(keys) == len(reference) <= keys._table.size // 2
     assert keys.array().tolist() == sorted(reference)
-    assert merges >= 3  # the small array was merged into the large one several times
+    assert len(sizes) >= 3  # the table grew (and its keys moved) more than once
+    big = np.arange(0, 2**62, 2**62 // 3000, dtype=np.int64)  # large keys hash as well
+    assert KeySet(big).contains(big).all() and not KeySet(big).contains(big + 1).any()
+    with pytest.raises(ValueError, match="non-negative"):
+        keys.add(np.array([3, -1]))
