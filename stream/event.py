@@ -35,7 +35,7 @@ import msgspec
 import numpy as np
 import orjson
 
-from stream.scan import scan
+from stream.scan import Scanned, scan
 from stream.screen import all_plain, plain
 
 MAX_VALUE_BYTES = 64 * 1024
@@ -223,35 +223,32 @@ def decode_batch(values: list[bytes], max_bytes: int = MAX_VALUE_BYTES) -> Event
     checks it on random hostile batches).
     """
     try:
-        ok, ints, explicit = scan(values, max_bytes, MAX_ID_BYTES)
+        read = scan(values, max_bytes, MAX_ID_BYTES)
     except TypeError:  # a None (tombstone) among the values: the general path says so
         return _decode_columns(values, max_bytes)
-    if not ok.all():
-        return _with_unusual(values, max_bytes, ok, ints, explicit)
-    return _scanned(np.arange(len(values)), ints, explicit)
+    if not read.ok.all():
+        return _with_unusual(values, max_bytes, read)
+    return _scanned(read, np.arange(len(values)))
 
 
-def _scanned(positions: np.ndarray, ints: np.ndarray, explicit: np.ndarray) -> EventBatch:
-    """The batch of scanned records (rows of ``ints``, at input ``positions``), their ranges
-    checked."""
+def _scanned(read: Scanned, positions: np.ndarray) -> EventBatch:
+    """The batch of the scanned records at input ``positions``, their ranges checked."""
     rejected: list[Rejected] = []
-    numbers = [ints[:, k] for k in (2, 3, 4)]
+    numbers = [read.ints[positions, k] for k in (2, 3, 4)]
     failed = _reject_ranges(numbers, positions, rejected)
     if failed.any():
-        keep = ~failed
-        positions, ints, explicit = positions[keep], ints[keep], explicit[keep]
-        numbers = [ints[:, k] for k in (2, 3, 4)]
-    return EventBatch(index=positions, user_id=ints[:, 0].tolist(), video_id=ints[:, 1].tolist(),
+        positions = positions[~failed]
+        numbers = [array[~failed] for array in numbers]
+    user_id, video_id = read.ids(positions)
+    return EventBatch(index=positions, user_id=user_id, video_id=video_id,
                       play_ms=numbers[0], duration_ms=numbers[1], ts_ms=numbers[2],
-                      explicit=explicit, rejected=rejected)
+                      explicit=read.explicit[positions], rejected=rejected)
 
 
-def _with_unusual(values: list[bytes], max_bytes: int, ok: np.ndarray, ints: np.ndarray,
-                  explicit: np.ndarray) -> EventBatch:
+def _with_unusual(values: list[bytes], max_bytes: int, read: Scanned) -> EventBatch:
     """The scanned records, and the others through the general path, merged in input order."""
-    fast = np.flatnonzero(ok)
-    scanned = _scanned(fast, ints[fast], explicit[fast])
-    others = np.flatnonzero(~ok)
+    scanned = _scanned(read, np.flatnonzero(read.ok))
+    others = np.flatnonzero(~read.ok)
     general = _decode_columns([values[i] for i in others.tolist()], max_bytes)
     general.index = others[general.index]
     rejected = scanned.rejected + [r._replace(index=int(others[r.index]))
@@ -259,8 +256,9 @@ def _with_unusual(values: list[bytes], max_bytes: int, ok: np.ndarray, ints: np.
     rejected.sort(key=lambda r: r.index)
     index = np.concatenate([scanned.index, general.index])
     order = np.argsort(index, kind="stable")
-    ids = [[(a + b)[j] for j in order.tolist()] for a, b in (
-        (scanned.user_id, general.user_id), (scanned.video_id, general.video_id))]
+    rows = order.tolist()
+    ids = [[column[j] for j in rows] for column in (scanned.user_id + general.user_id,
+                                                    scanned.video_id + general.video_id)]
     return EventBatch(
         index=index[order], user_id=ids[0], video_id=ids[1],
         **{name: np.concatenate([getattr(scanned, name), getattr(general, name)])[order]

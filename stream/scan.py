@@ -6,9 +6,10 @@ no interpreter lock held) into int64 and float32 columns, at ~0.1 us a record wh
 general path (:mod:`stream.event`: msgspec, then the column checks) takes ~1.2 us.
 
 It accepts a record only when it is sure: it checks the record is valid JSON as orjson reads
-it (the whole of it, the fields it skips too), and that the five fields are integers in 64
-bits, with at most one of each field. Anything else it leaves to the general path, which has
-the exact rules and the reasons: a string id, a backslash in a string (escapes), a byte
+it (the whole of it, the fields it skips too), that the ids are integers in 64 bits or
+strings of 1 to ``max_id_bytes`` bytes, the three counts integers in 64 bits, with at most
+one of each field. Anything else it leaves to the general path, which has the exact rules
+and the reasons: a backslash in a string (escapes), a byte
 outside ASCII, a float where an integer goes, a number the plain screen finds unusual (a digit
 run of 100 or an exponent of three digits), an integer of 19 digits or more, nesting 64 deep,
 a repeated field, an event id over ``max_id_bytes``, anything malformed. The ranges of the
@@ -17,14 +18,19 @@ numbers are checked afterwards, a column at a time, as on the general path.
 ``explicit`` is read as the general path reads it: 0 or 1 (``false``, ``true``, ``-0``
 too) from ``context.explicit``, NaN for anything else or nothing.
 
->>> ok, ints, explicit = scan([b'{"user_id": 7, "video_id": 9, "play_ms": 1, "duration_ms": 2,'
-...                            b' "ts_ms": 3, "context": {"explicit": true, "x": [1, {}]}}',
-...                            b'{"user_id": "u7", "video_id": 9, "play_ms": 1}'], 1024)
->>> ok.tolist(), ints[0].tolist(), explicit[:1].tolist()
-([True, False], [7, 9, 1, 2, 3], [1.0])
+>>> read = scan([b'{"user_id": 7, "video_id": 9, "play_ms": 1, "duration_ms": 2, "ts_ms": 3,'
+...              b' "context": {"explicit": true, "x": [1, {}]}}',
+...              b'{"user_id": "u7", "video_id": 9, "play_ms": 1, "duration_ms": 2, "ts_ms": 3}',
+...              b'{"user_id": "u7", "video_id": 9, "play_ms": 1}'], 1024)
+>>> read.ok.tolist(), read.ints[0].tolist(), read.explicit[:1].tolist()
+([True, True, False], [7, 9, 1, 2, 3], [1.0])
+>>> read.ids(np.array([0, 1]))
+([7, 'u7'], [9, 9])
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
@@ -73,8 +79,9 @@ def _is_key(buf, start, stop, k):
 
 
 @njit(**_JIT)
-def _record(buf, i, end, ints, stack, max_id):
-    """Read the record ``buf[i:end]`` into ``ints``: (whether it is ordinary, explicit).
+def _record(buf, i, end, ints, spans, strs, stack, max_id):
+    """Read the record ``buf[i:end]`` into ``ints`` (a string id: its span into ``spans``,
+    and ``strs`` says so): (whether it is ordinary, explicit).
 
     One pass, one loop: ``state`` says what comes next, ``stack`` holds the open brackets.
     ``key`` is the field of the value about to start: 0-6 in the top-level object, 7
@@ -116,8 +123,13 @@ def _record(buf, i, end, ints, stack, max_id):
                     j += 1
                 if j >= end:
                     return False, explicit
-                if depth == 1 and field >= 0 and (field != 5 or j - i - 1 > max_id):
-                    return False, explicit  # a string where a number goes, or a long event id
+                if depth == 1 and field >= 0:
+                    if field > 1 and field != 5 or j - i - 1 > max_id or j == i + 1 and (
+                            field < 2):
+                        return False, explicit  # a string where a number goes, a long id,
+                    if field < 2:  # an empty id; a string id is kept as its span
+                        spans[2 * field], spans[2 * field + 1] = i + 1, j
+                        strs[field] = True
                 i = j + 1
             elif b == _MINUS or _digit(b):
                 j = i + 1 if b == _MINUS else i
@@ -232,26 +244,58 @@ def _record(buf, i, end, ints, stack, max_id):
 
 
 @njit(**_JIT)
-def _scan(buf, starts, ends, ints, explicit, ok, max_id):
+def _scan(buf, starts, ends, ints, spans, strs, explicit, ok, max_id):
     stack = np.zeros(_MAX_DEPTH, np.uint8)
     for r in range(starts.size):
-        ok[r], explicit[r] = _record(buf, starts[r], ends[r], ints[r], stack, max_id)
+        ok[r], explicit[r] = _record(buf, starts[r], ends[r], ints[r], spans[r], strs[r],
+                                     stack, max_id)
 
 
-def scan(values: list[bytes], max_bytes: int, max_id_bytes: int = 128,
-         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Read the ordinary records of ``values`` (bytes, none None): ``ok`` (bool, which are
-    ordinary), ``ints`` (int64, a row of user_id, video_id, play_ms, duration_ms and ts_ms
-    per record; meaningful where ``ok``) and ``explicit`` (float32). Records over
-    ``max_bytes``, or with an event id over ``max_id_bytes``, are not ordinary."""
+class Scanned(NamedTuple):
+    """What :func:`scan` read: ``ok`` (bool, which records are ordinary), ``ints`` (int64, a
+    row of user_id, video_id, play_ms, duration_ms and ts_ms per record, an id 0 where it is
+    a string), ``explicit`` (float32); meaningful where ``ok``. :meth:`ids` gives the ids."""
+
+    ok: np.ndarray
+    ints: np.ndarray
+    explicit: np.ndarray
+    spans: np.ndarray  # int64 (n, 4): where each string id lies in ``text``
+    strs: np.ndarray  # bool (n, 2): which ids are strings
+    text: str  # the records, joined, one character a byte
+
+    def ids(self, rows: np.ndarray) -> tuple[list, list]:
+        """The user and video ids (ints and strs) of the records ``rows``."""
+        return self._column(rows, 0), self._column(rows, 1)
+
+    def _column(self, rows: np.ndarray, k: int) -> list:
+        strs = self.strs[rows, k]
+        if not strs.any():
+            return self.ints[rows, k].tolist()
+        spans = self.spans[rows, 2 * k: 2 * k + 2]
+        texts = list(map(self.text.__getitem__,  # str slices, a C-level loop
+                         map(slice, spans[:, 0].tolist(), spans[:, 1].tolist())))
+        if strs.all():
+            return texts
+        return [t if is_str else v for t, v, is_str in zip(
+            texts, self.ints[rows, k].tolist(), strs.tolist(), strict=True)]
+
+
+def scan(values: list[bytes], max_bytes: int, max_id_bytes: int = 128) -> Scanned:
+    """Read the ordinary records of ``values`` (bytes, none None; TypeError otherwise).
+    Records over ``max_bytes``, or with an id or event id over ``max_id_bytes``, are not
+    ordinary."""
     n = len(values)
     lengths = np.fromiter(map(len, values), np.int64, n)
     ends = np.cumsum(lengths)
     starts = ends - lengths
     ints = np.zeros((n, 5), np.int64)
+    spans = np.zeros((n, 4), np.int64)
+    strs = np.zeros((n, 2), np.bool_)
     explicit = np.empty(n, np.float32)
     ok = np.zeros(n, np.bool_)
-    buf = np.frombuffer(b"".join(values), np.uint8)
-    _scan(buf, starts, ends, ints, explicit, ok, max_id_bytes)
+    joined = b"".join(values)
+    _scan(np.frombuffer(joined, np.uint8), starts, ends, ints, spans, strs, explicit, ok,
+          max_id_bytes)
     ok &= lengths <= max_bytes
-    return ok, ints, explicit
+    # latin-1 maps byte i to character i: ordinary records are ASCII, their spans the same
+    return Scanned(ok, ints, explicit, spans, strs, joined.decode("latin-1") if strs.any() else "")

@@ -30,7 +30,10 @@ _BYTES = [b" ", b"\t", b'"', b"\\", b",", b":", b"{", b"}", b"[", b"]", b"-", b"
 
 @st.composite
 def _event(draw) -> bytes:
-    record = {"user_id": draw(st.integers(-5, 10**6)), "video_id": draw(st.integers(0, 10**6)),
+    ascii_text = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=4)
+    ids = (st.integers(-5, 10**6) | ascii_text | st.text(max_size=3)
+           | st.text(st.sampled_from("ab"), min_size=126, max_size=130))
+    record = {"user_id": draw(ids), "video_id": draw(ids),
               "play_ms": draw(st.integers(-2, 10**6)), "duration_ms": draw(st.integers(-1, 10**6)),
               "ts_ms": draw(st.integers(0, 2**45))}
     if draw(st.booleans()):
@@ -69,14 +72,16 @@ def test_ordinary_records_are_scanned():
             "context": {"explicit": 1, "hour": 23, "tags": [1, 2.5, None, True, {"a": []}]}}
     values = [orjson.dumps(base), json.dumps(base, indent=2).encode(),
               orjson.dumps({**base, "context": None}), orjson.dumps({**base, "user_id": -3}),
-              orjson.dumps({**base, "play_ms": -1})]  # out of range: scanned, then rejected
-    ok, ints, explicit = scan(values, 65536)
-    assert ok.all()
-    assert ints[0].tolist() == [4854, 3431182, 19435, 18983, 1649346288441]
-    assert np.array_equal(explicit, [1, 1, np.nan, 1, 1], equal_nan=True)
+              orjson.dumps({**base, "play_ms": -1}),  # out of range: scanned, then rejected
+              orjson.dumps({**base, "user_id": "u-4854", "video_id": "v" * 128})]
+    read = scan(values, 65536)
+    assert read.ok.all()
+    assert read.ints[0].tolist() == [4854, 3431182, 19435, 18983, 1649346288441]
+    assert np.array_equal(read.explicit, [1, 1, np.nan, 1, 1, 1], equal_nan=True)
     batch = decode_batch(values)
     assert [r.reason.value for r in batch.rejected] == ["out_of_range"]
-    assert batch.user_id == [4854, 4854, 4854, -3]
+    assert batch.user_id == [4854, 4854, 4854, -3, "u-4854"]
+    assert batch.video_id == [3431182] * 4 + ["v" * 128]
 
 
 def test_what_the_scanner_leaves_to_the_general_path():
@@ -85,7 +90,8 @@ def test_what_the_scanner_leaves_to_the_general_path():
         return json.dumps({**good, **fields}).encode()
 
     unusual = [
-        record(user_id="u1"),  # a string id
+        record(user_id=""),  # an empty id
+        record(video_id="v" * 129),  # a long id
         record(event_id='a"b'),  # an escape
         record(event_id="é"),  # ASCII only (json.dumps escapes it: a backslash)
         b'{"user_id":1,"video_id":2,"play_ms":3,"duration_ms":4,"ts_ms":5,"x":"\xc3\xa9"}',
@@ -99,7 +105,6 @@ def test_what_the_scanner_leaves_to_the_general_path():
         record()[:-1],  # cut short
         record() + b"x",
     ]
-    ok, _, _ = scan(unusual, 65536)
-    assert not ok.any()
-    assert scan([record()], 10)[0].tolist() == [False]  # over max_bytes
+    assert not scan(unusual, 65536).ok.any()
+    assert scan([record()], 10).ok.tolist() == [False]  # over max_bytes
     _same(decode_batch(unusual + [record()]), decode_each(unusual + [record()]))
