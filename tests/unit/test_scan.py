@@ -22,7 +22,7 @@ _JSON = st.recursive(
     max_leaves=8,
 )
 _KEYS = ["user_id", "video_id", "play_ms", "duration_ms", "ts_ms", "event_id", "context",
-         "explicit", "x"]
+         "explicit", "x", "user_idx", "user", "u", "explicitly", "e", "video_i"]  # and look-alikes
 # bytes that change what a record means: structure, escapes, number syntax, non-ASCII
 _BYTES = [b" ", b"\t", b'"', b"\\", b",", b":", b"{", b"}", b"[", b"]", b"-", b"+", b".",
           b"e", b"E", b"0", b"1", b"9", b"\x00", b"\x7f", b"\xc3", b"t", b"n", b"u"]
@@ -40,7 +40,8 @@ def _event(draw) -> bytes:
         record["event_id"] = draw(st.text(max_size=140) | st.integers())
     if draw(st.booleans()):
         record["context"] = draw(st.none() | st.dictionaries(
-            st.sampled_from(["explicit", "hour", "a"]), _JSON, max_size=3))
+            st.sampled_from(["explicit", "hour", "a", "explicit_", "expl", "user_id"]), _JSON,
+            max_size=3))
     for _ in range(draw(st.integers(0, 2))):  # other fields, some of them repeated known ones
         record[draw(st.sampled_from(_KEYS))] = draw(_JSON)
     items = list(record.items())
