@@ -27,36 +27,88 @@ from itertools import repeat
 
 import numpy as np
 
+from learner.intmap import EMPTY, IntMap
 from stream.errors import ConfigError
+from stream.scan import IntIds
 
 _NONE = np.zeros(0, dtype=np.int64)
 _NEVER = np.iinfo(np.int64).max
 
 
+def _is_int_key(key: Hashable) -> bool:
+    """Whether ``key`` is held by the compiled map: an integer (not a bool) in int64, not
+    :data:`~learner.intmap.EMPTY`."""
+    return ((type(key) is int or isinstance(key, np.integer)) and EMPTY < key <= _NEVER)
+
+
+class _Split:
+    """A lookup's ids in two parts: the integers (their positions, and the keys as int64)
+    and the others (positions, and the keys)."""
+
+    def __init__(self, ids: Sequence[Hashable]) -> None:
+        n = len(ids)
+        keys = ids.array if type(ids) is IntIds else None
+        if keys is None and n and set(map(type, ids)) == {int}:
+            try:
+                keys = np.fromiter(ids, np.int64, n)
+            except OverflowError:
+                keys = None
+        if keys is not None and not (keys == EMPTY).any():
+            self.int_at, self.ints, self.other_at, self.others = None, keys, _NONE, []
+            return
+        is_int = np.fromiter(map(_is_int_key, ids), bool, n)
+        self.int_at, self.other_at = np.flatnonzero(is_int), np.flatnonzero(~is_int)
+        self.ints = np.fromiter((ids[j] for j in self.int_at.tolist()), np.int64,
+                                self.int_at.size)
+        self.others = [ids[j] for j in self.other_at.tolist()]
+
+    def positions(self, n: int) -> np.ndarray:
+        return np.arange(n) if self.int_at is None else self.int_at
+
+
 class IdMap:
     """Assigns a dense row number to each distinct id; with a capacity, least recently seen
-    ids are evicted and their rows reused."""
+    ids are evicted and their rows reused.
+
+    Integer ids live in a compiled hash map (:class:`~learner.intmap.IntMap`; a batch of
+    :class:`~stream.scan.IntIds` is looked up without reading a Python int), other ids in
+    a dict."""
 
     def __init__(self, capacity: int | None = None) -> None:
         if capacity is not None and capacity < 1:
             raise ConfigError(f"id map capacity must be at least 1 (or None), not {capacity}")
         self.capacity = capacity
-        self._rows: dict[Hashable, int] = {}
+        self._ints = IntMap()
+        self._others: dict[Hashable, int] = {}
         self._reset_capacity_state()
         self.last_evicted = _NONE  # rows recycled by the last adding lookup (new ids in them)
         self.evictions = 0  # ids evicted so far
 
     def _reset_capacity_state(self) -> None:
         # Bounded maps only: the id held by each row, and when each row was last seen.
-        self._ids: list[Hashable] = list(self._rows) if self.capacity is not None else []
+        self._ids: list[Hashable] = self._row_ids() if self.capacity is not None else []
         self._last_seen = np.zeros(len(self._ids), dtype=np.int64)
         self.clock = 0  # lookups that added so far
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._ints) + len(self._others)
 
     def __contains__(self, key: Hashable) -> bool:
-        return key in self._rows
+        if _is_int_key(key):
+            return bool(self._ints.get(np.array([key], np.int64))[0] >= 0)
+        return key in self._others
+
+    def _find(self, split: _Split, n: int) -> np.ndarray:
+        """The rows of the split ids, -1 for unknown ones."""
+        if split.int_at is None:
+            return self._ints.get(split.ints)
+        out = np.empty(n, np.int64)
+        out[split.int_at] = self._ints.get(split.ints)
+        # a C-level map: a generator over the ids cost ~0.15 us an id more
+        out[split.other_at] = np.fromiter(map(self._others.get, split.others,
+                                              repeat(-1, len(split.others))),
+                                          np.int64, len(split.others))
+        return out
 
     def lookup(self, ids: Sequence[Hashable], add: bool = True) -> np.ndarray:
         """Rows of ``ids`` as int64; unknown ids get new rows (``add``) or -1.
@@ -65,47 +117,73 @@ class IdMap:
         With a capacity, raises ConfigError when ``ids`` holds more distinct ids than the
         capacity (they could not all have rows at once).
         """
-        rows = self._rows
-        # a C-level map: a generator over the ids cost ~0.15 us an id more
-        out = np.fromiter(map(rows.get, ids, repeat(-1, len(ids))), np.int64, len(ids))
+        split = _Split(ids)
+        if add and self.capacity is None and split.int_at is None:  # integers: one call
+            self.last_evicted = _NONE
+            return self._ints.get_or_put(split.ints, len(self))
+        out = self._find(split, len(ids))
         if not add:
             return out
         self.last_evicted = _NONE
         missing = np.flatnonzero(out < 0)
-        if self.capacity is None:
-            if missing.size:  # new rows in order of first appearance
-                for key in dict.fromkeys(ids[j] for j in missing.tolist()):
-                    rows[key] = len(rows)
-                out[missing] = [rows[ids[j]] for j in missing.tolist()]
-            return out
         if missing.size:
-            self._assign(ids, out, missing)
-        self.clock += 1
-        self._last_seen[out] = self.clock
+            self._assign(split, out, missing)
+            out = self._find(split, len(ids))
+        if self.capacity is not None:
+            self.clock += 1
+            self._last_seen[out] = self.clock
         return out
 
-    def _assign(self, ids: Sequence[Hashable], out: np.ndarray, missing: np.ndarray) -> None:
-        """Rows for the unknown ids at positions ``missing`` of ``ids``, written into ``out``."""
-        fresh: dict[Hashable, int] = dict.fromkeys(ids[j] for j in missing.tolist())
-        n_rows, capacity = len(self._ids), self.capacity
-        known = np.unique(out[out >= 0])
-        if known.size + len(fresh) > capacity:
+    def _fresh(self, split: _Split, out: np.ndarray) -> tuple[np.ndarray, list[Hashable]]:
+        """The unknown integer ids, and the other unknown ids, each in order of first
+        appearance; and where each first appears, integers first (for the row order)."""
+        at = split.positions(out.size)
+        unknown = out[at] < 0
+        ints, first = np.unique(split.ints[unknown], return_index=True)
+        int_first = at[unknown][first]
+        order = np.argsort(int_first, kind="stable")
+        ints, int_first = ints[order], int_first[order]
+        others: dict[Hashable, int] = {}
+        for j, key in zip(split.other_at.tolist(), split.others, strict=True):
+            if out[j] < 0:
+                others.setdefault(key, j)
+        return ints, list(others), np.concatenate([int_first, np.fromiter(
+            others.values(), np.int64, len(others))])
+
+    def _assign(self, split: _Split, out: np.ndarray, missing: np.ndarray) -> None:
+        """Rows for the unknown ids (at positions ``missing`` of ``out``), in order of first
+        appearance: new rows, then (with a capacity) the least recently seen rows."""
+        ints, others, first = self._fresh(split, out)
+        fresh = first.size
+        n_rows = len(self) if self.capacity is None else len(self._ids)
+        capacity = self.capacity if self.capacity is not None else n_rows + fresh
+        known = np.unique(out[out >= 0]) if self.capacity is not None else _NONE
+        if known.size + fresh > capacity:
             raise ConfigError(
                 f"id map capacity {capacity} is too small: one lookup holds "
-                f"{known.size + len(fresh)} distinct ids; the capacity must be at least the "
+                f"{known.size + fresh} distinct ids; the capacity must be at least the "
                 "distinct ids of a batch (at least the batch size)"
             )
-        grow = min(len(fresh), max(0, capacity - n_rows))
-        new_rows = np.arange(n_rows, n_rows + grow, dtype=np.int64)
-        need = len(fresh) - grow
+        grow = min(fresh, max(0, capacity - n_rows))
+        rows = np.arange(n_rows, n_rows + grow, dtype=np.int64)
+        need = fresh - grow
         if need:
             victims = self._victims(known, need)
-            new_rows = np.concatenate([new_rows, victims])
-            ids_of = self._ids
-            for row in victims.tolist():
-                del self._rows[ids_of[row]]
+            rows = np.concatenate([rows, victims])
+            gone = [self._ids[row] for row in victims.tolist()]
+            self._ints.delete(np.fromiter((k for k in gone if _is_int_key(k)), np.int64))
+            for key in gone:
+                if not _is_int_key(key):
+                    del self._others[key]
             self.last_evicted = victims
             self.evictions += need
+        by_first = np.empty(fresh, np.int64)  # the rows in order of first appearance
+        by_first[np.argsort(first, kind="stable")] = rows
+        int_rows, other_rows = by_first[: ints.size], by_first[ints.size:].tolist()
+        self._ints.put(ints, int_rows)
+        self._others.update(zip(others, other_rows, strict=True))
+        if self.capacity is None:
+            return
         if grow:
             self._ids.extend([None] * grow)
             if n_rows + grow > self._last_seen.size:
@@ -113,12 +191,9 @@ class IdMap:
                                  dtype=np.int64)
                 grown[: self._last_seen.size] = self._last_seen
                 self._last_seen = grown
-        for key, row in zip(fresh, new_rows.tolist(), strict=True):
-            fresh[key] = row
-            self._rows[key] = row
+        for key, row in zip([*ints.tolist(), *others], [*int_rows.tolist(), *other_rows],
+                            strict=True):
             self._ids[row] = key
-        out[missing] = np.fromiter((fresh[ids[j]] for j in missing.tolist()), np.int64,
-                                   missing.size)
 
     def _victims(self, keep: np.ndarray, need: int) -> np.ndarray:
         """The ``need`` least recently seen rows outside ``keep``, oldest first (ties: lowest
@@ -128,11 +203,21 @@ class IdMap:
         pick = np.argpartition(age, need - 1)[:need] if need < age.size else np.arange(age.size)
         return pick[np.lexsort((pick, age[pick]))].astype(np.int64)
 
+    def _row_ids(self) -> list[Hashable]:
+        """Every id, in row order."""
+        ids: list[Hashable] = [None] * len(self)
+        keys, rows = self._ints.items()
+        for key, row in zip(keys.tolist(), rows.tolist(), strict=True):
+            ids[row] = key
+        for key, row in self._others.items():
+            ids[row] = key
+        return ids
+
     def state_dict(self) -> dict:
         """The ids in row order (enough to rebuild an unbounded map); with a capacity, also
         when each row was last seen, the clock and the evictions so far."""
         if self.capacity is None:
-            return {"ids": list(self._rows), "evictions": self.evictions}
+            return {"ids": self._row_ids(), "evictions": self.evictions}
         n = len(self._ids)
         return {"ids": list(self._ids), "last_seen": self._last_seen[:n].copy(),
                 "clock": self.clock, "evictions": self.evictions}
@@ -142,8 +227,11 @@ class IdMap:
         more ids than its capacity keeps them (no new rows) and evicts as new ids come. A
         state without recency (an unbounded map's, or an old one) restores every row as seen
         at time zero."""
-        ids = state["ids"]
-        self._rows = {key: row for row, key in enumerate(ids)}
+        ids = list(state["ids"])
+        split = _Split(ids)
+        self._ints = IntMap()
+        self._ints.put(split.ints, split.positions(len(ids)).astype(np.int64))
+        self._others = dict(zip(split.others, split.other_at.tolist(), strict=True))
         self.evictions = int(state.get("evictions", 0))
         self.last_evicted = _NONE
         self._reset_capacity_state()

@@ -265,6 +265,23 @@ def _scan(buf, starts, ends, ints, spans, strs, explicit, ok, max_id):
                                      stack, max_id)
 
 
+class IntIds(list):
+    """A column of integer ids that holds them as an int64 ``array`` too (the scanner's):
+    :class:`~learner.idmap.IdMap` looks them up without reading a Python int. Not to be
+    changed once made.
+
+    >>> ids = IntIds(np.array([7, 9]))
+    >>> ids == [7, 9], ids.array.dtype.name
+    (True, 'int64')
+    """
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray) -> None:
+        super().__init__(array.tolist())
+        self.array = array
+
+
 class Scanned(NamedTuple):
     """What :func:`scan` read: ``ok`` (bool, which records are ordinary), ``ints`` (int64, a
     row of user_id, video_id, play_ms, duration_ms and ts_ms per record, an id 0 where it is
@@ -284,7 +301,7 @@ class Scanned(NamedTuple):
     def _column(self, rows: np.ndarray, k: int) -> list:
         strs = self.strs[rows, k]
         if not strs.any():
-            return self.ints[rows, k].tolist()
+            return IntIds(self.ints[rows, k])
         spans = self.spans[rows, 2 * k: 2 * k + 2]
         texts = list(map(self.text.__getitem__,  # str slices, a C-level loop
                          map(slice, spans[:, 0].tolist(), spans[:, 1].tolist())))

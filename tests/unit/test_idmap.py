@@ -13,10 +13,12 @@ from learner.checkpoint import Checkpointer
 from learner.config import Config
 from learner.daemon import Daemon
 from learner.idmap import IdMap
+from learner.intmap import IntMap
 from learner.sampling import NegativeSampler, Reservoir
 from learner.trainer import LearnerSettings, OnlineLearner
 from stream.errors import ConfigError
 from stream.event import decode_batch
+from stream.scan import IntIds
 
 # -- the map on its own ---------------------------------------------------------------------
 
@@ -131,6 +133,70 @@ def test_old_and_unbounded_states_load_into_a_bounded_map():
     unbounded = IdMap()
     unbounded.load_state_dict(m.state_dict())  # a bounded map's state into an unbounded one
     assert unbounded.lookup(["d", "e"]).tolist() == [1, 3]
+
+
+def test_the_int_map_is_a_dict_through_puts_deletes_and_growth():
+    rng = np.random.default_rng(0)
+    m, reference = IntMap(), {}
+    for _ in range(2000):
+        keys = np.unique(rng.integers(-50, 3000, rng.integers(1, 60)))
+        roll = rng.random()
+        if roll < 0.4:
+            values = rng.integers(0, 10**9, keys.size)
+            m.put(keys, values)
+            reference.update(zip(keys.tolist(), values.tolist(), strict=True))
+        elif roll < 0.6:
+            keys = rng.permutation(np.repeat(keys, 2))
+            first = len(reference) + 10**9
+            expected = {}
+            for key in keys.tolist():
+                if key not in reference and key not in expected:
+                    expected[key] = first + len(expected)
+            rows = m.get_or_put(keys, first)
+            reference.update(expected)
+            assert rows.tolist() == [reference[k] for k in keys.tolist()]
+        else:  # deletes leave every other key reachable (backward shifts)
+            m.delete(keys)
+            for key in keys.tolist():
+                reference.pop(key, None)
+        probe = rng.integers(-60, 3100, 200)
+        assert m.get(probe).tolist() == [reference.get(k, -1) for k in probe.tolist()]
+        assert len(m) == len(reference)
+
+
+def _ids(rng: np.random.Generator, size: int) -> list:
+    """Ids of every kind the map must keep apart: small and negative ints, int64's edges (its
+    least value is the compiled map's empty mark), ints past int64, numpy ints, strings."""
+    pool = [*range(-5, 40), "a", "7", "", "x" * 200, -(2**63), 2**63 - 1, 2**63, -(2**70),
+            np.int64(3), np.int64(-(2**63))]
+    return [pool[k] for k in rng.integers(0, len(pool), size).tolist()]
+
+
+@pytest.mark.parametrize("capacity", [None, 12, 40])
+def test_any_ids_map_as_a_dict_would_whatever_their_kinds(capacity):
+    rng = np.random.default_rng(capacity or 0)
+    m, typed = IdMap(capacity), IdMap(capacity)  # typed: all-int batches as IntIds
+    reference: dict = {}  # the unbounded map: rows in order of first appearance
+    for _ in range(300):
+        ids = _ids(rng, int(rng.integers(1, 10)))
+        if rng.random() < 0.3:
+            ids = rng.integers(-(2**62), 2**62, 6).tolist()
+        rows = m.lookup(ids)
+        as_ints = all(type(k) is int and -(2**63) < k < 2**63 for k in ids)
+        assert typed.lookup(IntIds(np.array(ids)) if as_ints else ids).tolist() == rows.tolist()
+        assert m.last_evicted.tolist() == typed.last_evicted.tolist()
+        for key in ids:
+            reference.setdefault(key, len(reference))
+        if capacity is None:
+            assert rows.tolist() == [reference[k] for k in ids]
+        assert all(k in m for k in ids) and len(m) == len(set(m.state_dict()["ids"]))
+        assert rows.max() < len(m) and m.lookup(ids, add=False).tolist() == rows.tolist()
+    clone = IdMap(capacity)
+    clone.load_state_dict(m.state_dict())
+    ids = _ids(rng, 8)
+    assert clone.lookup(ids).tolist() == m.lookup(ids).tolist()
+    assert clone.state_dict()["ids"] == m.state_dict()["ids"]
+    assert len(m) == (len(reference) if capacity is None else capacity)
 
 
 # -- the sampler and the reservoir forget recycled rows -----------------------------------
