@@ -21,6 +21,9 @@ dwell-derived labels of genuine events and, when events carry ``context.explicit
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
+
+from learner import ring
 
 
 def auc_score(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -48,9 +51,8 @@ class WindowAUC:
 
     def update(self, scores: np.ndarray, labels: np.ndarray) -> None:
         scores, labels = scores[-self.size :], labels[-self.size :]
-        slots = (self._seen + np.arange(scores.size)) % self.size
-        self._scores[slots] = scores
-        self._labels[slots] = labels
+        ring.write(self._scores, self._seen, scores)
+        ring.write(self._labels, self._seen, labels)
         self._seen += scores.size
 
     def state_dict(self) -> dict:
@@ -65,6 +67,21 @@ class WindowAUC:
         return auc_score(self._scores[:n], self._labels[:n])
 
 
+@njit(cache=True, nogil=True)
+def _histogram_add(pos: np.ndarray, neg: np.ndarray, scores: np.ndarray,
+                   labels: np.ndarray) -> None:
+    """Count each score into its bin of ``pos`` (label not 0) or ``neg``: bin
+    ``int(score * bins)``, clipped to the bins (NaN to the first)."""
+    bins = pos.size
+    for j in range(scores.size):
+        x = scores[j] * bins
+        slot = 0 if not x > 0 else (bins - 1 if x >= bins else int(x))
+        if labels[j] != 0:
+            pos[slot] += 1
+        else:
+            neg[slot] += 1
+
+
 class RunAUC:
     """AUC since the start of the run, from histograms of positive and negative scores."""
 
@@ -74,12 +91,9 @@ class RunAUC:
         self.neg = np.zeros(bins, dtype=np.int64)
 
     def update(self, scores: np.ndarray, labels: np.ndarray) -> None:
-        slots = np.clip((scores * self.bins).astype(np.int64), 0, self.bins - 1)
-        labels = labels.astype(bool)
-        # add.at touches a batch's bins only; a bincount of all 65,536 bins, twice a batch,
-        # cost ~0.1 us an event
-        np.add.at(self.pos, slots[labels], 1)
-        np.add.at(self.neg, slots[~labels], 1)
+        # a compiled loop touches a batch's bins only: a bincount of all 65,536 bins, twice
+        # a batch, cost ~0.1 us an event, np.add.at ~13 us a batch
+        _histogram_add(self.pos, self.neg, scores, labels)
 
     def state_dict(self) -> dict:
         return {"pos": self.pos.copy(), "neg": self.neg.copy()}
@@ -113,8 +127,7 @@ class WindowMean:
 
     def update(self, values: np.ndarray) -> None:
         values = np.asarray(values, dtype=np.float64)[-self.size :]
-        slots = (self._seen + np.arange(values.size)) % self.size
-        self._values[slots] = values
+        ring.write(self._values, self._seen, values)
         self._seen += values.size
 
     def state_dict(self) -> dict:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from learner import ring
 from learner.keyset import KeySet
 from stream.errors import ConfigError
 
@@ -49,8 +50,7 @@ class NegativeSampler:
     def observe(self, users: np.ndarray, items: np.ndarray) -> None:
         """Remember interactions (user rows, item rows) of a batch."""
         self._seen.add(self._keys(users, items))
-        slots = (self._recent_count + np.arange(items.size)) % self._recent.size
-        self._recent[slots] = items[-self._recent.size :] if items.size else items
+        ring.write(self._recent, self._recent_count, items[-self._recent.size :])
         self._recent_count += items.size
 
     def _draw(self, size: int, n_items: int) -> np.ndarray:
