@@ -29,7 +29,7 @@ import numpy as np
 
 from learner.intmap import EMPTY, IntMap
 from stream.errors import ConfigError
-from stream.scan import IntIds
+from stream.scan import IntIds, StrIds
 
 _NONE = np.zeros(0, dtype=np.int64)
 _NEVER = np.iinfo(np.int64).max
@@ -47,8 +47,11 @@ class _Split:
 
     def __init__(self, ids: Sequence[Hashable]) -> None:
         n = len(ids)
-        keys = ids.array if type(ids) is IntIds else None
-        if keys is None and n and set(map(type, ids)) == {int}:
+        if type(ids) is StrIds:  # no integers: no type to check
+            self.int_at, self.ints, self.other_at, self.others = _NONE, _NONE, np.arange(n), ids
+            return
+        keys, kinds = (ids.array, {int}) if type(ids) is IntIds else (None, set(map(type, ids)))
+        if keys is None and kinds == {int}:
             try:
                 keys = np.fromiter(ids, np.int64, n)
             except OverflowError:
@@ -56,6 +59,9 @@ class _Split:
         if keys is not None and not (keys == EMPTY).any():
             self.int_at, self.ints, self.other_at, self.others = None, keys, _NONE, []
             return
+        if not any(kind is not bool and issubclass(kind, (int, np.integer)) for kind in kinds):
+            self.int_at, self.ints, self.other_at, self.others = _NONE, _NONE, np.arange(n), ids
+            return  # no integers (strings, most often): no call a key
         is_int = np.fromiter(map(_is_int_key, ids), bool, n)
         self.int_at, self.other_at = np.flatnonzero(is_int), np.flatnonzero(~is_int)
         self.ints = np.fromiter((ids[j] for j in self.int_at.tolist()), np.int64,
@@ -103,7 +109,8 @@ class IdMap:
         if split.int_at is None:
             return self._ints.get(split.ints)
         out = np.empty(n, np.int64)
-        out[split.int_at] = self._ints.get(split.ints)
+        if split.ints.size:
+            out[split.int_at] = self._ints.get(split.ints)
         # a C-level map: a generator over the ids cost ~0.15 us an id more
         out[split.other_at] = np.fromiter(map(self._others.get, split.others,
                                               repeat(-1, len(split.others))),
@@ -126,27 +133,46 @@ class IdMap:
             return out
         self.last_evicted = _NONE
         missing = np.flatnonzero(out < 0)
-        if missing.size:
+        if missing.size and self.capacity is None and not split.ints.size:
+            self._add_others(split.others, out, missing)  # strings, most often
+        elif missing.size:
             self._assign(split, out, missing)
-            out = self._find(split, len(ids))
+            if split.int_at is None:  # the rows of the ids that were missing
+                out[missing] = self._ints.get(split.ints[missing])
+            else:
+                out = self._find(split, len(ids))
         if self.capacity is not None:
             self.clock += 1
             self._last_seen[out] = self.clock
         return out
 
+    def _add_others(self, ids: Sequence[Hashable], out: np.ndarray, missing: np.ndarray,
+                    ) -> None:
+        """An unbounded map's new rows for ``ids`` (none an integer) at positions
+        ``missing``, in order of first appearance, written into ``out``: C-level maps only."""
+        keys = list(map(ids.__getitem__, missing.tolist()))
+        fresh = dict.fromkeys(keys)
+        n = len(self)
+        self._others.update(zip(fresh, range(n, n + len(fresh)), strict=True))
+        out[missing] = np.fromiter(map(self._others.__getitem__, keys), np.int64, len(keys))
+
     def _fresh(self, split: _Split, out: np.ndarray) -> tuple[np.ndarray, list[Hashable]]:
-        """The unknown integer ids, and the other unknown ids, each in order of first
-        appearance; and where each first appears, integers first (for the row order)."""
-        at = split.positions(out.size)
-        unknown = out[at] < 0
-        ints, first = np.unique(split.ints[unknown], return_index=True)
-        int_first = at[unknown][first]
-        order = np.argsort(int_first, kind="stable")
-        ints, int_first = ints[order], int_first[order]
-        others: dict[Hashable, int] = {}
-        for j, key in zip(split.other_at.tolist(), split.others, strict=True):
-            if out[j] < 0:
-                others.setdefault(key, j)
+        """The unknown integer ids, and the other unknown ids, each once; and where each
+        first appears, integers first (the caller orders the new rows by it)."""
+        ints, int_first = _NONE, _NONE
+        if split.ints.size:
+            at = split.positions(out.size)
+            unknown = out[at] < 0
+            ints, first = np.unique(split.ints[unknown], return_index=True)
+            int_first = at[unknown][first]
+            order = np.argsort(int_first, kind="stable")
+            ints, int_first = ints[order], int_first[order]
+        unknown = np.flatnonzero(out[split.other_at] < 0)
+        keys = list(map(split.others.__getitem__, unknown.tolist()))
+        # each key's first position: dicts keep the last value, so built back to front (the
+        # keys come out in some order; the caller orders the rows by these positions)
+        others = dict(zip(reversed(keys), reversed(split.other_at[unknown].tolist()),
+                          strict=True))
         return ints, list(others), np.concatenate([int_first, np.fromiter(
             others.values(), np.int64, len(others))])
 
