@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import re
+import time
 
 import pytest
 
 from learner.bench import kafka
+from producers.replay import replay
+from stream.admin import create_topic
 from stream.errors import ConfigError
 from tests.integration.helpers import read_topic
 
 
 def test_kafka_suite_measures_every_row(kafka_bootstrap, kafka_client):
     args = argparse.Namespace(quick=True, clients=(kafka_client,), kafka_repeat=1,
-                              kafka_bootstrap=kafka_bootstrap, device="cpu",
+                              kafka_rounds=3, kafka_bootstrap=kafka_bootstrap, device="cpu",
                               kafka_set=(("train_batch", "128"),))
     measures, n, n_valid = kafka.kafka_measures(args)
     kinds = [m.what for m in measures]
@@ -29,6 +33,19 @@ def test_kafka_suite_measures_every_row(kafka_bootstrap, kafka_client):
     section = kafka.format_markdown(measures, n, "test machine", "cmd", n_valid)
     assert "p99" in section and "| consume ceiling |" in section
     assert f"a second topic of its {n_valid:,} valid records" in section
+
+
+def test_the_target_setup_and_its_ceiling_are_taken_in_turns(kafka_bootstrap, kafka_client):
+    events = kafka.bench_events(1)[:3000]
+    topic = f"bench-paired-{kafka_client}-{time.time_ns()}"
+    create_topic(kafka_bootstrap, topic, partitions=4)
+    replay(events, bootstrap=kafka_bootstrap, topic=topic, progress=False, client=kafka_client)
+    ceiling, learner = kafka.paired(kafka_client, kafka_bootstrap, topic, len(events), 3,
+                                    "cpu", {"train_batch": "128"})
+    assert (ceiling.what, learner.what) == ("consume ceiling", kafka.TARGET)
+    assert ceiling.events == learner.events == len(events)
+    shares = learner.extra.removeprefix("rounds: ").split(", ")
+    assert len(shares) == 3 and all(re.fullmatch(r"\d+%", s) for s in shares), shares
 
 
 def test_kafka_set_settings_are_checked_before_the_learner_starts(kafka_bootstrap):
