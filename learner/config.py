@@ -29,6 +29,10 @@ def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+#: The values of ``fetch_process``.
+FETCH_PROCESS = ("auto", "on", "off")
+
+
 @dataclass(frozen=True)
 class Config:
     """Every setting of the learner daemon, the replay and the demo."""
@@ -45,6 +49,11 @@ class Config:
         "ssl_cafile, ...); never logged")})
     client: str = _opt("kafka-python", "Kafka client: kafka-python or confluent "
                        "(pip install 'dwell[fast]')")
+    fetch_process: str = _opt("auto", "run the Kafka client in a process of its own that "
+                              "fetches the next micro-batch while this one is learned: on, "
+                              "off, or auto (on with kafka-python, whose fetch is Python and "
+                              "takes a core; off with confluent, which fetches on its own "
+                              "threads)")
     session_timeout_ms: int = _opt(10_000, "consumer group session timeout: how long a dead "
                                    "learner holds its partitions")
     batch_size: int = _opt(1024, "micro-batch: at most this many records")
@@ -123,12 +132,20 @@ class Config:
 
     def __post_init__(self) -> None:
         check_client(self.client)
+        if self.fetch_process not in FETCH_PROCESS:
+            raise ConfigError(f"fetch_process {self.fetch_process!r}: expected "
+                              f"{', '.join(FETCH_PROCESS)}")
         if self.switch_interval_s < 0:
             raise ConfigError(f"switch_interval_s {self.switch_interval_s}: must be 0 (leave "
                               "Python's) or positive")
         if self.gc_threshold < 0:
             raise ConfigError(f"gc_threshold {self.gc_threshold}: must be 0 (leave Python's) "
                               "or positive")
+
+    def uses_fetch_process(self) -> bool:
+        """Whether the learner's consumer runs in a fetch process (``fetch_process``)."""
+        return self.fetch_process == "on" or (
+            self.fetch_process == "auto" and self.client == "kafka-python")
 
     def client_options(self) -> dict[str, Any]:
         """``kafka_options`` as keyword arguments for kafka-python's clients."""

@@ -130,6 +130,7 @@ class Daemon:
             cfg.client, cfg.bootstrap, cfg.topic, cfg.group,
             max_records=cfg.batch_size, max_wait_s=cfg.batch_timeout_s,
             on_revoke=self._on_revoke, on_assign=self._on_assign, partitions=partitions,
+            fetch_process=cfg.uses_fetch_process(),
             client_config={"session_timeout_ms": cfg.session_timeout_ms,
                            "heartbeat_interval_ms": max(100, cfg.session_timeout_ms // 3),
                            **cfg.client_options()},

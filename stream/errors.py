@@ -45,6 +45,10 @@ class ClientError(DwellError):
         if retriable is not None:
             self.retriable = retriable
 
+    def __reduce__(self) -> tuple:
+        """Pickled whole, name and retriable with it (the fetch process sends its errors)."""
+        return type(self), (str(self), self.name, self.retriable)
+
 
 class ClientTimeoutError(ClientError):
     """The broker did not answer in time: no bootstrap, or a record could not even be queued."""

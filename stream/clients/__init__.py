@@ -186,6 +186,7 @@ def make_consumer(
     on_revoke: Callable[[set[int]], None] | None = None,
     on_assign: Callable[[set[int]], None] | None = None,
     partitions: Iterable[int] | None = None,
+    fetch_process: bool = False,
 ) -> BatchConsumer:
     """A :class:`BatchConsumer` of ``client`` on ``topic`` in ``group``.
 
@@ -193,10 +194,16 @@ def make_consumer(
     With ``partitions`` the consumer reads exactly those partitions (no group rebalancing:
     ``on_assign`` is called once, inside the first ``poll_batch``, and ``on_revoke`` never),
     and still commits its offsets under ``group``, so that the group's lag shows.
+    With ``fetch_process`` the client runs in a child process that fetches one batch ahead
+    (:class:`stream.clients.fetcher.FetchProcess`).
     Raises ConfigError for an unknown client, a missing library or bad settings.
     """
     kwargs = dict(max_records=max_records, max_wait_s=max_wait_s, client_config=client_config,
                   on_revoke=on_revoke, on_assign=on_assign, partitions=partitions)
+    if fetch_process:
+        from stream.clients.fetcher import FetchProcess
+
+        return FetchProcess(check_client(client), bootstrap, topic, group, **kwargs)
     if check_client(client) == "confluent":
         from stream.clients.confluent import ConfluentConsumer
 
