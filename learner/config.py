@@ -29,8 +29,8 @@ def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
-#: The values of ``fetch_process``.
-FETCH_PROCESS = ("auto", "on", "off")
+#: The values of ``client_process``.
+CLIENT_PROCESS = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,12 @@ class Config:
         "ssl_cafile, ...); never logged")})
     client: str = _opt("kafka-python", "Kafka client: kafka-python or confluent "
                        "(pip install 'dwell[fast]')")
-    fetch_process: str = _opt("auto", "run the Kafka client in a process of its own that "
-                              "fetches the next micro-batch while this one is learned: on, "
-                              "off, or auto (on with kafka-python, whose fetch is Python and "
-                              "takes a core; off with confluent, which fetches on its own "
-                              "threads)")
+    client_process: str = _opt("auto", "run the Kafka clients (the consumer, which then "
+                               "fetches ahead while a micro-batch is learned, and the "
+                               "dead-letter producer) in processes of their own: on, off, or "
+                               "auto (on with kafka-python, whose fetch and produce are Python "
+                               "that holds the learner's interpreter lock; off with confluent, "
+                               "which works on threads of its own)")
     session_timeout_ms: int = _opt(10_000, "consumer group session timeout: how long a dead "
                                    "learner holds its partitions")
     batch_size: int = _opt(1024, "micro-batch: at most this many records")
@@ -132,9 +133,9 @@ class Config:
 
     def __post_init__(self) -> None:
         check_client(self.client)
-        if self.fetch_process not in FETCH_PROCESS:
-            raise ConfigError(f"fetch_process {self.fetch_process!r}: expected "
-                              f"{', '.join(FETCH_PROCESS)}")
+        if self.client_process not in CLIENT_PROCESS:
+            raise ConfigError(f"client_process {self.client_process!r}: expected "
+                              f"{', '.join(CLIENT_PROCESS)}")
         if self.switch_interval_s < 0:
             raise ConfigError(f"switch_interval_s {self.switch_interval_s}: must be 0 (leave "
                               "Python's) or positive")
@@ -142,10 +143,11 @@ class Config:
             raise ConfigError(f"gc_threshold {self.gc_threshold}: must be 0 (leave Python's) "
                               "or positive")
 
-    def uses_fetch_process(self) -> bool:
-        """Whether the learner's consumer runs in a fetch process (``fetch_process``)."""
-        return self.fetch_process == "on" or (
-            self.fetch_process == "auto" and self.client == "kafka-python")
+    def uses_client_process(self) -> bool:
+        """Whether the learner's Kafka clients run in processes of their own
+        (``client_process``)."""
+        return self.client_process == "on" or (
+            self.client_process == "auto" and self.client == "kafka-python")
 
     def client_options(self) -> dict[str, Any]:
         """``kafka_options`` as keyword arguments for kafka-python's clients."""

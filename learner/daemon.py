@@ -125,12 +125,12 @@ class Daemon:
         create_topic(cfg.bootstrap, cfg.dead_letter_topic, partitions=1,
                      options=cfg.client_options())
         self.dlq = DeadLetterQueue(cfg.bootstrap, cfg.dead_letter_topic, cfg.client_options(),
-                                   client=cfg.client)
+                                   client=cfg.client, process=cfg.uses_client_process())
         self.consumer = make_consumer(
             cfg.client, cfg.bootstrap, cfg.topic, cfg.group,
             max_records=cfg.batch_size, max_wait_s=cfg.batch_timeout_s,
             on_revoke=self._on_revoke, on_assign=self._on_assign, partitions=partitions,
-            fetch_process=cfg.uses_fetch_process(),
+            process=cfg.uses_client_process(),
             client_config={"session_timeout_ms": cfg.session_timeout_ms,
                            "heartbeat_interval_ms": max(100, cfg.session_timeout_ms // 3),
                            **cfg.client_options()},

@@ -64,10 +64,11 @@ class DeadLetterQueue:
 
     def __init__(
         self, bootstrap: str, topic: str, client_config: Mapping[str, Any] | None = None,
-        client: str = DEFAULT_CLIENT,
+        client: str = DEFAULT_CLIENT, process: bool = False,
     ) -> None:
         self.topic = topic
         self.client = client
+        self.process = process  # the producer in a child process (stream.clients.sender)
         self._pending: list[_Letter] = []
         # Long batches: a flush (before each commit) sends them at once anyway, and
         # kafka-python wakes its sender thread (a syscall) for each new batch: a dead letter
@@ -77,7 +78,7 @@ class DeadLetterQueue:
             "max_request_size": 4 * 1024 * 1024, "client_id": "dwell-dlq",
             **dict(client_config or {}), "bootstrap_servers": bootstrap.split(","),
         }
-        self._producer: Producer | None = make_producer(client, self._config)
+        self._producer: Producer | None = make_producer(client, self._config, process=process)
 
     @property
     def producer_config(self) -> dict[str, Any]:
@@ -124,7 +125,7 @@ class DeadLetterQueue:
         # An idempotent producer that met a fatal error refuses every later send: start afresh.
         self._close_producer(timeout=1)
         try:
-            self._producer = make_producer(self.client, self._config)
+            self._producer = make_producer(self.client, self._config, process=self.process)
         except ClientError as exc:
             logger.warning("dead-letter producer: %r", exc)
             self._producer = None

@@ -59,8 +59,8 @@ SETUPS = {  # learner setups measured end to end: name -> Config overrides
     "GMF IDL+IG": {"loss": "idl", "meta": "ig", "num_neg": 1},
     "GMF IDL+IG, max 4 steps per batch, lr 0.03": {
         "loss": "idl", "meta": "ig", "num_neg": 1, "max_steps": 4, "lr": 0.03},
-    "GMF IDL+IG, the client in the learner's process": {
-        "loss": "idl", "meta": "ig", "num_neg": 1, "fetch_process": "off"},
+    "GMF IDL+IG, the clients in the learner's process": {
+        "loss": "idl", "meta": "ig", "num_neg": 1, "client_process": "off"},
     "NeuMF IDL+IG": {"model": "neumf", "loss": "idl", "meta": "ig", "num_neg": 1},
     "GMF BCE": {"loss": "bce"},
 }

@@ -186,7 +186,7 @@ def make_consumer(
     on_revoke: Callable[[set[int]], None] | None = None,
     on_assign: Callable[[set[int]], None] | None = None,
     partitions: Iterable[int] | None = None,
-    fetch_process: bool = False,
+    process: bool = False,
 ) -> BatchConsumer:
     """A :class:`BatchConsumer` of ``client`` on ``topic`` in ``group``.
 
@@ -194,13 +194,13 @@ def make_consumer(
     With ``partitions`` the consumer reads exactly those partitions (no group rebalancing:
     ``on_assign`` is called once, inside the first ``poll_batch``, and ``on_revoke`` never),
     and still commits its offsets under ``group``, so that the group's lag shows.
-    With ``fetch_process`` the client runs in a child process that fetches one batch ahead
+    With ``process`` the client runs in a child process that fetches ahead
     (:class:`stream.clients.fetcher.FetchProcess`).
     Raises ConfigError for an unknown client, a missing library or bad settings.
     """
     kwargs = dict(max_records=max_records, max_wait_s=max_wait_s, client_config=client_config,
                   on_revoke=on_revoke, on_assign=on_assign, partitions=partitions)
-    if fetch_process:
+    if process:
         from stream.clients.fetcher import FetchProcess
 
         return FetchProcess(check_client(client), bootstrap, topic, group, **kwargs)
@@ -213,12 +213,17 @@ def make_consumer(
     return KafkaPythonConsumer(bootstrap, topic, group, **kwargs)
 
 
-def make_producer(client: str, config: Mapping[str, Any]) -> Producer:
+def make_producer(client: str, config: Mapping[str, Any], *, process: bool = False) -> Producer:
     """A :class:`Producer` of ``client``; ``config`` uses kafka-python's option names and holds
     ``bootstrap_servers``. Like kafka-python's, it waits for the cluster to answer first
-    (``bootstrap_timeout_ms``, 30 s): ClientTimeoutError if it does not.
+    (``bootstrap_timeout_ms``, 30 s): ClientTimeoutError if it does not. With ``process``
+    the client runs in a child process (:class:`stream.clients.sender.SendProcess`).
     Raises ConfigError for an unknown client, a missing library or bad settings.
     """
+    if process:
+        from stream.clients.sender import SendProcess
+
+        return SendProcess(check_client(client), config)
     if check_client(client) == "confluent":
         from stream.clients.confluent import ConfluentProducer
 

@@ -3,9 +3,9 @@
 kafka-python fetches and parses records in pure Python: ~7 us a record here, the whole of a
 core at its ceiling, and it holds the interpreter lock while it does. In the learner's
 process that time adds to the learner's own. :class:`FetchProcess` moves the client (either
-one, built by :func:`~stream.clients.make_consumer`) into a child process, ``python -m
-stream.clients.fetcher``, and fetches the next micro-batch there while the learner works on
-this one: the two run on two cores.
+one, built by :func:`~stream.clients.make_consumer`) into a child process
+(:mod:`stream.clients.child`), and fetches the next micro-batch there while the learner
+works on this one: the two run on two cores.
 
 The child is the group member; this side keeps the processed offsets (``mark_processed``,
 ``processed``) and asks the child for everything else over a socket pair, one command at a
@@ -27,8 +27,7 @@ time, answered in order:
   and not yet returned do not count.
 
 Records arrive as columns (values, keys, partitions, offsets, timestamps; headers only where
-a record has any) and are turned into :class:`~stream.clients.Message` tuples here. The child
-ends when this side closes it or goes away (end of file on its socket).
+a record has any) and are turned into :class:`~stream.clients.Message` tuples here.
 
 >>> _without(([b"a", b"b"], [None, b"k"], [0, 1], [5, 7], [1, 2], [(1, [("h", b"x")])]), {0})
 ([b'b'], [b'k'], [1], [7], [2], [(0, [('h', b'x')])])
@@ -37,20 +36,14 @@ ends when this side closes it or goes away (end of file on its socket).
 from __future__ import annotations
 
 import logging
-import os
-import pickle
-import socket
-import subprocess
-import sys
-import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from itertools import repeat
-from multiprocessing.connection import Connection
 from typing import Any
 
 from stream.clients import Message, Record
+from stream.clients.child import DIED, Child, ChildProcess
 from stream.errors import ClientError
 
 logger = logging.getLogger(__name__)
@@ -60,22 +53,18 @@ logger = logging.getLogger(__name__)
 #: own, a third of the fetch at 1,024 records a poll (a bare consumer here: ~80,000
 #: events/s polling 1,024 at a time, ~130,000 polling 4,096).
 FETCH_RECORDS = 4096
-#: Seconds the child may take to start, connect and answer its first command.
-START_TIMEOUT_S = 120.0
 _new_message = partial(tuple.__new__, Message)
 
-# messages from the child: (kind, payload)
-_REPLY, _ERROR, _REVOKE, _ASSIGN = "reply", "error", "revoke", "assign"
-_BATCH, _POLL_ERROR = "batch", "poll error"  # the answers to a poll
+# what the child sends of its own accord, and its answers to a poll
+_REVOKE, _ASSIGN = "revoke", "assign"
+_BATCH, _POLL_ERROR = "batch", "poll error"
 #: What a callback's thread answers itself (with a commit that does not block): none blocks.
 _IN_CALLBACK = frozenset({"seek", "assignment", "lag"})
-_DIED = "FetchProcessDied"  # the name of the ClientError when the child is gone
 
 
-class FetchProcess:
+class FetchProcess(ChildProcess):
     """The consumer of :func:`~stream.clients.make_consumer` (same arguments), in a child
-    process: see the module's notes. Raises what the child's client raised, pickled across
-    (ClientError, ConfigError); ClientError when the child dies."""
+    process: see the module's notes."""
 
     def __init__(
         self,
@@ -97,86 +86,27 @@ class FetchProcess:
         self.on_revoke = on_revoke
         self.on_assign = on_assign
         self._next: dict[int, int] = {}
-        self._inbox: deque[tuple[str, Any]] = deque()  # batches and callbacks not yet taken
+        self._inbox: deque[tuple[str, Any]] = deque()  # batches not yet taken
         self._ahead: list[Message] = []  # of the last batch taken, not yet handed out
         self._asked = False  # a poll is outstanding: its batch has not arrived
         self._stale: set[int] = set()  # sought outside a callback while a poll was out
         self._callbacks = 0  # > 0 while on_revoke/on_assign runs
-        self._sent = 0  # commands sent: each answer names its command by this number
-        self._answers: dict[int, tuple[str, Any]] = {}  # answers that came before awaited
-        self._lock = threading.RLock()  # one caller talks to the child at a time
         self._closed = False
-        ours, theirs = socket.socketpair()
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "stream.clients.fetcher", str(theirs.fileno())],
-            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
-        theirs.close()
-        self._conn = Connection(ours.detach())
-        spec = dict(client=client, bootstrap=bootstrap, topic=topic, group=group,
-                    max_records=max(max_records, FETCH_RECORDS), max_wait_s=max_wait_s,
-                    client_config=dict(client_config or {}),
-                    partitions=None if partitions is None else sorted(partitions))
-        try:
-            self._config = self._call("open", spec, timeout=START_TIMEOUT_S)
-        except BaseException:
-            self._kill()
-            raise
+        super().__init__("fetch process", "consumer", dict(
+            client=client, bootstrap=bootstrap, topic=topic, group=group,
+            max_records=max(max_records, FETCH_RECORDS), max_wait_s=max_wait_s,
+            client_config=dict(client_config or {}),
+            partitions=None if partitions is None else sorted(partitions)))
 
-    @property
-    def config(self) -> dict[str, Any]:
-        return self._config
-
-    @property
-    def pid(self) -> int:
-        """The child's process id."""
-        return self._process.pid
-
-    # -- talking to the child -------------------------------------------------------------
-    def _receive(self, timeout: float | None = None) -> tuple[str, int, Any]:
-        """The child's next message: (kind, the command's number or 0, payload)."""
-        try:
-            if timeout is not None and not self._conn.poll(timeout):
-                raise ClientError(f"fetch process: no answer in {timeout:.0f} s",
-                                  "FetchProcessTimeout")
-            return pickle.loads(self._conn.recv_bytes())
-        except (EOFError, OSError) as exc:
-            raise ClientError(f"fetch process {self._process.pid} died "
-                              f"(exit status {self._process.poll()})", _DIED,
-                              False) from exc
-
-    def _send(self, command: str, *args: Any) -> int:
-        """Send ``command``; its number, which its answer carries."""
-        self._sent += 1
-        try:
-            self._conn.send_bytes(pickle.dumps((self._sent, command, *args),
-                                               pickle.HIGHEST_PROTOCOL))
-        except OSError as exc:
-            raise ClientError(f"fetch process {self._process.pid} is gone",
-                              _DIED, False) from exc
-        return self._sent
-
-    def _take(self, kind: str, answers: int, payload: Any) -> None:
-        """Take in a message that is not the answer awaited: run a callback, keep a batch,
-        keep the answer to an outer call (one that a callback's call overtook)."""
+    def take(self, kind: str, number: int, payload: Any) -> None:
+        """Run a callback, keep a batch, keep the answer to an outer call."""
         if kind in (_REVOKE, _ASSIGN):
             self._callback(kind, payload)
         elif kind in (_BATCH, _POLL_ERROR):
             self._asked = False
             self._inbox.append((kind, payload))
         else:
-            self._answers[answers] = (kind, payload)
-
-    def _call(self, command: str, *args: Any, timeout: float | None = None) -> Any:
-        """Send ``command`` and wait for its answer; a batch that comes first is kept for
-        ``poll_batch``, a callback that comes first is run now."""
-        with self._lock:
-            number = self._send(command, *args)
-            while number not in self._answers:
-                self._take(*self._receive(timeout))
-            kind, payload = self._answers.pop(number)
-            if kind == _ERROR:
-                raise payload
-            return payload
+            super().take(kind, number, payload)
 
     def _callback(self, kind: str, partitions: set[int]) -> None:
         """Run ``on_revoke``/``on_assign`` while the child waits inside its client's callback."""
@@ -192,7 +122,7 @@ class FetchProcess:
                 self.on_assign(partitions)
         finally:
             self._callbacks -= 1
-            self._send("resume")
+            self.send("resume")
 
     def _drop(self, partitions: set[int]) -> None:
         """Forget the records of ``partitions`` fetched and not handed out yet."""
@@ -205,14 +135,14 @@ class FetchProcess:
         with self._lock:
             while not self._ahead:
                 if not self._inbox and not self._asked:
-                    self._send("poll")
+                    self.send("poll")
                     self._asked = True
                 if not self._inbox:
-                    self._take(*self._receive())
+                    self.take(*self.receive())
                     continue
                 kind, payload = self._inbox.popleft()
                 if not self._inbox and not self._asked:
-                    self._send("poll")  # the next batch is fetched while this one is learned
+                    self.send("poll")  # the next batch is fetched while this one is learned
                     self._asked = True
                 if kind == _POLL_ERROR:
                     raise payload
@@ -238,7 +168,7 @@ class FetchProcess:
 
     def seek(self, partition: int, offset: int) -> None:
         with self._lock:
-            self._call("seek", partition, offset)
+            self.call("seek", partition, offset)
             if not self._callbacks:  # what was fetched before comes from the old position
                 self._drop({partition})
                 if self._asked:
@@ -249,16 +179,16 @@ class FetchProcess:
         return dict(self._next)
 
     def commit(self, offsets: dict[int, int] | None = None, blocking: bool = True) -> bool:
-        return self._call("commit", dict(self._next) if offsets is None else dict(offsets),
+        return self.call("commit", dict(self._next) if offsets is None else dict(offsets),
                           blocking)
 
     @property
     def assignment(self) -> set[int]:
-        return self._call("assignment")
+        return self.call("assignment")
 
     def positions(self) -> dict[int, int]:
         with self._lock:
-            positions = self._call("positions")
+            positions = self.call("positions")
             for m in self._ahead:  # fetched, not returned yet: not passed
                 positions[m.partition] = min(positions.get(m.partition, m.offset), m.offset)
             for kind, payload in self._inbox:
@@ -268,116 +198,47 @@ class FetchProcess:
             return positions
 
     def end_offsets(self) -> dict[int, int]:
-        return self._call("end_offsets")
+        return self.call("end_offsets")
 
     def lag(self) -> dict[int, int]:
-        return self._call("lag", self._next)
+        return self.call("lag", self._next)
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         try:
-            self._call("close")
+            self.call("close")
         except ClientError as exc:
-            if exc.name != _DIED:
+            if exc.name != DIED:
                 raise
             logger.warning("%s", exc)
         finally:
-            self._conn.close()
-            try:
-                self._process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._kill()
-
-    def _kill(self) -> None:
-        self._process.kill()
-        self._process.wait()
+            self.end()
 
 
 # -- the child ----------------------------------------------------------------------------
-class _Child:
-    """Serves one parent over ``conn``: builds the client, then answers commands in order.
+class ConsumerCommands:
+    """What a fetch process's child answers: its client's consumer, called back in turn."""
 
-    The main thread reads commands and runs polls; a rebalance callback (on the client's
-    thread for kafka-python) reads and answers the commands sent meanwhile, all but ``poll``
-    and ``close``, which it leaves to the main thread. One thread reads at a time.
-    """
+    kinds = {"poll": (_BATCH, _POLL_ERROR)}  # the answer's kinds, where not reply and error
 
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self.consumer = None
-        self._reading = threading.Lock()
-        self._sending = threading.Lock()
-        self._left: deque[list] = deque()  # poll and close, read inside a callback
-
-    def send(self, *message: Any) -> None:
-        data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
-        with self._sending:
-            self.conn.send_bytes(data)
-
-    def _read(self) -> list | None:
-        """The next command for the main thread, or None after a short wait without one."""
-        if self._left:
-            return self._left.popleft()
-        if not self.conn.poll(0.05):  # not holding the lock: a callback may read meanwhile
-            return None
-        with self._reading:
-            if self._left or not self.conn.poll(0):  # a callback read it
-                return None
-            return pickle.loads(self.conn.recv_bytes())
-
-    def serve(self) -> None:
-        """Answer commands until ``close`` (or the parent goes away)."""
-        while True:
-            message = self._read()
-            if message is not None and not self.answer(*message):
-                return
-
-    def answer(self, number: int, command: str, *args: Any) -> bool:
-        """Run command ``number`` and send its answer; False after ``close``."""
-        if command == "poll":
-            try:
-                batch = _columns(self.consumer.poll_batch())
-            except Exception as exc:  # the parent raises it: the child goes on
-                self.send(_POLL_ERROR, number, _picklable(exc))
-            else:
-                self.send(_BATCH, number, batch)
-            return True
-        if command == "resume":  # a late one: nothing waits for it
-            return True
-        try:
-            self.send(_REPLY, number, getattr(self, f"do_{command}")(*args))
-        except Exception as exc:
-            self.send(_ERROR, number, _picklable(exc))
-        return command != "close"
-
-    def callback(self, kind: str, partitions: set[int]) -> None:
-        """Inside the client's callback: tell the parent, answer it until it resumes. The
-        client may call it on a thread of its own (kafka-python's IO thread) where a blocking
-        call fails: such commands wait for the main thread."""
-        with self._reading:
-            self.send(kind, 0, set(partitions))
-            while True:
-                message = pickle.loads(self.conn.recv_bytes())
-                command = message[1]
-                if command == "resume":
-                    return
-                if command in _IN_CALLBACK or (command == "commit" and not message[3]):
-                    self.answer(*message)
-                else:
-                    self._left.append(message)
-
-    # commands
-    def do_open(self, spec: dict) -> dict:
+    def __init__(self, child: Child, spec: dict) -> None:
         from stream.clients import make_consumer
 
+        self.child = child
         spec = dict(spec)
         self.consumer = make_consumer(
             spec.pop("client"), spec.pop("bootstrap"), spec.pop("topic"), spec.pop("group"),
-            on_revoke=partial(self.callback, _REVOKE), on_assign=partial(self.callback, _ASSIGN),
+            on_revoke=partial(self._callback, _REVOKE), on_assign=partial(self._callback, _ASSIGN),
             **spec)
-        return {k: v for k, v in self.consumer.config.items() if _is_picklable(v)}
+        self.config = self.consumer.config
+
+    def _callback(self, kind: str, partitions: set[int]) -> None:
+        self.child.callback(kind, set(partitions), _answers_in_callback)
+
+    def do_poll(self) -> tuple:
+        return _columns(self.consumer.poll_batch())
 
     def do_seek(self, partition: int, offset: int) -> None:
         self.consumer.seek(partition, offset)
@@ -419,32 +280,7 @@ def _without(columns: tuple, partitions: set[int]) -> tuple:
     return (*([column[i] for i in keep] for column in columns[:5]), headers)
 
 
-def _is_picklable(value: Any) -> bool:
-    try:
-        pickle.dumps(value)
-    except Exception:
-        return False
-    return True
-
-
-def _picklable(exc: BaseException) -> BaseException:
-    """``exc`` if it survives pickling, else a ClientError that says what it was."""
-    if _is_picklable(exc):
-        return exc
-    return ClientError(f"fetch process: {exc!r}", type(exc).__name__)
-
-
-def main(argv: list[str]) -> int:
-    """``python -m stream.clients.fetcher FD``: serve the parent on socket ``FD``."""
-    logging.basicConfig(level=os.environ.get("DWELL_LOG_LEVEL", "WARNING"),
-                        format="%(asctime)s fetcher %(levelname)s %(name)s: %(message)s")
-    child = _Child(Connection(int(argv[0])))
-    try:
-        child.serve()
-    except (EOFError, OSError):  # the parent went away: no client thread may hold us up
-        os._exit(0)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+def _answers_in_callback(message: tuple) -> bool:
+    """Whether a command is answered on a callback's thread: none that blocks."""
+    command = message[1]
+    return command in _IN_CALLBACK or (command == "commit" and not message[3])

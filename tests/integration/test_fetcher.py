@@ -54,7 +54,7 @@ def test_fetch_process_hands_out_what_the_client_itself_would(kafka_bootstrap, t
     for fetch_process in (False, True):
         consumer = make_consumer(kafka_client, kafka_bootstrap, topic,
                                  f"{topic}-{fetch_process}", max_records=1000, max_wait_s=0.3,
-                                 fetch_process=fetch_process)
+                                 process=fetch_process)
         try:
             assert isinstance(consumer, FetchProcess) == fetch_process
             batches = _drain(consumer, N)
