@@ -7,7 +7,9 @@
    train, commit) draining the same topic with each client, for several learner setups;
    events/s from its first micro-batch, and the ratio to that client's ceiling. The ceiling
    and GMF IDL+IG (the targets' setup) are taken in turns ``--kafka-rounds`` times, the
-   median round reported with every round's share beside it.
+   median round reported with every round's share beside it. With kafka-python the learner's
+   clients run in child processes (``--client-process auto``); the setup "the clients in
+   the learner's process" measures it without them, for comparison.
    The log's zero-duration rows (18%) are dead letters, each a produce on the dead-letter
    topic; so GMF IDL+IG and both ceilings are measured again on a second topic of the
    valid events only (rows "valid events only"): the learner's own cost on a clean stream.

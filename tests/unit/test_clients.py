@@ -575,10 +575,12 @@ def test_dead_letters_that_fail_are_sent_again_on_a_fresh_producer(monkeypatch):
     from stream.event import Reason
 
     ScriptedProducer.made = []
+    processes = []
     monkeypatch.setattr(dlq, "make_producer",
-                        lambda client, config: ScriptedProducer(client, config,
-                                                                failing=not ScriptedProducer.made))
-    queue = dlq.DeadLetterQueue("a:1,b:2", "t.dlq", {"client_id": "x"}, client="confluent")
+                        lambda client, config, process: processes.append(process) or
+                        ScriptedProducer(client, config, failing=not ScriptedProducer.made))
+    queue = dlq.DeadLetterQueue("a:1,b:2", "t.dlq", {"client_id": "x"}, client="confluent",
+                                process=True)
     first = ScriptedProducer.made[0]
     assert first.client == "confluent"
     assert first.config["bootstrap_servers"] == ["a:1", "b:2"] and first.config["acks"] == "all"
@@ -592,6 +594,7 @@ def test_dead_letters_that_fail_are_sent_again_on_a_fresh_producer(monkeypatch):
     assert [(v, h["dwell.source.offset"], h["dwell.reason"]) for _t, v, _k, h in second.sent] == [
         (b"bad", b"3", b"not_json"), (None, b"4", b"not_json")]
     assert queue.pending == 0
+    assert processes == [True, True]  # the fresh producer in a child process too
 
 
 @needs_confluent

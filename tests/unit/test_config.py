@@ -124,3 +124,17 @@ def test_admin_client_takes_the_security_settings_and_ignores_the_rest():
         "security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
         "sasl_plain_username": "u", "sasl_plain_password": "p",
     }
+
+
+@pytest.mark.parametrize(("setting", "client", "expected"), [
+    ("auto", "kafka-python", True), ("auto", "confluent", False),
+    ("on", "confluent", True), ("off", "kafka-python", False),
+])
+def test_client_process_auto_means_kafka_python(setting, client, expected):
+    cfg = Config(client_process=setting, client=client)
+    assert cfg.uses_client_process() is expected
+
+
+def test_client_process_takes_three_values():
+    with pytest.raises(ConfigError, match="client_process 'yes': expected auto, on, off"):
+        Config(client_process="yes")
