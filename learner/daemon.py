@@ -412,8 +412,8 @@ class Daemon:
         assignment = self.consumer.assignment
         if not assignment:
             return False
-        positions = self.consumer.positions()
-        return all(positions[p] >= targets.get(p, 0) for p in positions)
+        positions = self.consumer.positions()  # {} in the midst of a rebalance: not done
+        return bool(positions) and all(positions[p] >= targets.get(p, 0) for p in positions)
 
     def _progress(self, now: float) -> None:
         """Publish the slow gauges, append a run-log record, log a progress line."""

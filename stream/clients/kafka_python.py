@@ -55,6 +55,7 @@ class _Listener(ConsumerRebalanceListener):
     def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         partitions = {tp.partition for tp in revoked}
         logger.info("partitions revoked: %s", sorted(partitions))
+        self.owner._revoked.update(partitions)  # for the poll_batch under way
         if self.owner.on_revoke is not None:
             self.owner.on_revoke(partitions)
         for tp in revoked:
@@ -132,6 +133,7 @@ class KafkaPythonConsumer:
         self.on_assign = on_assign
         self._next: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
+        self._revoked: set[int] = set()  # revoked while a poll_batch gathers records
         try:
             with _translated(f"cannot reach Kafka at {bootstrap}"):
                 self._consumer = KafkaConsumer(**{
@@ -164,6 +166,7 @@ class KafkaPythonConsumer:
                 self.on_assign(assigned)
         deadline = time.monotonic() + self.max_wait_s
         out: list[ConsumerRecord] = []
+        self._revoked.clear()
         with _translated("poll"):
             while len(out) < self.max_records:
                 remaining_ms = int((deadline - time.monotonic()) * 1000)
@@ -174,7 +177,29 @@ class KafkaPythonConsumer:
                 )
                 for records in polled.values():
                     out.extend(records)
+            if self._revoked:
+                out = self._without_revoked(out)
         return out
+
+    def _without_revoked(self, out: list[ConsumerRecord]) -> list[ConsumerRecord]:
+        """``out`` less the records of partitions revoked while it was gathered.
+
+        Records polled before a revoke must not be handed out after it: ``on_revoke`` has
+        committed what was processed, and the partition may be another member's now. If it
+        came back to this consumer, its position is moved back to the lowest offset dropped
+        (or kept, where ``on_assign`` sought further back), so nothing is skipped.
+        """
+        revoked, self._revoked = self._revoked, set()
+        first: dict[int, int] = {}
+        for r in out:
+            if r.partition in revoked:
+                first[r.partition] = min(first.get(r.partition, r.offset), r.offset)
+        assigned = self._consumer.assignment()
+        for partition, offset in first.items():
+            tp = TopicPartition(self.topic, partition)
+            if tp in assigned and self._consumer.position(tp) > offset:
+                self._consumer.seek(tp, offset)
+        return [r for r in out if r.partition not in revoked]
 
     def mark_processed(self, records: Iterable[ConsumerRecord]) -> None:
         last = {r.partition: r.offset + 1 for r in records}  # one TopicPartition a partition
