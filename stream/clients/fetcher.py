@@ -134,16 +134,12 @@ class FetchProcess(ChildProcess):
     def poll_batch(self) -> list[Message]:
         with self._lock:
             while not self._ahead:
-                if not self._inbox and not self._asked:
-                    self.send("poll")
-                    self._asked = True
+                self._ask()
                 if not self._inbox:
                     self.take(*self.receive())
                     continue
                 kind, payload = self._inbox.popleft()
-                if not self._inbox and not self._asked:
-                    self.send("poll")  # the next batch is fetched while this one is learned
-                    self._asked = True
+                self._ask()  # the next batch is fetched while this one is learned
                 if kind == _POLL_ERROR:
                     raise payload
                 self._ahead = self._messages(payload)
@@ -151,6 +147,12 @@ class FetchProcess(ChildProcess):
                     return []
             out, self._ahead = self._ahead[:self.max_records], self._ahead[self.max_records:]
             return out
+
+    def _ask(self) -> None:
+        """Ask the child for a batch, unless one is on its way or waiting here."""
+        if not self._inbox and not self._asked:
+            self.send("poll")
+            self._asked = True
 
     def _messages(self, columns: tuple) -> list[Message]:
         values, keys, partitions, offsets, timestamps, headers = columns
@@ -276,7 +278,8 @@ def _columns(records: list) -> tuple:
 def _without(columns: tuple, partitions: set[int]) -> tuple:
     """``columns`` less the records of ``partitions``."""
     keep = [i for i, p in enumerate(columns[2]) if p not in partitions]
-    headers = [(keep.index(i), h) for i, h in columns[5] if columns[2][i] not in partitions]
+    moved = {i: j for j, i in enumerate(keep)}  # old position -> new
+    headers = [(moved[i], h) for i, h in columns[5] if i in moved]
     return (*([column[i] for i in keep] for column in columns[:5]), headers)
 
 
