@@ -7,22 +7,31 @@ Settings come from flags, ``DWELL_*`` environment variables and an optional TOML
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
+from learner.bounds import MAX_PORT, Flag, Range, positive_int
 from learner.config import Config, add_config_args, config_from_args
-from stream.errors import DwellError
+from stream import redact
+from stream.errors import ClientError, DwellError
 
 logger = logging.getLogger("dwell")
 
-KAFKA_FLAGS = ("bootstrap", "topic", "partitions", "kafka_options", "client")
+KAFKA_FLAGS = ("bootstrap", "topic", "partitions", "kafka_options", "kafka_options_file",
+               "client", "connect_timeout_s")
 DEFAULT_DATA = (
     Path(__file__).resolve().parents[1]
     / "data/kuairand27k_like_hate/processed_standard_kcore_15.tsv"
 )
+#: A flag's TCP port, and a flag's positive number (events/s, a speed-up).
+PORT = Flag(int, Range(1, MAX_PORT))
+POSITIVE = Flag(float, Range(0, 1e12, low_open=True))
 DWELL_HOME = Path(os.environ.get("DWELL_HOME", Path.home() / ".local/share/dwell"))
 DEFAULT_BROKER_DIR = DWELL_HOME / "kafka"
 DEFAULT_CLUSTER_DIR = DWELL_HOME / "kafka-cluster"
@@ -184,20 +193,32 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, ``dwell learn: error: ...`` (status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dwell", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = Parser(prog="dwell", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging (the Kafka clients' at INFO: see --debug-kafka)")
+    parser.add_argument("--debug-kafka", action="store_true",
+                        default=redact.kafka_debug_asked(os.environ),
+                        help="the Kafka clients' DEBUG logs too (or DWELL_DEBUG_KAFKA=1); "
+                             "secrets are masked in every log all the same")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("broker", help="start, stop or query a local Apache Kafka broker "
                                       "(or a local cluster of several, --nodes)")
     p.add_argument("action", choices=["start", "stop", "status"])
-    p.add_argument("--nodes", type=int, default=1,
+    p.add_argument("--nodes", type=positive_int(64), default=1,
                    help="number of nodes (KRaft, each broker and controller); with N > 1 "
                         "node k listens on PORT+k-1 and CONTROLLER_PORT+k-1 and keeps its data "
                         "in DATA/node-k")
-    p.add_argument("--port", type=int, default=9092, help="(first) broker port")
-    p.add_argument("--controller-port", type=int, default=None,
+    p.add_argument("--port", type=PORT, default=9092, help="(first) broker port")
+    p.add_argument("--controller-port", type=PORT, default=None,
                    help="(first) controller port (default: 9093 for one node, PORT+N for N)")
     p.add_argument("--data", default=None,
                    help=f"data folder (default {DEFAULT_BROKER_DIR}, or {DEFAULT_CLUSTER_DIR} "
@@ -212,12 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-unit", choices=["ms", "s"], default="ms",
                    help="unit of the time column (generic)")
     pace = p.add_mutually_exclusive_group()
-    pace.add_argument("--rate", type=float, help="events per second")
-    pace.add_argument("--speed", type=float, help="multiple of real event time")
-    p.add_argument("--limit", type=int, help="send at most this many events")
+    pace.add_argument("--rate", type=POSITIVE, help="events per second")
+    pace.add_argument("--speed", type=POSITIVE, help="multiple of real event time")
+    p.add_argument("--limit", type=Flag(int, Range(0)), help="send at most this many events")
     p.add_argument("--shift", choices=["invert", "swap_items"],
                    help="inject a concept shift (a drift-detection drill; producers/shift.py)")
-    p.add_argument("--shift-at", type=int, help="first shifted event (default: the middle)")
+    p.add_argument("--shift-at", type=Flag(int, Range(0)),
+                   help="first shifted event (default: the middle)")
     add_config_args(p, KAFKA_FLAGS)
     p.set_defaults(func=_replay)
 
@@ -251,18 +273,72 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``dwell``: 0 on success; 2 for a bad setting (one line, nothing started); 1 when
+    the Kafka cluster cannot be reached or a Kafka client fails (one line)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    logging.getLogger("kafka").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
+    redact.install(logging.DEBUG if args.debug_kafka
+                   else logging.INFO if args.verbose else logging.ERROR)
     try:
+        _check_before_start(args)
         return args.func(args)
+    except ClientError as exc:
+        return _fail(exc, 1)
     except DwellError as exc:
-        logger.error("%s", exc)
-        return 2
+        return _fail(exc, 2)
+    except Exception as exc:
+        if not _is_kafka_error(exc):
+            raise
+        return _fail(exc, 1)
+
+
+def _check_before_start(args: argparse.Namespace) -> None:
+    """Every setting of a command that has them, checked (ConfigError), its secrets known to
+    the log filter; then, for a command that talks to Kafka, the cluster's answer awaited
+    (ConnectError after ``--connect-timeout-s``)."""
+    if not hasattr(args, "config_file"):  # no Config settings: its flags checked themselves
+        return
+    cfg = config_from_args(args)
+    redact.remember(cfg.secrets())
+    if args.command in ("learn", "replay") or getattr(args, "external", False):
+        from stream.admin import check_connection
+
+        with _quiet(redact.KAFKA_LOGGERS, unless=args.verbose):  # the error says it all
+            check_connection(cfg.bootstrap, cfg.connect_timeout_s, cfg.client_options())
+
+
+@contextlib.contextmanager
+def _quiet(names: tuple[str, ...], unless: bool) -> Iterator[None]:
+    """The loggers ``names`` silent (but for CRITICAL) inside, unless ``unless``."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(lg.level if unless else logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _is_kafka_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is one of the Kafka client library's own errors."""
+    from kafka.errors import KafkaError
+
+    return isinstance(exc, KafkaError)
+
+
+def _fail(exc: BaseException, status: int) -> int:
+    """Print ``exc`` as one line, secrets masked; return ``status``."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if not isinstance(exc, DwellError):
+        text = f"{type(exc).__name__}: {text}"
+    print(f"dwell: error: {redact.redact(text)}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

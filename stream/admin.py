@@ -19,6 +19,8 @@ from kafka import TopicPartition
 from kafka.admin import KafkaAdminClient, OffsetSpec
 from kafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
+from stream.errors import ConnectError
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -57,6 +59,35 @@ def admin_client(
         yield admin
     finally:
         admin.close()
+
+
+def check_connection(
+    bootstrap: str, timeout: float, options: Mapping[str, Any] | None = None
+) -> None:
+    """Return once the cluster at ``bootstrap`` answers a metadata request with ``options``'
+    security settings; ConnectError after ``timeout`` s (or on a refusal) saying what was
+    tried and what to check."""
+    started = time.monotonic()
+    try:
+        with admin_client(bootstrap, timeout, options) as admin:
+            admin.list_topics()
+    except (KafkaError, OSError, ValueError) as exc:
+        raise ConnectError(connect_failure(bootstrap, time.monotonic() - started, options,
+                                           exc)) from exc
+
+
+def connect_failure(
+    bootstrap: str, seconds: float, options: Mapping[str, Any] | None, exc: BaseException
+) -> str:
+    """One line: the cluster at ``bootstrap`` gave no answer to these settings in ``seconds``."""
+    options = options or {}
+    security = str(options.get("security_protocol", "PLAINTEXT"))
+    if "sasl_mechanism" in options:
+        security += f", SASL {options['sasl_mechanism']}"
+    return (f"no answer from Kafka at {bootstrap} ({security}) after {seconds:.1f} s "
+            f"({type(exc).__name__}): check --bootstrap, that the brokers are up and reachable "
+            "from here, and the security settings (--kafka-options, --kafka-options-file: "
+            "security_protocol, sasl_*, ssl_*); --connect-timeout-s waits longer")
 
 
 def _retry(call: Callable[[], T], timeout: float, what: str) -> T:

@@ -52,3 +52,11 @@ class ClientError(DwellError):
 
 class ClientTimeoutError(ClientError):
     """The broker did not answer in time: no bootstrap, or a record could not even be queued."""
+
+
+class ConnectError(ClientError):
+    """The Kafka cluster did not answer in time, or refused the connection's security
+    settings: nothing was started. The message says what was tried, for how long, and what to
+    check."""
+
+    retriable = False

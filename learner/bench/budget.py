@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from learner.bounds import positive_int
 from learner.config import Config
 from learner.trainer import OnlineLearner
 from stream.admin import create_topic
@@ -154,7 +155,7 @@ def format_markdown(results: dict[str, dict[str, float]], n: int, invalid: int,
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--budget-repeat", type=int, default=2,
+    p.add_argument("--budget-repeat", type=positive_int(), default=2,
                    help="budget suite: the KuaiRand log this many times in its topic")
     p.add_argument("--budget-clients", type=csv(str), default=CLIENTS,
                    help="budget suite: Kafka clients (default kafka-python,confluent)")

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from learner.bounds import positive_int
 from learner.config import Config
 from learner.daemon import Daemon
 from learner.evaluation.datasets import KUAIRAND
@@ -324,9 +325,9 @@ def format_markdown(measures: list[Measure], n: int, machine: str, command: str,
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clients", type=csv(str), default=CLIENTS,
                    help="Kafka clients to measure (default kafka-python,confluent)")
-    p.add_argument("--kafka-repeat", type=int, default=10,
+    p.add_argument("--kafka-repeat", type=positive_int(), default=10,
                    help="the KuaiRand log this many times in the benchmark topic")
-    p.add_argument("--kafka-rounds", type=int, default=3,
+    p.add_argument("--kafka-rounds", type=positive_int(), default=3,
                    help="the consume ceilings and GMF IDL+IG, taken in turns this many times "
                         "(the median round reported)")
     p.add_argument("--kafka-bootstrap", help="use this broker (default: start one)")

@@ -29,7 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import THREAD_ENV, csv
+from learner.bounds import positive_int
+
+from .report import THREAD_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -290,16 +292,17 @@ def _command_line(args: argparse.Namespace) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The memory options of ``dwell bench`` (all ``--memory-...``)."""
-    p.add_argument("--memory-users", type=int, default=DEFAULT_USERS,
+    p.add_argument("--memory-users", type=positive_int(), default=DEFAULT_USERS,
                    help=f"distinct users streamed (default {DEFAULT_USERS:,})")
-    p.add_argument("--memory-videos", type=int, default=DEFAULT_VIDEOS,
+    p.add_argument("--memory-videos", type=positive_int(), default=DEFAULT_VIDEOS,
                    help=f"distinct videos streamed (default {DEFAULT_VIDEOS:,})")
-    p.add_argument("--memory-capacity", type=csv(int), default=DEFAULT_CAPACITY,
+    p.add_argument("--memory-capacity", type=positive_int(many=True), default=DEFAULT_CAPACITY,
                    metavar="USERS,VIDEOS",
                    help="id-map capacities of the capped run (default "
                         f"{DEFAULT_CAPACITY[0]},{DEFAULT_CAPACITY[1]}; each at least a batch, "
                         f"{BATCH})")
-    p.add_argument("--memory-dim", type=int, default=32, help="latent factors (default 32)")
+    p.add_argument("--memory-dim", type=positive_int(65_536), default=32,
+                   help="latent factors (default 32)")
 
 
 def run(args: argparse.Namespace, machine: str) -> str:

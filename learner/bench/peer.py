@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from learner.bounds import positive_int
 from learner.config import Config
 from learner.evaluation.datasets import KUAIRAND
 from learner.interpreter import tuned
@@ -131,7 +132,7 @@ def format_markdown(results: list[PeerResult], machine: str, command: str, n: in
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--peer-repeat", type=int, default=3,
+    p.add_argument("--peer-repeat", type=positive_int(), default=3,
                    help="passes of each learner, interleaved; the median is reported")
 
 

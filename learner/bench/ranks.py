@@ -32,12 +32,12 @@ import sys
 import time
 from dataclasses import dataclass
 
+from learner.bounds import positive_int
 from producers.replay import replay
 from stream.admin import create_topic, end_offsets
 from stream.broker import free_port
 
 from .kafka import bench_events, local_broker
-from .report import csv
 
 logger = logging.getLogger(__name__)
 
@@ -212,9 +212,9 @@ def format_markdown(results: list[Result], n: int, stream: str, machine: str,
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ranks-repeat", type=int, default=5,
+    p.add_argument("--ranks-repeat", type=positive_int(), default=5,
                    help="ranks: the KuaiRand log this many times in the topic (default 5)")
-    p.add_argument("--ranks-sync", type=csv(int), default=DEFAULT_SYNC,
+    p.add_argument("--ranks-sync", type=positive_int(many=True), default=DEFAULT_SYNC,
                    help="ranks: --sync-every values of the 2-rank jobs (default 1,16,64; "
                         "--quick: the first only)")
     p.add_argument("--ranks-client", default="kafka-python",

@@ -45,14 +45,16 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from tqdm import tqdm
 
-from learner.backbones import Backbone, make_backbone
+from learner.backbones import BACKBONES, Backbone, make_backbone
+from learner.bounds import Choices, Flag, Range, positive_int
+from learner.config import DEVICE
 from learner.devices import resolve_device
 from learner.gmf_steps import GMFInverseGradient, make_inverse_gradient
 from learner.losses import LOSSES, inverse_dual_loss
 from learner.meta import BRANCHES, InverseGradient, Pairs
 from learner.optim import MixedAdam, ensure_rows
 
-from .report import THREAD_ENV, csv
+from .report import THREAD_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -368,17 +370,20 @@ def _command_line(args: argparse.Namespace) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The step-cost options of ``dwell bench``."""
-    p.add_argument("--models", type=csv(str), default=DEFAULT_MODELS,
+    p.add_argument("--models", type=Flag(str, Choices(tuple(BACKBONES)), many=True),
+                   default=DEFAULT_MODELS,
                    help="comma-separated backbones (default gmf,neumf)")
-    p.add_argument("--batch-sizes", type=csv(int), default=DEFAULT_BATCH_SIZES,
+    p.add_argument("--batch-sizes", type=positive_int(many=True), default=DEFAULT_BATCH_SIZES,
                    help="comma-separated batch sizes (default 1024,8192)")
-    p.add_argument("--table-sizes", type=csv(int), default=DEFAULT_TABLE_SIZES,
+    p.add_argument("--table-sizes", type=positive_int(many=True), default=DEFAULT_TABLE_SIZES,
                    help="comma-separated user counts; items are a fifth (default 10000,1000000)")
-    p.add_argument("--dim", type=int, default=32, help="latent factors")
-    p.add_argument("--device", default="cpu",
+    p.add_argument("--dim", type=positive_int(65_536), default=32, help="latent factors")
+    p.add_argument("--device", type=Flag(str, DEVICE), default="cpu",
                    help="cpu, cuda or auto (step cost, and the learner of the kafka suite)")
-    p.add_argument("--repeats", type=int, help=f"timed rounds (default {DEFAULT_REPEATS})")
-    p.add_argument("--warmup", type=int, help=f"untimed rounds (default {DEFAULT_WARMUP})")
+    p.add_argument("--repeats", type=positive_int(),
+                   help=f"timed rounds (default {DEFAULT_REPEATS})")
+    p.add_argument("--warmup", type=Flag(int, Range(0)),
+                   help=f"untimed rounds (default {DEFAULT_WARMUP})")
 
 
 def run(args: argparse.Namespace, machine: str) -> str:

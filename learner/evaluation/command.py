@@ -9,6 +9,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from learner.backbones import BACKBONES
+from learner.bounds import Choices, Flag
+from learner.config import Config
 from learner.evaluation import protocol, report, tuning
 from learner.evaluation.store import RunStore
 
@@ -16,18 +19,17 @@ logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _csv(text: str) -> list[str]:
-    return [part for part in text.split(",") if part]
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="replay data sets through the learner offline; report")
-    p.add_argument("--settings", type=_csv, default=list(protocol.SETTINGS),
+    p.add_argument("--settings", type=Flag(str, Choices(tuple(protocol.SETTINGS)), many=True),
+                   default=list(protocol.SETTINGS),
                    help="comma list of " + ", ".join(protocol.SETTINGS))
-    p.add_argument("--methods", type=_csv, default=list(protocol.METHODS),
+    p.add_argument("--methods", type=Flag(str, Choices(tuple(protocol.METHODS)), many=True),
+                   default=list(protocol.METHODS),
                    help="comma list of " + ", ".join(protocol.METHODS))
-    p.add_argument("--models", type=_csv, default=["gmf", "neumf", "deepfm"])
-    p.add_argument("--seeds", type=lambda t: [int(s) for s in _csv(t)], default=[0, 1, 2])
+    p.add_argument("--models", type=Flag(str, Choices(tuple(BACKBONES)), many=True),
+                   default=["gmf", "neumf", "deepfm"])
+    p.add_argument("--seeds", type=Flag(int, Config.rule("seed"), many=True), default=[0, 1, 2])
     p.add_argument("--tune", action=argparse.BooleanOptionalAction, default=True,
                    help="tune on the first part of each stream first (cached)")
     p.add_argument("--runs", type=Path, default=REPO / "runs/eval",

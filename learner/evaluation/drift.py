@@ -25,6 +25,7 @@ import orjson
 from tqdm import tqdm
 
 from learner.bench.report import machine_description, write_section
+from learner.bounds import Flag
 from learner.config import Config
 from learner.drift import DETECTORS, DriftMonitor
 from learner.evaluation.datasets import KUAIRAND
@@ -142,7 +143,7 @@ def _run(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("drift-eval", help="detection delay and false alarms of the drift "
                        "detectors on the shipped data with an injected shift")
-    p.add_argument("--seeds", type=lambda t: [int(s) for s in t.split(",") if s],
+    p.add_argument("--seeds", type=Flag(int, Config.rule("seed"), many=True),
                    default=list(range(8)), help="comma list of seeds (default 0..7)")
     p.add_argument("--write", type=Path, help="write the table into this Markdown file "
                    "(between <!-- drift-eval --> markers), e.g. docs/MONITORING.md")

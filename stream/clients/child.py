@@ -35,6 +35,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from stream import redact
 from stream.errors import ClientError
 
 logger = logging.getLogger(__name__)
@@ -228,6 +229,9 @@ def main(argv: list[str]) -> int:
     """``python -m stream.clients.child FD``: serve the parent on socket ``FD``."""
     logging.basicConfig(level=os.environ.get("DWELL_LOG_LEVEL", "WARNING"),
                         format="%(asctime)s child %(levelname)s %(name)s: %(message)s")
+    level = logging.getLogger().getEffectiveLevel()
+    redact.install(logging.DEBUG if redact.kafka_debug_asked(os.environ)
+                   else max(level, logging.INFO))
     child = Child(Connection(int(argv[0])))
     try:
         child.serve()

@@ -30,9 +30,9 @@ def test_bad_values_are_clear_errors(tmp_path):
         Config.load(env={"DWELL_BATCH_SIZE": "many"})
     with pytest.raises(ConfigError, match="until_end"):
         Config.load(env={"DWELL_UNTIL_END": "perhaps"})
-    with pytest.raises(ConfigError, match="gc_threshold -1"):
+    with pytest.raises(ConfigError, match=r"--gc-threshold must be between 0 and .* \(got -1\)"):
         Config.load(env={"DWELL_GC_THRESHOLD": "-1"})
-    with pytest.raises(ConfigError, match="switch_interval_s -0.1"):
+    with pytest.raises(ConfigError, match=r"--switch-interval-s must be .* 1 \(got -0.1\)"):
         Config.load(env={"DWELL_SWITCH_INTERVAL_S": "-0.1"})
     with pytest.raises(ConfigError, match="unknown settings: nope"):
         Config.load(env={}, flags={"nope": 1})
@@ -136,5 +136,5 @@ def test_client_process_auto_means_kafka_python(setting, client, expected):
 
 
 def test_client_process_takes_three_values():
-    with pytest.raises(ConfigError, match="client_process 'yes': expected auto, on, off"):
+    with pytest.raises(ConfigError, match=r"--client-process must be auto, on or off \(got"):
         Config(client_process="yes")
