@@ -149,7 +149,7 @@ def _learn(args: argparse.Namespace) -> int:
         print(f"job of {job['ranks']} ranks: consumed {job['consumed']:,} accepted "
               f"{job['accepted']:,} dead-lettered {job['dead_lettered']:,} | run AUC dwell "
               f"{job['auc_run']['dwell']:.4f} explicit {job['auc_run']['explicit']:.4f}")
-    return 0
+    return 0 if totals_add_up(totals) else 1
 
 
 def learn_config(args: argparse.Namespace, home: Path = DWELL_HOME) -> Config:
@@ -159,6 +159,18 @@ def learn_config(args: argparse.Namespace, home: Path = DWELL_HOME) -> Config:
     """
     group = config_from_args(args).group
     return config_from_args(args, {"checkpoint_dir": str(home / "checkpoints" / group)})
+
+
+def totals_add_up(totals: dict, sent: int | None = None) -> bool:
+    """Whether a run's ending is the whole truth: every event consumed was accepted or
+    dead-lettered (and, given ``sent``, every event sent was consumed), every dead letter was
+    acknowledged by the dead-letter topic, and the committed offsets reached what was
+    processed (``uncommitted`` is empty)."""
+    dead = totals["dead_lettered"]
+    return (totals["consumed"] == totals["accepted"] + dead
+            and (sent is None or sent == totals["consumed"])
+            and totals.get("dead_letters_written", dead) == dead
+            and not totals.get("uncommitted"))
 
 
 def format_totals(totals: dict, auc: dict, sent: int | None = None) -> str:
@@ -173,6 +185,10 @@ def format_totals(totals: dict, auc: dict, sent: int | None = None) -> str:
         + "  ".join(f"{k} {v:,}" for k, v in totals["labelled"].items()),
         f"dead-lettered {totals['dead_lettered']:,}  "
         + "  ".join(f"{k} {v:,}" for k, v in totals["invalid"].items()),
+        f"dead letters  {totals.get('dead_letters_written', totals['dead_lettered']):,} "
+        "written to the dead-letter topic"
+        + (f" ({totals['dead_letters_truncated']:,} as envelopes: too large, cut)"
+           if totals.get("dead_letters_truncated") else ""),
         f"train steps   {totals['train_steps']:,}",
         f"learning time {totals['seconds']:.1f} s ({rate:,.0f} events/s from the first batch)",
         "AUC (window/run)  dwell labels {:.4f}/{:.4f}  explicit like/hate {:.4f}/{:.4f}".format(
@@ -180,10 +196,12 @@ def format_totals(totals: dict, auc: dict, sent: int | None = None) -> str:
             auc[("short", "explicit")], auc[("run", "explicit")],
         ),
     ]
-    balanced = totals["consumed"] == totals["accepted"] + totals["dead_lettered"]
-    if sent is not None:
-        balanced = balanced and sent == totals["consumed"]
-    lines.append("totals add up: " + ("yes" if balanced else "NO"))
+    if totals.get("uncommitted"):
+        from learner.daemon import format_uncommitted
+
+        lines.append(f"uncommitted   {format_uncommitted(totals['uncommitted'])} (offsets not "
+                     "committed: read again by the group's next learner)")
+    lines.append("totals add up: " + ("yes" if totals_add_up(totals, sent) else "NO"))
     return "\n".join(lines)
 
 

@@ -40,10 +40,9 @@ from learner.interpreter import tuned
 from learner.labels import POSITIVE, VAGUE
 from learner.monitoring import AUC_WINDOWS, TARGETS, WINDOWS, Metrics
 from learner.trainer import BatchResult, OnlineLearner
-from stream.admin import create_topic
 from stream.clients import BatchConsumer, make_consumer
 from stream.clients import Record as ConsumerRecord
-from stream.dlq import DeadLetterError, DeadLetterQueue
+from stream.dlq import DeadLetterError, DeadLetterQueue, create_dead_letter_topic
 from stream.errors import ClientError  # what either Kafka client raises
 from stream.event import EventBatch, decode_batch
 
@@ -75,6 +74,10 @@ class Daemon:
             if config.checkpoint_dir else None
         )
         self._resume: dict[int, int] = {}  # partition -> offset of the loaded checkpoint
+        # partition -> offset this learner last committed (blocking), or first consumed
+        self._committed: dict[int, int] = {}
+        self._first_offsets: dict[int, int] = {}
+        self._dead_letters_counted = (0, 0)  # the queue's (written, truncated) published
         self._since_checkpoint = 0
         self._audit = open(config.audit_log, "a", buffering=1) if config.audit_log else None  # noqa: SIM115
         self.drift = DriftMonitor(config.drift_detector, config.drift_chunk)
@@ -104,10 +107,12 @@ class Daemon:
                 while self._iterate():
                     pass
                 self._final_commit()
+                uncommitted = self.uncommitted()
             finally:
                 self._progress(time.monotonic())
                 self._close()
         totals = self.metrics.totals()
+        totals["uncommitted"] = uncommitted
         first = self._first_batch_at
         totals["seconds"] = time.monotonic() - first if first is not None else 0.0
         if self._runlog is not None:
@@ -122,10 +127,11 @@ class Daemon:
         self._write_audit("start", {}, pid=os.getpid())
         self._open_run_log()
         self._restore()
-        create_topic(cfg.bootstrap, cfg.dead_letter_topic, partitions=1,
-                     options=cfg.client_options())
+        limit = create_dead_letter_topic(cfg.bootstrap, cfg.topic, cfg.dead_letter_topic,
+                                         options=cfg.client_options())
         self.dlq = DeadLetterQueue(cfg.bootstrap, cfg.dead_letter_topic, cfg.client_options(),
-                                   client=cfg.client, process=cfg.uses_client_process())
+                                   client=cfg.client, process=cfg.uses_client_process(),
+                                   max_message_bytes=limit)
         self.consumer = make_consumer(
             cfg.client, cfg.bootstrap, cfg.topic, cfg.group,
             max_records=cfg.batch_size, max_wait_s=cfg.batch_timeout_s,
@@ -224,6 +230,7 @@ class Daemon:
             if count:
                 m.idmap_evictions.labels(table).inc(count)
         self.consumer.mark_processed(records)
+        self._note_first_offsets(records)
         self._since_checkpoint += len(records)
         if self._audit is not None:
             spans: dict[int, list[int]] = {}
@@ -231,6 +238,32 @@ class Daemon:
                 span = spans.setdefault(r.partition, [r.offset, r.offset])
                 span[0], span[1] = min(span[0], r.offset), max(span[1], r.offset)
             self._write_audit("batch", spans)
+
+    def _note_first_offsets(self, records: list[ConsumerRecord]) -> None:
+        """Remember where this learner started on each partition it processes (what counts
+        as uncommitted while it has committed nothing there)."""
+        processed = self.consumer.processed()
+        new = processed.keys() - self._first_offsets.keys()
+        if not new:
+            return
+        first: dict[int, int] = {}
+        for r in records:
+            if r.partition in new:
+                first.setdefault(r.partition, r.offset)
+        for partition in new:
+            self._first_offsets[partition] = first.get(partition, processed[partition])
+
+    def uncommitted(self) -> dict[int, int]:
+        """Events processed by this learner whose offsets are not committed, by partition
+        (empty when the committed offsets reached what it processed)."""
+        if self.consumer is None:
+            return {}
+        out = {}
+        for partition, offset in self.consumer.processed().items():
+            base = self._committed.get(partition, self._first_offsets.get(partition, offset))
+            if offset > base:
+                out[partition] = offset - base
+        return out
 
     def settle(self) -> None:
         """Wait for the micro-batch training in the background, if any, and publish what it
@@ -276,24 +309,18 @@ class Daemon:
 
         ``blocking=False`` (in a rebalance callback) sends the offset commit without waiting.
         Returns False when a dead letter or the checkpoint could not be written (then
-        nothing is committed and the next commit tries again).
+        nothing is committed and the next commit tries again), or a blocking offset commit
+        failed.
         """
         self._last_commit = time.monotonic()
         self.settle()  # offsets are committed after the training of their events
-        try:
-            self.dlq.flush()
-        except DeadLetterError as exc:
-            self.metrics.dead_letter_failures.inc()
-            logger.error("DEAD-LETTER WRITE FAILED, offsets not committed (nothing is lost; "
-                         "the dead letters are sent again and the commit retried): %s", exc)
+        if not self._flush_dead_letters():
             return False
         if self.checkpointer is None:
-            self._commit_offsets(None, blocking)
-            return True
+            return self._commit_offsets(None, blocking)
         offsets = {**self._resume, **self.consumer.processed()}
         if self._since_checkpoint == 0:  # nothing new: the loaded checkpoint holds these
-            self._commit_offsets(offsets, blocking)
-            return True
+            return self._commit_offsets(offsets, blocking)
         started = time.monotonic()
         try:
             path = self.checkpointer.save({
@@ -311,27 +338,53 @@ class Daemon:
         self.metrics.checkpoint_healthy.set(1)
         self._since_checkpoint = 0
         self._write_audit("checkpoint", offsets, path=path.name)
-        self._commit_offsets(offsets, blocking)
-        return True
+        return self._commit_offsets(offsets, blocking)
+
+    def _flush_dead_letters(self) -> bool:
+        """Wait for every dead letter's acknowledgement and count them; False if one failed
+        (it is sent again, and nothing may be committed now)."""
+        try:
+            self.dlq.flush()
+            return True
+        except DeadLetterError as exc:
+            self.metrics.dead_letter_failures.inc()
+            logger.error("DEAD-LETTER WRITE FAILED, offsets not committed (nothing is lost; "
+                         "the dead letters are sent again and the commit retried): %s", exc)
+            return False
+        finally:
+            written, truncated = self._dead_letters_counted
+            self.metrics.dead_letters_written.inc(self.dlq.written - written)
+            self.metrics.dead_letters_truncated.inc(self.dlq.truncated - truncated)
+            self._dead_letters_counted = (self.dlq.written, self.dlq.truncated)
 
     def _final_commit(self) -> None:
         """Commit on the way out, retrying a failed dead-letter or checkpoint write a while."""
         deadline = time.monotonic() + self.config.final_commit_timeout_s
         while not self.commit():
             if time.monotonic() >= deadline:
-                logger.error("stopping without committing the last offsets: their events "
-                             "will be read again by the next learner of group %s",
-                             self.config.group)
+                self._report_uncommitted()
                 return
             time.sleep(1.0)
 
-    def _commit_offsets(self, offsets: dict[int, int] | None, blocking: bool) -> None:
-        """Commit, surviving a broker that is away: the offsets are committed next time."""
+    def _report_uncommitted(self) -> None:
+        uncommitted = self.uncommitted()
+        logger.error("stopping without committing the last offsets (%s): their events will "
+                     "be read again by the next learner of group %s",
+                     format_uncommitted(uncommitted) or "none processed", self.config.group)
+
+    def _commit_offsets(self, offsets: dict[int, int] | None, blocking: bool) -> bool:
+        """Commit, surviving a broker that is away: the offsets are committed next time.
+        False when a blocking commit failed."""
+        chosen = self.consumer.processed() if offsets is None else offsets
         try:
             if self.consumer.commit(offsets, blocking):
                 self.metrics.commits.inc()
         except ClientError as exc:
             logger.warning("offset commit failed (%r): will retry at the next commit", exc)
+            return False
+        if blocking:
+            self._committed.update(chosen)
+        return True
 
     def _commit_due(self, now: float) -> bool:
         if self.checkpointer is None:
@@ -368,6 +421,9 @@ class Daemon:
         positions = self.consumer.processed()
         self.commit(blocking=False)
         self._resume.update(positions)
+        for partition in revoked:  # counted afresh if it comes back (uncommitted())
+            self._first_offsets.pop(partition, None)
+            self._committed.pop(partition, None)
 
     def _on_assign(self, partitions: set[int]) -> None:
         for partition in sorted(partitions & set(self._resume)):
@@ -461,6 +517,16 @@ class Daemon:
             auc[("short", "explicit")], auc[("long", "explicit")], sum(lag.values()),
         )
         self._last_progress = now
+
+
+def format_uncommitted(uncommitted: Mapping[int, int]) -> str:
+    """``{partition: events}`` for people.
+
+    >>> format_uncommitted({3: 120, 0: 1})
+    'partition 0: 1 event, partition 3: 120 events'
+    """
+    return ", ".join(f"partition {p}: {n:,} event{'s' if n != 1 else ''}"
+                     for p, n in sorted(uncommitted.items()))
 
 
 def _finite(value):

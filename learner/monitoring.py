@@ -133,6 +133,15 @@ class Metrics:
             "Commits skipped because a dead letter could not be written (sent again).",
             registry=r,
         )
+        self.dead_letters_written = Counter(
+            "dwell_dead_letters_written",
+            "Dead letters the dead-letter topic acknowledged (envelopes included).", registry=r,
+        )
+        self.dead_letters_truncated = Counter(
+            "dwell_dead_letters_truncated",
+            "Dead letters too large for the dead-letter topic, written as an envelope (the "
+            "first bytes, the original's size and SHA-256) and acknowledged.", registry=r,
+        )
         self.batches = Counter("dwell_batches", "Micro-batches processed.", registry=r)
         self.commits = Counter("dwell_offset_commits", "Offset commits to Kafka.", registry=r)
         self.loss = Gauge("dwell_loss", "Mean training loss of the last micro-batch.", registry=r)
@@ -232,7 +241,8 @@ class Metrics:
         return int(value or 0)
 
     def totals(self) -> dict:
-        """Counts so far: consumed, accepted, by label class, dead-lettered by reason."""
+        """Counts so far: consumed, accepted, by label class, dead-lettered by reason, and
+        the dead letters written (acknowledged), envelopes among them."""
         labelled = {
             n: self._value("dwell_events_labelled_total", {"label": n})
             for n in CLASS_NAMES.values()
@@ -248,6 +258,8 @@ class Metrics:
             "dead_lettered": sum(invalid.values()),
             "invalid": {k: v for k, v in invalid.items() if v},
             "train_steps": self._value("dwell_train_steps_total"),
+            "dead_letters_written": self._value("dwell_dead_letters_written_total"),
+            "dead_letters_truncated": self._value("dwell_dead_letters_truncated_total"),
         }
 
 

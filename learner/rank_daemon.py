@@ -41,7 +41,6 @@ from learner.prequential import RunAUC
 from learner.trainer import OnlineLearner
 from stream.admin import create_topic, topic_partitions
 from stream.clients import Record
-from stream.dlq import DeadLetterError
 
 logger = logging.getLogger(__name__)
 
@@ -251,13 +250,7 @@ class RankDaemon(Daemon):
         checkpoint could not be written: nothing is committed then.
         """
         self._last_commit = time.monotonic()
-        flushed = True
-        try:
-            self.dlq.flush()
-        except DeadLetterError as exc:
-            flushed = False
-            self.metrics.dead_letter_failures.inc()
-            logger.error("DEAD-LETTER WRITE FAILED, offsets not committed: %s", exc)
+        flushed = self._flush_dead_letters()
         self._sync()
         processed = self.consumer.processed()
         mine = {p: processed.get(p, self._resume.get(p)) for p in self.partitions}
@@ -315,7 +308,7 @@ class RankDaemon(Daemon):
                 logger.error("last commit failed: retrying")
             time.sleep(1.0)
         else:
-            logger.error("stopping without committing the last offsets")
+            self._report_uncommitted()
         self._job_view()
 
     def run(self) -> dict:

@@ -222,6 +222,18 @@ def topic_config(
     return {key: entry["value"] for key, entry in result["topic"][topic].items()}
 
 
+def max_message_bytes(
+    bootstrap: str, topic: str, timeout: float = 30.0,
+    options: Mapping[str, Any] | None = None,
+) -> int:
+    """The largest record batch ``topic`` takes (its ``max.message.bytes``, or the cluster's
+    default). Raises ``UnknownTopicOrPartitionError`` if the topic does not exist."""
+    value = topic_config(bootstrap, topic, timeout, options).get("max.message.bytes")
+    if value is None:
+        raise UnknownTopicOrPartitionError(f"topic {topic!r} does not exist")
+    return int(value)
+
+
 def delete_topic(
     bootstrap: str, name: str, timeout: float = 30.0,
     options: Mapping[str, Any] | None = None,

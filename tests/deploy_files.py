@@ -60,6 +60,8 @@ EXPORTED_METRICS = frozenset({
     "dwell_checkpoint_failures_total",
     "dwell_checkpoint_healthy",
     "dwell_dead_letter_failures_total",
+    "dwell_dead_letters_written_total",
+    "dwell_dead_letters_truncated_total",
     "dwell_sync_duration_seconds",
     "dwell_rank_lag_records",
     "dwell_rank_events_per_second",
