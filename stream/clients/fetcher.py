@@ -92,9 +92,11 @@ class FetchProcess(ChildProcess):
         self._stale: set[int] = set()  # sought outside a callback while a poll was out
         self._callbacks = 0  # > 0 while on_revoke/on_assign runs
         self._closed = False
+        self._fetch_records = max(max_records, FETCH_RECORDS)  # what the child polls for
+        self._full = False  # the last batch from the child was full: it was behind the log
         super().__init__("fetch process", "consumer", dict(
             client=client, bootstrap=bootstrap, topic=topic, group=group,
-            max_records=max(max_records, FETCH_RECORDS), max_wait_s=max_wait_s,
+            max_records=self._fetch_records, max_wait_s=max_wait_s,
             client_config=dict(client_config or {}),
             partitions=None if partitions is None else sorted(partitions)))
 
@@ -133,7 +135,10 @@ class FetchProcess(ChildProcess):
     # -- the interface ------------------------------------------------------------------
     def poll_batch(self) -> list[Message]:
         with self._lock:
-            while not self._ahead:
+            # a full batch from the child means it was behind the log: a micro-batch takes
+            # records from the next one too, so batches are cut as the child's are
+            # (BACKLOG_WAIT_S), not where the child's fetches happen to end
+            while len(self._ahead) < self.max_records and (self._full or not self._ahead):
                 self._ask()
                 if not self._inbox:
                     self.take(*self.receive())
@@ -142,8 +147,10 @@ class FetchProcess(ChildProcess):
                 self._ask()  # the next batch is fetched while this one is learned
                 if kind == _POLL_ERROR:
                     raise payload
-                self._ahead = self._messages(payload)
-                if not self._ahead:
+                self._full = len(payload[3]) >= self._fetch_records
+                fetched = self._messages(payload)
+                self._ahead = self._ahead + fetched if self._ahead else fetched
+                if not self._ahead and not self._full:
                     return []
             out, self._ahead = self._ahead[:self.max_records], self._ahead[self.max_records:]
             return out
@@ -199,6 +206,9 @@ class FetchProcess(ChildProcess):
                         positions[p] = min(positions.get(p, offset), offset)
             return positions
 
+    def committed(self, partitions: Iterable[int]) -> dict[int, int]:
+        return self.call("committed", sorted(partitions))
+
     def end_offsets(self) -> dict[int, int]:
         return self.call("end_offsets")
 
@@ -253,6 +263,9 @@ class ConsumerCommands:
 
     def do_positions(self) -> dict[int, int]:
         return self.consumer.positions()
+
+    def do_committed(self, partitions: list[int]) -> dict[int, int]:
+        return self.consumer.committed(partitions)
 
     def do_end_offsets(self) -> dict[int, int]:
         return self.consumer.end_offsets()
