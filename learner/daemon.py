@@ -48,6 +48,10 @@ from stream.event import EventBatch, decode_batch
 
 logger = logging.getLogger(__name__)
 
+#: How often a learner done with its own partitions asks for the group's committed offsets
+#: of the others (``--until-end``, :meth:`Daemon.finish_at`).
+GROUP_CHECK_INTERVAL_S = 1.0
+
 
 class Daemon:
     """Runs an :class:`OnlineLearner` on a Kafka topic until stopped or done."""
@@ -64,6 +68,8 @@ class Daemon:
         self._stop = threading.Event()
         self._targets: dict[int, int] | None = None
         self._targets_lock = threading.Lock()
+        self._explicit = False  # partitions assigned explicitly (ranks), not by the group
+        self._group_checked_at = -math.inf
         self._last_commit = self._last_progress = time.monotonic()
         self._consumed_at_progress = 0
         self._first_batch_at: float | None = None
@@ -124,6 +130,7 @@ class Daemon:
         """Restore, then connect: the dead-letter producer and the consumer (of the group's
         share of the topic, or of exactly ``partitions``)."""
         cfg = self.config
+        self._explicit = partitions is not None
         self._write_audit("start", {}, pid=os.getpid())
         self._open_run_log()
         self._restore()
@@ -454,10 +461,12 @@ class Daemon:
 
     # -- reporting ------------------------------------------------------------------------
     def _done(self, full_batch: bool = False) -> bool:
-        """Whether every owned partition is processed up to its target. After a full batch,
-        a partition processed short of its target says no without asking the client (its
-        assignment and positions cost ~0.4 ms a batch with confluent); after a short one
-        (caught up) the client is asked, whatever was processed."""
+        """Whether every partition is processed up to its target: the assigned ones by this
+        learner, the others (in a group) by their owners, as the group's committed offsets
+        show. After a full batch, a partition processed short of its target says no without
+        asking the client (its assignment and positions cost ~0.4 ms a batch with
+        confluent); after a short one (caught up) the client is asked, whatever was
+        processed."""
         with self._targets_lock:
             targets = self._targets
         if targets is None:
@@ -466,10 +475,34 @@ class Daemon:
                               for p, offset in self.consumer.processed().items()):
             return False
         assignment = self.consumer.assignment
-        if not assignment:
+        if assignment:
+            positions = self.consumer.positions()  # {} in the midst of a rebalance: not done
+            if not positions or any(positions[p] < targets.get(p, 0) for p in positions):
+                return False
+        elif self._explicit:
             return False
-        positions = self.consumer.positions()  # {} in the midst of a rebalance: not done
-        return bool(positions) and all(positions[p] >= targets.get(p, 0) for p in positions)
+        if self._explicit:
+            return True
+        return self._group_reached(targets, set(targets) - assignment)
+
+    def _group_reached(self, targets: Mapping[int, int], others: set[int]) -> bool:
+        """Whether the group has committed ``targets`` on the partitions ``others``, which
+        other members own (or will own after the rebalance under way). Asked at most once a
+        :data:`GROUP_CHECK_INTERVAL_S`: a learner done with its own partitions keeps
+        consuming, and takes over those of a member that leaves before finishing them."""
+        others = {p for p in others if targets[p] > 0}
+        if not others:
+            return True
+        now = time.monotonic()
+        if now - self._group_checked_at < GROUP_CHECK_INTERVAL_S:
+            return False
+        self._group_checked_at = now
+        try:
+            committed = self.consumer.committed(others)
+        except ClientError as exc:
+            logger.warning("committed offsets of the group: %r", exc)
+            return False
+        return all(committed.get(p, 0) >= targets[p] for p in others)
 
     def _progress(self, now: float) -> None:
         """Publish the slow gauges, append a run-log record, log a progress line."""

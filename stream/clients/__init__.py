@@ -4,7 +4,7 @@ dwell talks to Kafka for data through two objects, whichever client library is u
 
 - a :class:`BatchConsumer` in a consumer group with manual commits: ``poll_batch``,
   ``mark_processed``, ``seek``, ``processed``, ``commit`` (blocking or not), ``assignment``,
-  ``positions``, ``end_offsets``, ``lag``, ``close``, and ``on_revoke``/``on_assign``
+  ``positions``, ``committed``, ``end_offsets``, ``lag``, ``close``, and ``on_revoke``/``on_assign``
   callbacks;
 - a :class:`Producer`: ``produce`` with a delivery report per record, ``flush(timeout)``,
   ``close(timeout)``.
@@ -27,6 +27,7 @@ stream.errors.ConfigError: unknown Kafka client 'kafka': expected kafka-python o
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -37,6 +38,13 @@ CLIENTS = ("kafka-python", "confluent")
 DEFAULT_CLIENT = CLIENTS[0]
 #: How to install the optional fast client.
 FAST_INSTALL = "pip install 'dwell[fast]'"
+
+#: A micro-batch is cut by count while the consumer is behind the log, and by time
+#: (``max_wait_s``) only once it has caught up: the same records make the same micro-batches,
+#: however fast they are fetched, so a learner resumed from a checkpoint learns exactly what
+#: an uninterrupted one did. Behind the log, a batch waits at most this long past
+#: ``max_wait_s`` to fill (a broker gone quiet still lets the caller run).
+BACKLOG_WAIT_S = 10.0
 
 #: A delivery report: called once per produced record, with None when the broker
 #: acknowledged it, else the error. kafka-python calls it on its sender thread, confluent on
@@ -98,7 +106,8 @@ class BatchConsumer(Protocol):
         """The settings as the client library took them (its own option names)."""
 
     def poll_batch(self) -> list[Record]:
-        """Records until ``max_records`` are in hand or ``max_wait_s`` has passed (maybe none)."""
+        """Records until ``max_records`` are in hand, or ``max_wait_s`` has passed and the
+        consumer has caught up with the log (maybe none); see :data:`BACKLOG_WAIT_S`."""
 
     def mark_processed(self, records: Iterable[Record]) -> None:
         """These records are done: their offsets may be committed."""
@@ -122,6 +131,10 @@ class BatchConsumer(Protocol):
 
     def positions(self) -> dict[int, int]:
         """Next offset to be returned, per assigned partition."""
+
+    def committed(self, partitions: Iterable[int]) -> dict[int, int]:
+        """The group's committed offsets of ``partitions``, assigned to this consumer or not
+        (a request to the group's coordinator); partitions without one are left out."""
 
     def end_offsets(self) -> dict[int, int]:
         """Current end offsets of every partition of the topic (a request to the broker)."""
@@ -161,6 +174,18 @@ class Producer(Protocol):
     def close(self, timeout: float | None = None) -> None:
         """Flush up to ``timeout`` s, then give up on the rest (their callbacks get an error)
         and release the client. Never raises for Kafka's sake."""
+
+
+def batch_wait(deadline: float, behind: Callable[[], bool]) -> float | None:
+    """How long the next poll of a micro-batch may wait, or None when the batch is cut:
+    until ``deadline``, then in short polls while ``behind()``, up to
+    :data:`BACKLOG_WAIT_S` more."""
+    left = deadline - time.monotonic()
+    if left > 0:
+        return left
+    if left <= -BACKLOG_WAIT_S or not behind():
+        return None
+    return min(0.1, BACKLOG_WAIT_S + left)
 
 
 def check_client(name: str) -> str:

@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from stream.clients import FAST_INSTALL, DeliveryCallback, Message
+from stream.clients import FAST_INSTALL, DeliveryCallback, Message, batch_wait
 from stream.errors import ClientError, ClientTimeoutError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -317,8 +317,8 @@ class ConfluentConsumer:
         out: list[Message] = []
         consume = self._consumer.consume
         while len(out) < self.max_records:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            remaining = batch_wait(deadline, self._behind)
+            if remaining is None:
                 break
             try:
                 messages = consume(self.max_records - len(out), remaining)
@@ -340,6 +340,21 @@ class ConfluentConsumer:
         elif now - self._last_message >= self.HANDLE_CHECK_IDLE_S:
             self._check_handle(now)
         return out
+
+    def _behind(self) -> bool:
+        """Whether an assigned partition has records in the log past what was consumed, as
+        the last fetch's high watermark says (no request is made)."""
+        ck = self._ck
+        try:
+            for tp in self._consumer.position(self._consumer.assignment()):
+                if tp.offset < 0:
+                    continue
+                marks = self._consumer.get_watermark_offsets(tp, cached=True)
+                if marks is not None and tp.offset < marks[1]:
+                    return True
+        except (ck.KafkaException, RuntimeError):
+            return False
+        return False
 
     # -- a handle that lost the cluster for good (see the module's notes) ---------------------
     def _check_handle(self, now: float) -> None:
@@ -565,6 +580,17 @@ class ConfluentConsumer:
         except ck.KafkaException as exc:
             raise client_error(exc, "positions") from exc
         return out
+
+    def committed(self, partitions: Iterable[int]) -> dict[int, int]:
+        ck = self._ck
+        tps = [ck.TopicPartition(self.topic, p) for p in sorted(partitions)]
+        if not tps:
+            return {}
+        try:
+            answer = self._consumer.committed(tps, timeout=self._timeout)
+        except ck.KafkaException as exc:
+            raise client_error(exc, "committed offsets") from exc
+        return {tp.partition: tp.offset for tp in answer if tp.offset >= 0}
 
     def end_offsets(self) -> dict[int, int]:
         ck = self._ck

@@ -12,7 +12,10 @@ The child is the group member; this side keeps the processed offsets (``mark_pro
 time, answered in order:
 
 - ``poll_batch`` returns the batch asked for last time and asks for the next at once (one
-  batch ahead: the child's fetch is the bounded queue that gives backpressure);
+  batch ahead: the child's fetch is the bounded queue that gives backpressure). A full batch
+  from the child means it was behind the log: a micro-batch then takes records from the
+  next one too, so micro-batches are cut where a consumer in this process would cut them
+  (:data:`~stream.clients.BACKLOG_WAIT_S`), not where the child's polls happen to end;
 - the rebalance callbacks run where the child's client calls them (inside its poll or close,
   on kafka-python's IO thread): the child sends ``revoke``/``assign`` and serves commands
   (``commit``, ``seek``, ...) until this side, which runs ``on_revoke``/``on_assign`` as soon
@@ -20,7 +23,9 @@ time, answered in order:
   A poll or close asked for meanwhile waits for the callback's end, on the child's main
   thread. On revoke, the records of the revoked partitions fetched and not yet handed out
   are dropped: they were not processed, so the offsets committed leave them to the next
-  owner (and the daemon, should the partition come back, seeks to where it stood);
+  owner. Should the partition come back, the client keeps its position past them: it is
+  sought back to the first record dropped before ``on_assign`` runs (where the daemon may
+  seek to where its state stands);
 - a ``seek`` outside a callback drops the records of that partition fetched ahead (they come
   from the old position);
 - ``positions`` are those of the batch this side last returned: the records fetched ahead
@@ -91,10 +96,13 @@ class FetchProcess(ChildProcess):
         self._asked = False  # a poll is outstanding: its batch has not arrived
         self._stale: set[int] = set()  # sought outside a callback while a poll was out
         self._callbacks = 0  # > 0 while on_revoke/on_assign runs
+        self._restart: dict[int, int] = {}  # revoked: the first record dropped, by partition
         self._closed = False
+        self._fetch_records = max(max_records, FETCH_RECORDS)  # what the child polls for
+        self._full = False  # the last batch from the child was full: it was behind the log
         super().__init__("fetch process", "consumer", dict(
             client=client, bootstrap=bootstrap, topic=topic, group=group,
-            max_records=max(max_records, FETCH_RECORDS), max_wait_s=max_wait_s,
+            max_records=self._fetch_records, max_wait_s=max_wait_s,
             client_config=dict(client_config or {}),
             partitions=None if partitions is None else sorted(partitions)))
 
@@ -113,27 +121,41 @@ class FetchProcess(ChildProcess):
         self._callbacks += 1
         try:
             if kind == _REVOKE:
-                self._drop(partitions)  # not handed out: not processed, not committed
+                # not handed out: not processed, not committed
+                self._restart.update(self._drop(partitions))
                 if self.on_revoke is not None:
                     self.on_revoke(partitions)
                 for p in partitions:
                     self._next.pop(p, None)
-            elif self.on_assign is not None:
-                self.on_assign(partitions)
+            else:
+                # A partition that comes back keeps the client's position, past the records
+                # dropped on revoke: it goes back to the first of them (the owner's on_assign
+                # may seek elsewhere).
+                restart, self._restart = self._restart, {}
+                for p in sorted(partitions & restart.keys()):
+                    self.call("seek", p, restart[p])
+                if self.on_assign is not None:
+                    self.on_assign(partitions)
         finally:
             self._callbacks -= 1
             self.send("resume")
 
-    def _drop(self, partitions: set[int]) -> None:
-        """Forget the records of ``partitions`` fetched and not handed out yet."""
+    def _drop(self, partitions: set[int]) -> dict[int, int]:
+        """Forget the records of ``partitions`` fetched and not handed out yet; the first
+        offset dropped, by partition."""
+        first = {p: offset for p, offset in self._waiting().items() if p in partitions}
         self._ahead = [m for m in self._ahead if m.partition not in partitions]
         self._inbox = deque((kind, _without(payload, partitions) if kind == _BATCH else payload)
                             for kind, payload in self._inbox)
+        return first
 
     # -- the interface ------------------------------------------------------------------
     def poll_batch(self) -> list[Message]:
         with self._lock:
-            while not self._ahead:
+            # a full batch from the child means it was behind the log: a micro-batch takes
+            # records from the next one too, so batches are cut as the child's are
+            # (BACKLOG_WAIT_S), not where the child's fetches happen to end
+            while len(self._ahead) < self.max_records and (self._full or not self._ahead):
                 self._ask()
                 if not self._inbox:
                     self.take(*self.receive())
@@ -142,8 +164,10 @@ class FetchProcess(ChildProcess):
                 self._ask()  # the next batch is fetched while this one is learned
                 if kind == _POLL_ERROR:
                     raise payload
-                self._ahead = self._messages(payload)
-                if not self._ahead:
+                self._full = len(payload[3]) >= self._fetch_records
+                fetched = self._messages(payload)
+                self._ahead = self._ahead + fetched if self._ahead else fetched
+                if not self._ahead and not self._full:
                     return []
             out, self._ahead = self._ahead[:self.max_records], self._ahead[self.max_records:]
             return out
@@ -191,13 +215,23 @@ class FetchProcess(ChildProcess):
     def positions(self) -> dict[int, int]:
         with self._lock:
             positions = self.call("positions")
-            for m in self._ahead:  # fetched, not returned yet: not passed
-                positions[m.partition] = min(positions.get(m.partition, m.offset), m.offset)
-            for kind, payload in self._inbox:
-                if kind == _BATCH:
-                    for p, offset in zip(payload[2], payload[3], strict=True):
-                        positions[p] = min(positions.get(p, offset), offset)
+            for p, offset in self._waiting().items():  # fetched, not returned yet: not passed
+                positions[p] = min(positions.get(p, offset), offset)
             return positions
+
+    def _waiting(self) -> dict[int, int]:
+        """The first offset of the records fetched and not handed out yet, by partition."""
+        first: dict[int, int] = {}
+        for m in self._ahead:
+            first[m.partition] = min(first.get(m.partition, m.offset), m.offset)
+        for kind, payload in self._inbox:
+            if kind == _BATCH:
+                for p, offset in zip(payload[2], payload[3], strict=True):
+                    first[p] = min(first.get(p, offset), offset)
+        return first
+
+    def committed(self, partitions: Iterable[int]) -> dict[int, int]:
+        return self.call("committed", sorted(partitions))
 
     def end_offsets(self) -> dict[int, int]:
         return self.call("end_offsets")
@@ -253,6 +287,9 @@ class ConsumerCommands:
 
     def do_positions(self) -> dict[int, int]:
         return self.consumer.positions()
+
+    def do_committed(self, partitions: list[int]) -> dict[int, int]:
+        return self.consumer.committed(partitions)
 
     def do_end_offsets(self) -> dict[int, int]:
         return self.consumer.end_offsets()

@@ -22,7 +22,7 @@ from kafka.coordinator.consumer import ConsumerCoordinator
 from kafka.errors import KafkaConfigurationError, KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
-from stream.clients import DeliveryCallback
+from stream.clients import DeliveryCallback, batch_wait
 from stream.errors import ClientError, ClientTimeoutError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -169,17 +169,29 @@ class KafkaPythonConsumer:
         self._revoked.clear()
         with _translated("poll"):
             while len(out) < self.max_records:
-                remaining_ms = int((deadline - time.monotonic()) * 1000)
-                if remaining_ms <= 0:
+                wait_s = batch_wait(deadline, self._behind)
+                if wait_s is None:
                     break
                 polled = self._consumer.poll(
-                    timeout_ms=remaining_ms, max_records=self.max_records - len(out)
+                    timeout_ms=max(1, int(wait_s * 1000)), max_records=self.max_records - len(out)
                 )
                 for records in polled.values():
                     out.extend(records)
-            if self._revoked:
-                out = self._without_revoked(out)
+                if self._revoked:
+                    out = self._without_revoked(out)
         return out
+
+    def _behind(self) -> bool:
+        """Whether an assigned partition has records in the log past what poll returned, as
+        the last fetch's high watermark says (no request is made)."""
+        for tp, position in self._consumer._subscription.all_consumed_offsets().items():
+            try:
+                high = self._consumer.highwater(tp)
+            except KafkaError:  # no longer assigned
+                continue
+            if high is not None and position.offset < high:
+                return True
+        return False
 
     def _without_revoked(self, out: list[ConsumerRecord]) -> list[ConsumerRecord]:
         """``out`` less the records of partitions revoked while it was gathered.
@@ -255,6 +267,15 @@ class KafkaPythonConsumer:
         with _translated("positions"):
             return {tp.partition: self._consumer.position(tp)
                     for tp in self._consumer.assignment()}
+
+    def committed(self, partitions: Iterable[int]) -> dict[int, int]:
+        out = {}
+        with _translated("committed offsets"):
+            for p in partitions:
+                offset = self._consumer.committed(TopicPartition(self.topic, p))
+                if offset is not None and offset >= 0:
+                    out[p] = offset
+        return out
 
     def end_offsets(self) -> dict[int, int]:
         with _translated("end offsets"):

@@ -35,7 +35,7 @@ def _learner(bootstrap, topic, group, ckpt, audit, client, *extra) -> subprocess
          "--client", client, "--topic", topic, "--group", group, "--checkpoint-dir", str(ckpt),
          "--audit-log", str(audit), "--metrics-port", "-1", "--batch-timeout-s", "0.2",
          "--progress-interval-s", "60", "--session-timeout-ms", "2000", *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=open(f"{audit}.out", "a"), stderr=subprocess.STDOUT,  # noqa: SIM115
     )
 
 
@@ -141,7 +141,7 @@ def test_killed_and_resumed_run_ends_with_the_same_model(kafka_bootstrap, tmp_pa
               "loss": "idl", "meta": "ig", "num_neg": 1}
 
     learn_until_end(kafka_bootstrap, name, group="whole", checkpoint_dir=str(tmp_path / "a"),
-                    **common)
+                    audit_log=str(tmp_path / "a.jsonl"), **common)
 
     ckpt, audit = tmp_path / "b", tmp_path / "b.jsonl"
     proc = _learner(kafka_bootstrap, name, "killed", ckpt, audit, kafka_client,
@@ -153,8 +153,17 @@ def test_killed_and_resumed_run_ends_with_the_same_model(kafka_bootstrap, tmp_pa
     interrupted = [r for r in _audit(audit) if r["kind"] == "batch"]
     assert interrupted and interrupted[-1]["offsets"]["0"][1] < 41_000  # killed mid-way
     learn_until_end(kafka_bootstrap, name, group="killed", checkpoint_dir=str(ckpt),
-                    session_timeout_ms=2000, **common)
+                    session_timeout_ms=2000, audit_log=str(audit), **common)
 
+    # the same micro-batches after the resume as in the run straight through (a batch is cut
+    # by count while the learner is behind the log, whatever the fetch timing)
+    def batches(path: Path) -> list[tuple[int, int]]:
+        return [tuple(r["offsets"]["0"]) for r in _audit(path) if r["kind"] == "batch"]
+
+    resumed_at = next(r["offsets"]["0"] for r in _audit(audit) if r["kind"] == "resume")
+    straight = batches(tmp_path / "a.jsonl")
+    assert batches(audit)[-len([b for b in straight if b[0] >= resumed_at]):] == [
+        b for b in straight if b[0] >= resumed_at]
     whole = Checkpointer(tmp_path / "a").load_latest()["learner"]["model"]
     resumed = Checkpointer(ckpt).load_latest()["learner"]["model"]
     assert whole.keys() == resumed.keys()
