@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import signal
@@ -299,21 +300,33 @@ def test_rebalance_between_two_learners(kafka_bootstrap, topic, tmp_path, kafka_
         thread.start()
         return daemon, thread, audit
 
-    result = read_log(KUAIRAND)
-    result.events = order_by_time(result.events)
+    # Two halves of the log: the second joins while the first half streams in; the first is
+    # stopped as the second half starts, so every partition has events left for the second to
+    # take over whatever the machine's speed (when the first had finished its partitions
+    # before it was stopped, the second had nothing to take over: found under load).
+    whole = read_log(KUAIRAND)
+    events = order_by_time(whole.events)
+    halves = [dataclasses.replace(whole, events=events[:20_000]),
+              dataclasses.replace(whole, events=events[20_000:])]
+    stats: dict[int, object] = {}
+
+    def stream(half: int) -> threading.Thread:
+        thread = threading.Thread(target=lambda: stats.update({half: replay(
+            halves[half], bootstrap=kafka_bootstrap, topic=topic, pacer=Pacer(rate=5000),
+            progress=False, client=kafka_client)}))
+        thread.start()
+        return thread
+
     first, first_thread, first_audit = learner("first")
-    stats = {}
-    producer = threading.Thread(target=lambda: stats.update(s=replay(
-        result, bootstrap=kafka_bootstrap, topic=topic, pacer=Pacer(rate=5000),
-        progress=False, client=kafka_client)))
-    producer.start()
+    producer = stream(0)
     second = None
     try:
         time.sleep(2.0)
         second, second_thread, second_audit = learner("second")  # joins: partitions split
         assert _wait_for(lambda: len(second.consumer.assignment if second.consumer else ()) > 0,
                          timeout=60)
-        time.sleep(1.5)
+        producer.join(timeout=300)
+        producer = stream(1)
         first.stop()  # leaves the group cleanly: checkpoint, commit, close
         first_thread.join(timeout=120)
         assert not first_thread.is_alive()
@@ -326,7 +339,7 @@ def test_rebalance_between_two_learners(kafka_bootstrap, topic, tmp_path, kafka_
         first.stop()
         if second is not None:
             second.stop()
-    assert stats["s"].events_sent == 41_828
+    assert stats[0].events_sent + stats[1].events_sent == 41_828
     trained = {p: set() for p in ends}
     owners = {"first": set(), "second": set()}
     for name, audit in (("first", first_audit), ("second", second_audit)):
