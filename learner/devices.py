@@ -13,10 +13,14 @@ device(type='cpu')
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
 from stream.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -30,6 +34,32 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r}: torch sees no CUDA GPU here (use cpu or auto)")
     return device
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The random generators that draw on ``device``: torch's CPU generator always (new table
+    rows on the CPU, and whatever torch draws on the host), and the device's own where it has
+    one (on CUDA, new rows and dropout are drawn by the GPU's generator), for a checkpoint.
+
+    >>> sorted(rng_state(torch.device("cpu")))
+    ['cpu']
+    """
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(device: torch.device, state: dict[str, torch.Tensor]) -> None:
+    """Restore :func:`rng_state`. A checkpoint of another kind of device restores the CPU's
+    generator only: the device's own draws then differ from the run that wrote it (logged)."""
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda":
+        if "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"], device)
+        else:
+            logger.warning("the checkpoint holds no CUDA generator state (written on another "
+                           "device): new rows on %s are drawn from a fresh generator", device)
 
 
 def transfer_plan(device: torch.device) -> tuple[bool, bool]:

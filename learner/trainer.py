@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from learner.backbones import make_backbone
-from learner.devices import resolve_device, to_device
+from learner.devices import resolve_device, rng_state, set_rng_state, to_device
 from learner.distributed import UpdateLog
 from learner.features import event_features
 from learner.gmf_steps import GMFInverseGradient, make_inverse_gradient, make_loss_step
@@ -258,7 +258,8 @@ class OnlineLearner:
             "users": self.users.state_dict(),
             "videos": self.videos.state_dict(),
             "item_duration": self._item_duration.copy(),
-            "torch_rng": torch.get_rng_state(),  # new table rows are drawn from it
+            # new table rows are drawn from the generator of the device the model is on
+            "rng_state": rng_state(self.device),
             **self.local_state_dict(),
         }
 
@@ -303,7 +304,8 @@ class OnlineLearner:
         self.users.load_state_dict(state["users"])
         self.videos.load_state_dict(state["videos"])
         self._item_duration = state["item_duration"].copy()
-        torch.set_rng_state(state["torch_rng"])
+        set_rng_state(self.device, state["rng_state"] if "rng_state" in state
+                      else {"cpu": state["torch_rng"]})  # a checkpoint of before 2026-12-06
         self.load_local_state_dict(state)
 
     # -- river's verbs ---------------------------------------------------------------------

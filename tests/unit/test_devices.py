@@ -48,3 +48,34 @@ def test_cuda_transfer_pins_and_does_not_block(monkeypatch):
     out = devices.to_device(np.ones(3, dtype=np.float32), torch.device("cuda", 0))
     assert calls == ["pin", ("to", "cuda", True)]
     assert out.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_the_generator_of_the_device_in_use_is_saved_and_restored(monkeypatch):
+    cuda = {"state": torch.tensor([1, 2, 3], dtype=torch.uint8), "set": None}
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: cuda["state"].clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state",
+                        lambda state, device: cuda.update(set=(state.tolist(), device)))
+    gpu = torch.device("cuda", 1)
+    saved = devices.rng_state(gpu)
+    assert sorted(saved) == ["cpu", "cuda"] and saved["cuda"].tolist() == [1, 2, 3]
+    expected = torch.rand(3)
+    devices.set_rng_state(gpu, saved)
+    assert cuda["set"] == ([1, 2, 3], gpu)
+    assert torch.equal(torch.rand(3), expected)  # the CPU generator too
+
+
+def test_a_cpu_checkpoint_on_a_gpu_restores_what_it_has_and_says_so(monkeypatch, caplog):
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda *a: pytest.fail("nothing to set"))
+    devices.set_rng_state(torch.device("cuda"), devices.rng_state(torch.device("cpu")))
+    assert "no CUDA generator state" in caplog.text
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_resumed_gpu_learner_draws_the_same_new_rows():
+    from learner.trainer import LearnerSettings, OnlineLearner
+
+    learner = OnlineLearner(LearnerSettings(device="cuda"))
+    state = learner.state_dict()
+    first = torch.randn(4, device="cuda")
+    learner.load_state_dict(state)
+    assert torch.equal(torch.randn(4, device="cuda"), first)
