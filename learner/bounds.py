@@ -1,6 +1,6 @@
 """The allowed values of settings: a :class:`Range` for a number, :class:`Choices` for a name.
 
-Each setting declares its own next to it (a :class:`learner.config.Config` field's metadata,
+Each setting declares its own next to it (a :class:`learner.service.config.Config` field's metadata,
 or the ``type=`` of a subcommand's flag, :class:`Flag`) and is checked when the settings are
 read, before anything starts. The problems read as the end of a one-line error that names
 the flag: ``--batch-size must be >= 1 (got 0)``.
@@ -146,3 +146,14 @@ def bad_values(flag: Flag) -> Sequence[str]:
     if isinstance(flag.rule, Choices):
         return ["no-such-" + flag.rule.values[0]]
     return [repr(v) if isinstance(v, float) else str(v) for v in flag.rule.outside(flag.kind)]
+
+
+def csv(kind: Callable[[str], object]) -> Callable[[str], tuple]:
+    """An argparse type: a comma list of ``kind``."""
+    def parse(value: str) -> tuple:
+        try:
+            return tuple(kind(v.strip()) for v in value.split(",") if v.strip())
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse

@@ -1,13 +1,14 @@
 """The ``dwell`` command: ``broker``, ``replay``, ``learn`` and ``demo``.
 
 Settings come from flags, ``DWELL_*`` environment variables and an optional TOML file
-(``--config``), in that order of precedence; see :mod:`learner.config`.
+(``--config``), in that order of precedence; see :mod:`learner.service.config`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import logging
 import os
 import signal
@@ -17,11 +18,25 @@ from pathlib import Path
 from typing import NoReturn
 
 from learner.bounds import MAX_PORT, Flag, Range, positive_int
-from learner.config import Config, add_config_args, config_from_args
+from learner.core.errors import CoreError
+from learner.service.config import Config, add_config_args, config_from_args
+from learner.service.totals import format_totals, totals_add_up
 from stream import redact
 from stream.errors import ClientError, DwellError
 
 logger = logging.getLogger("dwell")
+
+#: What a bad setting raises, from the Kafka side (stream) and from the model core: one line,
+#: status 2.
+ERRORS = (DwellError, CoreError)
+#: Subcommands whose modules are imported only when they run (or for ``dwell --help``): the
+#: others (replay, broker) import no torch. Name -> module with ``add_parser(subparsers)``.
+LAZY_COMMANDS = {
+    "eval": "learner.evaluation.command",
+    "bench": "learner.bench",
+    "report": "learner.service.metrics_figure",
+    "drift-eval": "learner.evaluation.drift_drill",
+}
 
 KAFKA_FLAGS = ("bootstrap", "topic", "partitions", "kafka_options", "kafka_options_file",
                "client", "connect_timeout_s")
@@ -119,10 +134,10 @@ def _replay(args: argparse.Namespace) -> int:
 def _learn(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
-    from learner.daemon import Daemon
-    from learner.distributed import JobSpec
-    from learner.monitoring import serve_metrics
-    from learner.rank_daemon import RankDaemon
+    from learner.service.daemon import Daemon
+    from learner.service.distributed import JobSpec
+    from learner.service.monitoring import serve_metrics
+    from learner.service.rank_daemon import RankDaemon
 
     cfg = learn_config(args)
     logger.info("checkpoints in %s", cfg.checkpoint_dir or "(none: --checkpoint-dir '')")
@@ -161,52 +176,8 @@ def learn_config(args: argparse.Namespace, home: Path = DWELL_HOME) -> Config:
     return config_from_args(args, {"checkpoint_dir": str(home / "checkpoints" / group)})
 
 
-def totals_add_up(totals: dict, sent: int | None = None) -> bool:
-    """Whether a run's ending is the whole truth: every event consumed was accepted or
-    dead-lettered (and, given ``sent``, every event sent was consumed), every dead letter was
-    acknowledged by the dead-letter topic, and the committed offsets reached what was
-    processed (``uncommitted`` is empty)."""
-    dead = totals["dead_lettered"]
-    return (totals["consumed"] == totals["accepted"] + dead
-            and (sent is None or sent == totals["consumed"])
-            and totals.get("dead_letters_written", dead) == dead
-            and not totals.get("uncommitted"))
-
-
-def format_totals(totals: dict, auc: dict, sent: int | None = None) -> str:
-    """The closing summary: counts that must add up, and the final AUCs."""
-    lines = []
-    rate = totals["consumed"] / totals["seconds"] if totals["seconds"] else 0.0
-    if sent is not None:
-        lines.append(f"sent          {sent:,}")
-    lines += [
-        f"consumed      {totals['consumed']:,}",
-        f"accepted      {totals['accepted']:,}  "
-        + "  ".join(f"{k} {v:,}" for k, v in totals["labelled"].items()),
-        f"dead-lettered {totals['dead_lettered']:,}  "
-        + "  ".join(f"{k} {v:,}" for k, v in totals["invalid"].items()),
-        f"dead letters  {totals.get('dead_letters_written', totals['dead_lettered']):,} "
-        "written to the dead-letter topic"
-        + (f" ({totals['dead_letters_truncated']:,} as envelopes: too large, cut)"
-           if totals.get("dead_letters_truncated") else ""),
-        f"train steps   {totals['train_steps']:,}",
-        f"learning time {totals['seconds']:.1f} s ({rate:,.0f} events/s from the first batch)",
-        "AUC (window/run)  dwell labels {:.4f}/{:.4f}  explicit like/hate {:.4f}/{:.4f}".format(
-            auc[("short", "dwell")], auc[("run", "dwell")],
-            auc[("short", "explicit")], auc[("run", "explicit")],
-        ),
-    ]
-    if totals.get("uncommitted"):
-        from learner.daemon import format_uncommitted
-
-        lines.append(f"uncommitted   {format_uncommitted(totals['uncommitted'])} (offsets not "
-                     "committed: read again by the group's next learner)")
-    lines.append("totals add up: " + ("yes" if totals_add_up(totals, sent) else "NO"))
-    return "\n".join(lines)
-
-
 def _demo(args: argparse.Namespace) -> int:
-    from learner.demo import run_demo
+    from learner.service.demo import run_demo
 
     return run_demo(args)
 
@@ -218,7 +189,10 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``dwell`` parser. Given the ``command`` about to run, the subcommands of
+    :data:`LAZY_COMMANDS` other than it are registered by name only (their modules not
+    imported)."""
     parser = Parser(prog="dwell", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="debug logging (the Kafka clients' at INFO: see --debug-kafka)")
@@ -270,14 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.set_defaults(func=_learn)
 
-    from learner import bench, runreport
-    from learner.evaluation import command as evaluation
-    from learner.evaluation import drift as drift_eval
-
-    evaluation.add_parser(sub)
-    bench.add_parser(sub)
-    runreport.add_parser(sub)
-    drift_eval.add_parser(sub)
+    for name, module in LAZY_COMMANDS.items():
+        if command is None or command == name:
+            importlib.import_module(module).add_parser(sub)
+        else:
+            sub.add_parser(name)
 
     p = sub.add_parser("demo", help="broker + replay of the shipped data + learner, end to end")
     p.add_argument("file", nargs="?", default=str(DEFAULT_DATA), help="log file to replay")
@@ -293,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``dwell``: 0 on success; 2 for a bad setting (one line, nothing started); 1 when
     the Kafka cluster cannot be reached or a Kafka client fails (one line)."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command(argv)).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -306,12 +278,18 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ClientError as exc:
         return _fail(exc, 1)
-    except DwellError as exc:
+    except ERRORS as exc:
         return _fail(exc, 2)
     except Exception as exc:
         if not _is_kafka_error(exc):
             raise
         return _fail(exc, 1)
+
+
+def _command(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names: its first word that is not an option (``dwell``'s own
+    options take no value)."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
 
 
 def _check_before_start(args: argparse.Namespace) -> None:
@@ -353,7 +331,7 @@ def _is_kafka_error(exc: BaseException) -> bool:
 def _fail(exc: BaseException, status: int) -> int:
     """Print ``exc`` as one line, secrets masked; return ``status``."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    if not isinstance(exc, DwellError):
+    if not isinstance(exc, ERRORS):
         text = f"{type(exc).__name__}: {text}"
     print(f"dwell: error: {redact.redact(text)}", file=sys.stderr)
     return status

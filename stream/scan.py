@@ -269,7 +269,7 @@ def _scan(buf, starts, ends, ints, spans, strs, explicit, ok, max_id):
 
 class IntIds(list):
     """A column of integer ids that holds them as an int64 ``array`` too (the scanner's):
-    :class:`~learner.idmap.IdMap` looks them up without reading a Python int. Not to be
+    a consumer (the learner's id map) looks them up without reading a Python int. Not to be
     changed once made.
 
     >>> ids = IntIds(np.array([7, 9]))
@@ -285,7 +285,8 @@ class IntIds(list):
 
 
 class StrIds(list):
-    """A column of string ids only (the scanner's): :class:`~learner.idmap.IdMap` takes them
+    """A column of string ids only (the scanner's): a consumer (the learner's id map) takes
+    them
     without checking each one's type. Not to be changed once made."""
 
     __slots__ = ()

@@ -23,12 +23,27 @@ import sys
 from pathlib import Path
 
 from learner.bounds import Choices, Flag
-
-from .report import machine_description, write_section
+from learner.doc_sections import write_section
+from learner.machine import machine_description
 
 logger = logging.getLogger(__name__)
 
 SUITES = ("steps", "decode", "peer", "kafka", "memory", "ranks", "budget")
+
+
+def kafka_clients() -> str:
+    """The Kafka clients' versions, for the machine description of a benchmark report."""
+    import kafka
+    from kafka.record import util
+
+    crc = "crc32c (C)" if util.crc32c_c is not None else "pure-Python CRC-32C"
+    text = f"kafka-python {kafka.__version__} with {crc}"
+    try:
+        import confluent_kafka
+    except ImportError:
+        return text + ", no confluent-kafka"
+    return text + (f", confluent-kafka {confluent_kafka.__version__} "
+                   f"(librdkafka {confluent_kafka.libversion()[0]})")
 
 
 def _suite(name: str):
@@ -37,7 +52,8 @@ def _suite(name: str):
 
 def _bench(args: argparse.Namespace) -> int:
     for name in args.suites:
-        machine = machine_description()  # before the run: its load average is the neighbours'
+        # before the run: its load average is the neighbours'
+        machine = machine_description([kafka_clients()])
         module = _suite(name)
         text = module.run(args, machine)
         print(text)

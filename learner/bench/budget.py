@@ -10,7 +10,7 @@ distinct per repeat, 4 partitions):
    :class:`stream.dlq.DeadLetterQueue` (acks=all), flushed (every acknowledgement awaited)
    once a second, as the daemon does before each commit (after one warm-up letter: a new
    producer's first flush waits for its metadata);
-4. **train**: :class:`learner.trainer.OnlineLearner` (GMF, IDL+IG, one sampled item per
+4. **train**: :class:`learner.core.trainer.OnlineLearner` (GMF, IDL+IG, one sampled item per
    event) scores then trains on the decoded micro-batches;
 5. **fetch beside train**: a thread fetches again (a fresh consumer) while the main thread
    trains again (a fresh learner); its wall time against fetch + train one after the other
@@ -27,16 +27,16 @@ import threading
 import time
 from collections.abc import Callable
 
-from learner.bounds import positive_int
-from learner.config import Config
-from learner.trainer import OnlineLearner
+from learner.bounds import csv, positive_int
+from learner.bridge import to_events
+from learner.core.trainer import OnlineLearner
+from learner.service.config import Config
 from stream.admin import create_topic
 from stream.clients import make_consumer
 from stream.dlq import DeadLetterQueue
 from stream.event import EventBatch, Reason, decode_batch
 
 from .kafka import CLIENTS, bench_events, local_broker
-from .report import csv
 
 SECTION = "bench:budget"
 LEARNER = {"loss": "idl", "meta": "ig", "num_neg": 1}
@@ -98,7 +98,7 @@ def dead_letters(client: str, bootstrap: str, topic: str, batches: list[list],
 def train(decoded: list[EventBatch]) -> None:
     learner = OnlineLearner(Config(**LEARNER).learner_settings())
     for batch in decoded:
-        learner.learn_many(batch)
+        learner.learn_many(to_events(batch))
 
 
 def budget(client: str, bootstrap: str, topic: str, total: int) -> tuple[dict[str, float], int]:

@@ -42,17 +42,15 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from learner.bounds import positive_int
-from learner.config import Config
-from learner.daemon import Daemon
+from learner.bounds import csv, positive_int
 from learner.evaluation.datasets import KUAIRAND
+from learner.service.config import Config
+from learner.service.daemon import Daemon
 from producers.readers import order_by_time, read_log
 from producers.replay import replay
 from stream.admin import create_topic, end_offsets
 from stream.broker import LocalBroker
 from stream.event import decode_each
-
-from .report import csv
 
 logger = logging.getLogger(__name__)
 

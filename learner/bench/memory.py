@@ -1,6 +1,6 @@
 """Peak memory with a million users: the learner's RSS, with and without id-map capacities.
 
-Synthetic events stream through an :class:`~learner.trainer.OnlineLearner` (GMF, IDL+IG, one
+Synthetic events stream through an :class:`~learner.core.trainer.OnlineLearner` (GMF, IDL+IG, one
 sampled unseen item per event, as ``dwell`` runs it): ``users`` distinct users and ``videos``
 distinct videos, every id appearing (each a random permutation, repeated as needed to make
 ``max(users, videos)`` events), in micro-batches of ``batch``. Each configuration runs in a
@@ -30,8 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from learner.bounds import positive_int
-
-from .report import THREAD_ENV
+from learner.machine import THREAD_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +82,8 @@ def stream(users: int, videos: int, max_users: int = 0, max_videos: int = 0,
     (table rows), ``evictions`` per table and ``samples``: RSS and map sizes after each
     ``1/samples`` of the stream.
     """
-    from learner.config import Config
-    from learner.trainer import OnlineLearner
+    from learner.core.trainer import OnlineLearner
+    from learner.service.config import Config
     from stream.event import EventBatch
 
     import_kib = _memory_kib("VmRSS")  # torch's libraries, mostly

@@ -2,7 +2,7 @@
 
 The same stream (the shipped KuaiRand log in event-time order) goes through river's
 ``reco.FunkMF`` and ``reco.BiasedMF``, one event at a time (``predict_one`` then
-``learn_one``: prequential), and through dwell's :class:`~learner.trainer.OnlineLearner`
+``learn_one``: prequential), and through dwell's :class:`~learner.core.trainer.OnlineLearner`
 in micro-batches of 1,024 records, decoded from the raw bytes (river gets parsed dicts: the
 comparison is tilted its way), each batch decoded while the one before trains (as in the
 daemon: ``learn_many(background=True)``). river learns on the genuine events with their dwell labels
@@ -25,12 +25,13 @@ import numpy as np
 import orjson
 
 from learner.bounds import positive_int
-from learner.config import Config
+from learner.bridge import to_events
+from learner.core.labels import POSITIVE, VAGUE, LabelRule
+from learner.core.prequential import auc_score
+from learner.core.trainer import OnlineLearner
 from learner.evaluation.datasets import KUAIRAND
-from learner.interpreter import tuned
-from learner.labels import POSITIVE, VAGUE, LabelRule
-from learner.prequential import auc_score
-from learner.trainer import OnlineLearner
+from learner.service.config import Config
+from learner.service.runtime_tuning import tuned
 from producers.readers import order_by_time, read_log
 from stream.event import decode_batch
 
@@ -89,7 +90,8 @@ def run_dwell(name: str, overrides: dict, raw: list[bytes], batch: int = 1024) -
     with tuned(config.gc_threshold, config.switch_interval_s):  # as the daemon runs
         start = time.perf_counter()
         for i in range(0, len(raw), batch):  # as the daemon: the next batch decodes while
-            learner.learn_many(decode_batch(raw[i:i + batch]), background=True)  # one trains
+            events = to_events(decode_batch(raw[i:i + batch]))
+            learner.learn_many(events, background=True)  # one trains
         learner.close()
         seconds = time.perf_counter() - start
     auc = learner.evaluator.values()[("run", "dwell")]

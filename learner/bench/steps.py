@@ -4,17 +4,17 @@ Methods, each timed on the same random batch (half the events vague, random labe
 genuine half) and on the same model, in round-robin so that machine noise hits all alike:
 
 ====================  ======================================================================
-``bce``               a :class:`~learner.optim.MixedAdam` step on BCE over the genuine events
+``bce``               a :class:`~learner.core.optim.MixedAdam` step on BCE over the genuine events
 ``idl``               a MixedAdam step on the IDL loss (BCE on genuine, IDL on vague events)
-``idl+ig``            the learner's IG step (:func:`learner.gmf_steps.make_inverse_gradient`): vague
+``idl+ig``            the learner's IG step (:func:`learner.core.fast.make_inverse_gradient`): vague
                       half as the vague batch, genuine half as the meta batch. For GMF on the
-                      CPU the compiled step of :mod:`learner.gmf_steps`, else the autograd one
-``idl+ig-autograd``   :meth:`learner.meta.InverseGradient.step`, the autograd IG step, for
+                      CPU GMF's compiled step (``gmf/steps.py``), else the autograd one
+``idl+ig-autograd``   :meth:`learner.core.meta.InverseGradient.step`, the autograd IG step, for
                       every backbone (the same as ``idl+ig`` except for GMF on the CPU)
 ``idl+ig-torch``      the autograd IG step with torch's parts as they come: ``SparseAdam``,
                       ``Adam`` (not fused) and :func:`torch.func.functional_call` for the
-                      look-ahead: the baseline of :class:`~learner.optim.RowSparseAdam`, the
-                      fused Adam and :class:`~learner.meta.SwappedCall`
+                      look-ahead: the baseline of :class:`~learner.core.optim.RowSparseAdam`, the
+                      fused Adam and :class:`~learner.core.meta.SwappedCall`
 ``ig-reference``      the same step the reference code's way: two deep copies of the model with
                       dense embeddings and a fresh Adam each, the winner's ``state_dict`` loaded
                       back, then the persistent MixedAdam on the meta loss. It copies whole
@@ -45,16 +45,16 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from tqdm import tqdm
 
-from learner.backbones import BACKBONES, Backbone, make_backbone
 from learner.bounds import Choices, Flag, Range, positive_int
-from learner.config import DEVICE
-from learner.devices import resolve_device
-from learner.gmf_steps import GMFInverseGradient, make_inverse_gradient
-from learner.losses import LOSSES, inverse_dual_loss
-from learner.meta import BRANCHES, InverseGradient, Pairs
-from learner.optim import MixedAdam, ensure_rows
-
-from .report import THREAD_ENV
+from learner.core.backbones import BACKBONES, Backbone, make_backbone
+from learner.core.backbones.gmf.steps import GMFInverseGradient
+from learner.core.devices import resolve_device
+from learner.core.fast import make_inverse_gradient
+from learner.core.losses import LOSSES, inverse_dual_loss
+from learner.core.meta import BRANCHES, InverseGradient, Pairs
+from learner.core.optim import MixedAdam, ensure_rows
+from learner.machine import THREAD_ENV
+from learner.service.config import DEVICE
 
 logger = logging.getLogger(__name__)
 

@@ -9,10 +9,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from learner.backbones import BACKBONES
-from learner.bounds import Choices, Flag
-from learner.config import Config
-from learner.evaluation import protocol, report, tuning
+from learner.bounds import Choices, Flag, Range
+from learner.core.settings import BACKBONE_NAMES, SEED_MAX
+from learner.evaluation import protocol, results_page, tuning
 from learner.evaluation.store import RunStore
 
 logger = logging.getLogger(__name__)
@@ -27,9 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", type=Flag(str, Choices(tuple(protocol.METHODS)), many=True),
                    default=list(protocol.METHODS),
                    help="comma list of " + ", ".join(protocol.METHODS))
-    p.add_argument("--models", type=Flag(str, Choices(tuple(BACKBONES)), many=True),
+    p.add_argument("--models", type=Flag(str, Choices(BACKBONE_NAMES), many=True),
                    default=["gmf", "neumf", "deepfm"])
-    p.add_argument("--seeds", type=Flag(int, Config.rule("seed"), many=True), default=[0, 1, 2])
+    p.add_argument("--seeds", type=Flag(int, Range(0, SEED_MAX), many=True), default=[0, 1, 2])
     p.add_argument("--tune", action=argparse.BooleanOptionalAction, default=True,
                    help="tune on the first part of each stream first (cached)")
     p.add_argument("--runs", type=Path, default=REPO / "runs/eval",
@@ -62,13 +61,13 @@ def run_eval(args: argparse.Namespace) -> int:
                        "params": params, **result})
             logger.info("%s %s %s seed %d: %s", setting, method, model, seed,
                         {k: round(v, 4) for k, v in result.items() if isinstance(v, float)})
-    from learner.bench.report import machine_description
+    from learner.machine import machine_description
 
     extras = {"tuned": {s: tuned[s] for s in args.settings}, "machine": machine_description()}
     rows = store.rows()
     if any(r["setting"] == "kuairand" for r in rows):
         extras["baselines"] = protocol.kuairand_baselines()
         extras["label_quality"] = protocol.dwell_label_quality()
-    path = report.write_results(rows, args.out, extras)
+    path = results_page.write_results(rows, args.out, extras)
     print(f"wrote {path}")
     return 0

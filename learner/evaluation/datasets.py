@@ -19,9 +19,11 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from learner.bridge import to_events
+from learner.core.batch import Events
 from producers.readers import order_by_time, read_log
 from stream.errors import DataError
-from stream.event import EventBatch, decode_batch
+from stream.event import decode_batch
 
 REPO = Path(__file__).resolve().parents[2]
 ML1M_DIR = Path(os.environ.get("DWELL_ML1M_DIR", REPO.parent / "shared/data/ml1m_inverselearning"))
@@ -61,14 +63,13 @@ def load_ml1m(folder: Path = ML1M_DIR) -> tuple[Ratings, Ratings, Ratings]:
     return train, rest.subset(valid), rest.subset(test)
 
 
-def rating_batches(ratings: Ratings, batch_size: int) -> list[EventBatch]:
+def rating_batches(ratings: Ratings, batch_size: int) -> list[Events]:
     """Micro-batches of rating events: ids only (no time, no duration: constant features)."""
     out = []
     for start in range(0, len(ratings), batch_size):
         part = slice(start, start + batch_size)
         n = ratings.users[part].size
-        out.append(EventBatch(
-            index=np.arange(n, dtype=np.int64),
+        out.append(Events(
             user_id=ratings.users[part].tolist(),
             video_id=ratings.items[part].tolist(),
             play_ms=np.zeros(n, np.int64), duration_ms=np.ones(n, np.int64),
@@ -78,7 +79,8 @@ def rating_batches(ratings: Ratings, batch_size: int) -> list[EventBatch]:
     return out
 
 
-def kuairand_batches(batch_size: int, path: Path = KUAIRAND) -> list[EventBatch]:
+def kuairand_batches(batch_size: int, path: Path = KUAIRAND) -> list[Events]:
     """The KuaiRand log in event-time order, through the wire codec, in micro-batches."""
     values = [orjson.dumps(e) for e in order_by_time(read_log(path).events)]
-    return [decode_batch(values[i : i + batch_size]) for i in range(0, len(values), batch_size)]
+    return [to_events(decode_batch(values[i : i + batch_size]))
+            for i in range(0, len(values), batch_size)]

@@ -26,10 +26,10 @@ from functools import cache
 
 import numpy as np
 
+from learner.core.labels import NEGATIVE, POSITIVE, VAGUE
+from learner.core.prequential import auc_score
+from learner.core.trainer import LearnerSettings, OnlineLearner
 from learner.evaluation.datasets import Ratings, kuairand_batches, load_ml1m, rating_batches
-from learner.labels import NEGATIVE, POSITIVE, VAGUE
-from learner.prequential import auc_score
-from learner.trainer import LearnerSettings, OnlineLearner
 
 logger = logging.getLogger(__name__)
 

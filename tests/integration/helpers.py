@@ -18,9 +18,9 @@ from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from learner.config import Config
-from learner.daemon import Daemon
-from learner.monitoring import serve_metrics
+from learner.service.config import Config
+from learner.service.daemon import Daemon
+from learner.service.monitoring import serve_metrics
 from producers.pacing import Pacer
 from producers.readers import order_by_time, read_log
 from producers.replay import ReplayStats, replay

@@ -8,8 +8,8 @@ import time
 
 from kafka.errors import UnknownTopicOrPartitionError
 
-from learner.config import Config
-from learner.daemon import Daemon
+from learner.service.config import Config
+from learner.service.daemon import Daemon
 from stream.admin import (
     committed_offsets,
     create_topic,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from learner.checkpoint import Checkpointer
+from learner.service.checkpoint import Checkpointer
 from producers.readers import order_by_time, read_log
 from producers.replay import replay
 from stream.admin import committed_offsets, create_topic, end_offsets
@@ -176,8 +176,8 @@ def test_unwritable_checkpoint_folder_stops_commits_until_it_recovers(kafka_boot
                                                                       tmp_path, kafka_client):
     import threading
 
-    from learner.config import Config
-    from learner.daemon import Daemon
+    from learner.service.config import Config
+    from learner.service.daemon import Daemon
 
     group, folder = f"{topic}-disk", tmp_path / "ckpt"
     daemon = Daemon(Config(bootstrap=kafka_bootstrap, topic=topic, group=group,
@@ -235,8 +235,8 @@ def test_broker_restart_in_the_middle_of_a_replay(tmp_path, kafka_client):
     import os
     import threading
 
-    from learner.config import Config
-    from learner.daemon import Daemon
+    from learner.service.config import Config
+    from learner.service.daemon import Daemon
     from producers.pacing import Pacer
     from stream.broker import LocalBroker
 
@@ -285,8 +285,8 @@ def test_broker_restart_in_the_middle_of_a_replay(tmp_path, kafka_client):
 def test_rebalance_between_two_learners(kafka_bootstrap, topic, tmp_path, kafka_client):
     import threading
 
-    from learner.config import Config
-    from learner.daemon import Daemon
+    from learner.service.config import Config
+    from learner.service.daemon import Daemon
     from producers.pacing import Pacer
 
     def learner(name: str) -> tuple[Daemon, threading.Thread, Path]:
@@ -364,8 +364,8 @@ def test_unwritable_dead_letter_topic_holds_commits_until_it_recovers(kafka_boot
 
     from kafka.admin import ConfigResource, ConfigResourceType
 
-    from learner.config import Config
-    from learner.daemon import Daemon
+    from learner.service.config import Config
+    from learner.service.daemon import Daemon
     from stream.admin import admin_client
 
     dlq = f"{topic}.dlq"

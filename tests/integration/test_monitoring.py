@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from learner.config import Config
-from learner.daemon import Daemon
-from learner.monitoring import serve_metrics
+from learner.service.config import Config
+from learner.service.daemon import Daemon
+from learner.service.monitoring import serve_metrics
 from producers.readers import order_by_time, read_log
 from producers.replay import replay
 from producers.shift import inject_shift

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from learner.checkpoint import Checkpointer
+from learner.service.checkpoint import Checkpointer
 from stream.admin import committed_offsets, end_offsets
 from stream.broker import free_port
 from tests.integration.helpers import (

@@ -1,7 +1,7 @@
 """Checks every backbone in ``BACKBONES`` must pass, in the manner of river's estimator checks.
 
-A backbone registered in :data:`learner.backbones.BACKBONES` is picked up here without being
-named: shapes, training under every loss in :data:`learner.losses.LOSSES`, sparse embedding
+A backbone registered in :data:`learner.core.backbones.BACKBONES` is picked up here without being
+named: shapes, training under every loss in :data:`learner.core.losses.LOSSES`, sparse embedding
 gradients, table growth and determinism.
 """
 
@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from learner.backbones import BACKBONES, Backbone, make_backbone
-from learner.features import FEATURE_SIZES
-from learner.losses import LOSSES
-from learner.optim import MixedAdam, ensure_rows
+from learner.core.backbones import BACKBONES, Backbone, make_backbone
+from learner.core.features import FEATURE_SIZES
+from learner.core.losses import LOSSES
+from learner.core.optim import MixedAdam, ensure_rows
 
 NAMES = sorted(BACKBONES)
 LOSS_NAMES = sorted(LOSSES)

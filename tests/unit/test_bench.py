@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from learner import bench as cli
-from learner.backbones import BACKBONES, make_backbone
-from learner.bench import report
+from learner import doc_sections as report
 from learner.bench import steps as bench
-from learner.meta import InverseGradient, Pairs
-from learner.optim import MixedAdam, ensure_rows
+from learner.core.backbones import BACKBONES, make_backbone
+from learner.core.meta import InverseGradient, Pairs
+from learner.core.optim import MixedAdam, ensure_rows
+from learner.machine import machine_description
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +52,13 @@ def test_markdown_has_a_row_per_result_and_a_verdict_per_case(quick_rows):
 
 
 def test_machine_description_names_the_versions():
-    text = report.machine_description()
+    text = machine_description()
     assert torch.__version__ in text and "Python" in text and "numpy" in text
 
 
 @pytest.mark.parametrize("name", ["gmf", "neumf"])
 def test_reference_step_computes_what_the_fast_ig_computes(name):
-    """The benchmark's reference step is the same IG as learner.meta's, done the slow way."""
+    """The benchmark's reference step is the same IG as learner.core.meta's, done the slow way."""
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     model = make_backbone(name, 6)

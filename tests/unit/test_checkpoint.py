@@ -8,9 +8,9 @@ import orjson
 import pytest
 import torch
 
-from learner.checkpoint import Checkpointer, CheckpointError
-from learner.trainer import LearnerSettings, OnlineLearner
-from stream.errors import ConfigError
+from learner.core.errors import ConfigError
+from learner.core.trainer import LearnerSettings, OnlineLearner
+from learner.service.checkpoint import Checkpointer, CheckpointError
 from stream.event import decode_batch
 
 

@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from learner.config import Config, add_config_args, config_from_args
+from learner.service.config import Config, add_config_args, config_from_args
 from stream.clients import (
     CLIENTS,
     Message,

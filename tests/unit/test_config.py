@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from learner.config import Config, add_config_args, config_from_args
+from learner.service.config import Config, add_config_args, config_from_args
 from stream.errors import ConfigError
 
 

@@ -346,7 +346,7 @@ def test_rank_panels_on_a_synthetic_job(promtool: str, tmp_path: Path) -> None:
     """
     from prometheus_client import CollectorRegistry
 
-    from learner.monitoring import Metrics
+    from learner.service.monitoring import Metrics
 
     panels = _rank_panel_exprs()
     assert set(panels) == {"Lag by rank", "Events per second by rank", "Sync duration"}
@@ -589,7 +589,7 @@ def test_compose_commands_parse() -> None:
 def _config_fields() -> set[str]:
     import dataclasses
 
-    from learner.config import Config
+    from learner.service.config import Config
 
     return {f"DWELL_{f.name.upper()}" for f in dataclasses.fields(Config)} | EXTRA_ENV
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from learner import devices
-from stream.errors import ConfigError
+from learner.core import devices
+from learner.core.errors import ConfigError
 
 
 def test_auto_takes_cuda_when_torch_sees_a_gpu(monkeypatch):
@@ -72,7 +72,7 @@ def test_a_cpu_checkpoint_on_a_gpu_restores_what_it_has_and_says_so(monkeypatch,
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_resumed_gpu_learner_draws_the_same_new_rows():
-    from learner.trainer import LearnerSettings, OnlineLearner
+    from learner.core.trainer import LearnerSettings, OnlineLearner
 
     learner = OnlineLearner(LearnerSettings(device="cuda"))
     state = learner.state_dict()

@@ -1,4 +1,4 @@
-"""The collectives of learner.distributed between real processes (gloo on loopback)."""
+"""The collectives of learner.service.distributed between real processes (gloo on loopback)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from learner.distributed import JobSpec, Ranks, partitions_of
-from learner.trainer import LearnerSettings, OnlineLearner
+from learner.core.trainer import LearnerSettings, OnlineLearner
+from learner.service.distributed import JobSpec, Ranks, partitions_of
 from stream.broker import free_port
 from stream.errors import ConfigError
 from stream.event import decode_batch

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from learner.evaluation import protocol, report
+from learner.core.prequential import auc_score
+from learner.evaluation import protocol
+from learner.evaluation import results_page as report
 from learner.evaluation.store import RunStore
-from learner.prequential import auc_score
 
 
 def test_per_user_auc_averages_users_with_both_labels():

@@ -1,4 +1,4 @@
-"""GMF's compiled steps (learner.gmf_steps) against the autograd ones."""
+"""GMF's compiled steps (learner.core.backbones.gmf.steps) against the autograd ones."""
 
 from __future__ import annotations
 
@@ -7,17 +7,13 @@ import copy
 import pytest
 import torch
 
-from learner.backbones import GMF, NeuMF
-from learner.gmf_steps import (
-    GMFInverseGradient,
-    GMFLossStep,
-    make_inverse_gradient,
-    make_loss_step,
-)
-from learner.losses import make_loss
-from learner.meta import InverseGradient, Pairs
-from learner.optim import MixedAdam, ensure_rows
-from stream.errors import ConfigError
+from learner.core.backbones import GMF, NeuMF
+from learner.core.backbones.gmf.steps import GMFInverseGradient, GMFLossStep
+from learner.core.errors import ConfigError
+from learner.core.fast import make_inverse_gradient, make_loss_step
+from learner.core.losses import make_loss
+from learner.core.meta import InverseGradient, Pairs
+from learner.core.optim import MixedAdam, ensure_rows
 
 
 def _pair(seed: int, users: int = 40, items: int = 30) -> tuple[GMF, GMF, MixedAdam, MixedAdam]:
@@ -164,13 +160,13 @@ def test_the_compiled_loss_step_only_where_it_applies():
 
 
 def test_without_numba_gmf_trains_through_autograd(monkeypatch, caplog):
-    from learner import gmf_steps
+    from learner.core.backbones.gmf import steps as gmf_steps
 
     monkeypatch.setattr(gmf_steps, "kernels", None)
     monkeypatch.setattr(gmf_steps, "NO_KERNELS", "ImportError: no numba here")
     model = GMF(dim=4, users=8, items=8)
     opt = MixedAdam(model, lr=0.01)
-    with caplog.at_level("WARNING", logger="learner.gmf_steps"):
+    with caplog.at_level("WARNING", logger="learner.core.backbones.gmf.steps"):
         assert type(make_inverse_gradient(model, opt)) is InverseGradient
         assert make_loss_step(model, opt, "bce") is None
     assert "no numba here" in caplog.text and "autograd" in caplog.text
@@ -224,7 +220,7 @@ def test_a_micro_batch_s_steps_in_one_call_are_its_steps_one_by_one(setup):
     call a step instead, the same batches give the same results and the same state."""
     import numpy as np
 
-    from learner.trainer import LearnerSettings, OnlineLearner
+    from learner.core.trainer import LearnerSettings, OnlineLearner
 
     settings = LearnerSettings(dim=8, train_batch=16, **setup)
     at_once, by_step = OnlineLearner(settings), OnlineLearner(settings)
@@ -248,8 +244,8 @@ def test_training_in_the_background_is_training_in_the_foreground(monkeypatch):
     read (scores, checkpoints) before the training it waits for is done."""
     import numpy as np
 
-    from learner import trainer
-    from learner.trainer import LearnerSettings, OnlineLearner
+    from learner.core import trainer
+    from learner.core.trainer import LearnerSettings, OnlineLearner
 
     small = next(_batches(seed=1))
     learner = OnlineLearner(LearnerSettings(dim=8, loss="bce"))
@@ -279,8 +275,8 @@ def test_training_in_the_background_is_training_in_the_foreground(monkeypatch):
 
 
 def test_a_failure_of_the_background_training_is_raised_to_the_learner(monkeypatch):
-    from learner import trainer
-    from learner.trainer import LearnerSettings, OnlineLearner
+    from learner.core import trainer
+    from learner.core.trainer import LearnerSettings, OnlineLearner
 
     monkeypatch.setattr(trainer, "BACKGROUND_MIN_PAIRS", 0)
     learner = OnlineLearner(LearnerSettings(dim=8, loss="bce"))

@@ -8,15 +8,15 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
-from learner.backbones.base import INIT_STD
-from learner.checkpoint import Checkpointer
-from learner.config import Config
-from learner.daemon import Daemon
-from learner.idmap import IdMap
-from learner.intmap import IntMap
-from learner.sampling import NegativeSampler, Reservoir
-from learner.trainer import LearnerSettings, OnlineLearner
-from stream.errors import ConfigError
+from learner.core.backbones.base import INIT_STD
+from learner.core.errors import ConfigError
+from learner.core.ids.idmap import IdMap
+from learner.core.ids.intmap import IntMap
+from learner.core.sampling import NegativeSampler, Reservoir
+from learner.core.trainer import LearnerSettings, OnlineLearner
+from learner.service.checkpoint import Checkpointer
+from learner.service.config import Config
+from learner.service.daemon import Daemon
 from stream.event import decode_batch
 from stream.scan import IntIds
 
@@ -318,6 +318,8 @@ def test_the_unbounded_learner_counts_no_evictions():
 
 
 def test_config_passes_capacities_and_refuses_ones_below_a_batch():
+    from stream.errors import ConfigError  # the service's settings raise the Kafka side's
+
     settings = Config(max_users=5000, max_videos=2048, batch_size=1024).learner_settings()
     assert (settings.max_users, settings.max_videos) == (5000, 2048)
     assert OnlineLearner(settings).videos.capacity == 2048

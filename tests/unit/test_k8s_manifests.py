@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from learner.cli import build_parser
-from learner.config import Config
+from learner.service.config import Config
 from tests.deploy_files import COMPOSE, DEPLOY
 
 K8S = DEPLOY / "k8s"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from learner.labels import NEGATIVE, POSITIVE, VAGUE, LabelRule
+from learner.core.labels import NEGATIVE, POSITIVE, VAGUE, LabelRule
 
 RULE = LabelRule(pos_ratio=0.9, long_view_ms=30_000, skip_ms=3_000, neg_ratio=0.2)
 

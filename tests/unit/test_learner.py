@@ -4,11 +4,11 @@ import numpy as np
 import orjson
 import torch
 
-from learner.backbones import GMF
-from learner.idmap import IdMap
-from learner.optim import MixedAdam, ensure_rows
-from learner.prequential import auc_score
-from learner.trainer import LearnerSettings, OnlineLearner
+from learner.core.backbones import GMF
+from learner.core.ids.idmap import IdMap
+from learner.core.optim import MixedAdam, ensure_rows
+from learner.core.prequential import auc_score
+from learner.core.trainer import LearnerSettings, OnlineLearner
 from stream.event import decode_batch
 
 
@@ -75,7 +75,7 @@ def test_learner_scores_before_training_and_learns_a_pattern():
 def test_vague_events_and_sampled_items_are_trained_with_ig():
     import pytest as _pytest
 
-    from stream.errors import ConfigError
+    from learner.core.errors import ConfigError
 
     rng = np.random.default_rng(1)
     learner = OnlineLearner(LearnerSettings(dim=8, loss="idl", meta="ig", num_neg=2,
@@ -105,14 +105,14 @@ def test_max_steps_trains_a_full_micro_batch_in_fewer_larger_steps():
 
 
 def test_row_sparse_adam_is_torch_sparse_adam_bit_for_bit():
-    """learner.optim.RowSparseAdam: torch's SparseAdam arithmetic on the gradient's rows, the
+    """learner.core.optim.RowSparseAdam: torch's SparseAdam arithmetic on the gradient's rows, the
     same bits step after step (repeated rows in a gradient, a step without rows, state
     saved and loaded across the two)."""
     import copy
 
     import torch
 
-    from learner.optim import RowSparseAdam
+    from learner.core.optim import RowSparseAdam
 
     torch.manual_seed(0)
     start = torch.randn(50, 4)
@@ -141,8 +141,8 @@ def test_the_compiled_gmf_steps_learn_as_the_autograd_ones():
     (autograd) on the same batches: the same parameters to float32 rounding for the plain
     losses; for IDL+IG the same branches and the same scores to 1e-3 (its sign-like look-ahead
     is steep where a gradient nearly cancels, see tests/unit/test_gmf_steps.py)."""
-    from learner.gmf_steps import GMFInverseGradient, GMFLossStep
-    from learner.meta import InverseGradient
+    from learner.core.backbones.gmf.steps import GMFInverseGradient, GMFLossStep
+    from learner.core.meta import InverseGradient
 
     for setup in ({"loss": "bce"}, {"loss": "idl"}, {"loss": "idl", "meta": "ig", "num_neg": 1}):
         learners = {k: OnlineLearner(LearnerSettings(dim=8, lr=0.05, train_batch=32, kernel=k,

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from learner.backbones import GMF
-from learner.losses import idl_weights, inverse_dual_loss
-from learner.meta import BRANCHES, InverseGradient, Pairs
-from learner.optim import MixedAdam
+from learner.core.backbones import GMF
+from learner.core.losses import idl_weights, inverse_dual_loss
+from learner.core.meta import BRANCHES, InverseGradient, Pairs
+from learner.core.optim import MixedAdam
 
 
 def slow_ig(model, optimizer, vague, meta, labels, sample_lr, branch=None):
@@ -145,8 +145,8 @@ def test_swapped_call_matches_functional_call_and_puts_parameters_back(name):
     backbone; the module's own parameters are back afterwards, also after an error."""
     from torch.func import functional_call
 
-    import learner.backbones as backbones
-    from learner.meta import SwappedCall
+    import learner.core.backbones as backbones
+    from learner.core.meta import SwappedCall
 
     torch.manual_seed(0)
     model = getattr(backbones, name)(8, 10, 12, (24, 8))
@@ -173,8 +173,8 @@ def test_swapped_call_matches_functional_call_and_puts_parameters_back(name):
 
 
 def test_swapped_call_refuses_tied_weights():
-    from learner.meta import SwappedCall
-    from stream.errors import ConfigError
+    from learner.core.errors import ConfigError
+    from learner.core.meta import SwappedCall
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
     model[1].weight = model[0].weight

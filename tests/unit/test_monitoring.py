@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from learner.drift import DriftMonitor, SignalDetector
-from learner.monitoring import BulkHistogram, Metrics
-from learner.prequential import Evaluator
+from learner.core.drift import DriftMonitor, SignalDetector
+from learner.core.prequential import Evaluator
+from learner.service.monitoring import BulkHistogram, Metrics
 from tests.deploy_files import EXPORTED_METRICS
 
 
@@ -104,8 +104,8 @@ def test_evaluator_windows_and_shares():
 
 
 def test_run_log_is_strict_json_with_nulls(tmp_path):
-    from learner.daemon import Daemon
-    from learner.runlog import read_run_log
+    from learner.service.daemon import Daemon
+    from learner.service.metrics_log import read_run_log
 
     path = tmp_path / "metrics.jsonl"
     with path.open("w") as fh:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from learner.prequential import Evaluator, RunAUC, WindowAUC, auc_score
+from learner.core.prequential import Evaluator, RunAUC, WindowAUC, auc_score
 
 
 def pairwise_auc(scores, labels):

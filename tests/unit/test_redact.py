@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from learner.config import Config
+from learner.service.config import Config
 from stream import redact
 
 SECRET = "s3cr3t-Pa55,word"

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from learner.cli import main
-from learner.runlog import read_run_log
-from learner.runreport import render_report, summary
+from learner.service.metrics_figure import render_report, summary
+from learner.service.metrics_log import read_run_log
 from stream.errors import ConfigError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -78,7 +78,7 @@ def write_log(folder: Path) -> Path:
 
 def test_read_run_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     write_log(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="learner.runlog"):
+    with caplog.at_level(logging.WARNING, logger="learner.service.metrics_log"):
         log = read_run_log(tmp_path)
     assert len(log) == FIRST_SEGMENT + SECOND_SEGMENT
     # one cumulative axis: the second segment's counts go on from the first's last
@@ -128,7 +128,7 @@ def test_counter_that_goes_on_after_a_restart_is_not_shifted(tmp_path: Path) -> 
 
 def test_count_going_back_without_start_is_a_restart(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="learner.runlog"):
+    with caplog.at_level(logging.WARNING, logger="learner.service.metrics_log"):
         log = read_run_log(_lines(
             tmp_path / "run.jsonl",
             {"kind": "progress", "time": 1.0, "events": 100, "auc": {"short/dwell": 0.6}},

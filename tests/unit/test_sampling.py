@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from learner.sampling import NegativeSampler, Reservoir
-from stream.errors import ConfigError
+from learner.core.errors import ConfigError
+from learner.core.sampling import NegativeSampler, Reservoir
 
 
 @pytest.mark.parametrize("mode", NegativeSampler.MODES)
@@ -55,7 +55,7 @@ def test_reservoir_keeps_the_most_recent_events():
 
 
 def test_the_key_set_is_a_set_through_adds_growth_and_discards():
-    from learner.keyset import KeySet
+    from learner.core.ids.keyset import KeySet
 
     rng = np.random.default_rng(0)
     keys, reference = KeySet(), set()

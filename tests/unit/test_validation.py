@@ -14,7 +14,7 @@ import pytest
 
 from learner import cli
 from learner.bounds import Choices, Flag, Range, bad_values
-from learner.config import Config, flag_name
+from learner.service.config import Config, flag_name
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 #: Free-text settings: names, addresses, paths. Any other string setting declares Choices.

@@ -1,0 +1,60 @@
+"""The backbone interface: id-embedding tables that grow with the id space, plus dense layers.
+
+Embedding tables are sparse (``sparse=True``): a step touches the rows of the batch only, so
+the cost of a step does not grow with the number of users or videos. Dense layers are
+ordinary parameters. :class:`~learner.core.optim.MixedAdam` steps each kind with its own Adam.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from learner.core.settings import check_kernel
+
+if TYPE_CHECKING:
+    from learner.core.fast import FastSteps
+
+INIT_STD = 0.01
+
+
+def sparse_table(rows: int, dim: int) -> nn.Embedding:
+    """An embedding table with sparse gradients, initialised N(0, 0.01) as in the paper's code."""
+    table = nn.Embedding(rows, dim, sparse=True)
+    nn.init.normal_(table.weight, std=INIT_STD)
+    return table
+
+
+class Backbone(nn.Module):
+    """A model that scores (user row, item row) pairs with one logit each.
+
+    Subclasses create their tables with :func:`sparse_table` and list them in
+    ``user_tables`` and ``item_tables`` so that :meth:`rows` and the table growth in
+    :mod:`learner.core.optim` can find them.
+    """
+
+    user_tables: tuple[str, ...] = ()
+    item_tables: tuple[str, ...] = ()
+
+    def forward(
+        self, users: torch.Tensor, items: torch.Tensor, feats: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One logit per (user row, item row) pair; ``feats`` is an (n, F) int64 tensor of
+        context feature ids (see :mod:`learner.core.features`), ignored by id-only models."""
+        raise NotImplementedError
+
+    def fast_steps(self, kernel: str = "auto") -> FastSteps | None:
+        """The compiled training steps this backbone offers with ``kernel`` (``auto``: where
+        they apply; ``torch``: never), or None: autograd then. None here; a backbone with
+        compiled steps overrides it (:mod:`learner.core.fast`)."""
+        check_kernel(kernel)
+        return None
+
+    def rows(self) -> tuple[int, int]:
+        """Current capacity (user rows, item rows)."""
+        return (
+            getattr(self, self.user_tables[0]).num_embeddings,
+            getattr(self, self.item_tables[0]).num_embeddings,
+        )

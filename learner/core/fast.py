@@ -1,0 +1,96 @@
+"""Compiled fast paths, as a backbone offers them: one interface the trainer calls for every
+backbone.
+
+A backbone that has compiled training steps returns a :class:`FastSteps` from
+:meth:`~learner.core.backbones.base.Backbone.fast_steps` (GMF on the CPU:
+:mod:`learner.core.backbones.gmf.steps`); the others return None and train through autograd.
+The steps it makes take table rows as numpy arrays (:class:`CompiledStep`), and can run every
+step of a micro-batch in one call (``plan``). :func:`make_inverse_gradient` and
+:func:`make_loss_step` are the learner's choice between them and the autograd steps; a next
+fast backbone needs no change here nor in the trainer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+from learner.core.backbones.base import Backbone
+from learner.core.meta import InverseGradient
+from learner.core.optim import MixedAdam
+
+#: What a planned micro-batch fills: each step's branch, loss and leaning.
+Planned = tuple[Callable[[], None], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+class CompiledStep(Protocol):
+    """A compiled step over table rows (numpy arrays): scores, and a whole micro-batch planned
+    as one call."""
+
+    def scores(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Like probabilities (float32) of the pairs of table rows ``users``, ``items``."""
+        ...
+
+    def plan(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray,
+             vague: np.ndarray, order: np.ndarray, bounds: np.ndarray) -> Planned:
+        """Every step of a micro-batch as one call: step ``c`` trains the pairs
+        ``order[bounds[c]:bounds[c + 1]]``."""
+        ...
+
+
+class CompiledLossStep(CompiledStep, Protocol):
+    """The learner's plain step (a loss, ``MixedAdam``), compiled."""
+
+    def step(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray,
+             vague: np.ndarray) -> tuple[float, int]:
+        """One step; the loss and the number of vague events leaned positive on."""
+        ...
+
+
+class CompiledInverseGradient(CompiledStep, Protocol):
+    """The IG step of :class:`~learner.core.meta.InverseGradient`, compiled; it also takes
+    the pairs as table rows (:meth:`step_rows`)."""
+
+    last_vague_positive: int
+
+    def step_rows(self, vague_users: np.ndarray, vague_items: np.ndarray,
+                  meta_users: np.ndarray, meta_items: np.ndarray, meta_labels: np.ndarray,
+                  branch: str | None = None) -> tuple[str, dict[str, float], float]:
+        """One IG step on table rows: the branch kept, the three meta losses, the loss."""
+        ...
+
+
+class FastSteps(Protocol):
+    """The compiled steps a backbone offers (:meth:`Backbone.fast_steps`)."""
+
+    def inverse_gradient(self, optimizer: MixedAdam, sample_lr: float,
+                         lookahead: str) -> CompiledInverseGradient:
+        """The compiled IG step over ``optimizer``'s state."""
+        ...
+
+    def loss_step(self, optimizer: MixedAdam, loss: str) -> CompiledLossStep | None:
+        """The compiled plain step for ``loss``, or None where it has none."""
+        ...
+
+
+def make_inverse_gradient(
+    model: Backbone, optimizer: MixedAdam, sample_lr: float = 1e-3, lookahead: str = "adam",
+    kernel: str = "auto",
+) -> InverseGradient | CompiledInverseGradient:
+    """The learner's IG step: the backbone's compiled one where it offers it (``kernel="auto"``),
+    else :class:`~learner.core.meta.InverseGradient`. Both keep the same state in ``model`` and
+    ``optimizer``."""
+    fast = model.fast_steps(kernel)
+    if fast is not None:
+        return fast.inverse_gradient(optimizer, sample_lr, lookahead)
+    return InverseGradient(model, optimizer, sample_lr, lookahead)
+
+
+def make_loss_step(model: Backbone, optimizer: MixedAdam, loss: str,
+                   kernel: str = "auto") -> CompiledLossStep | None:
+    """The backbone's compiled plain step for ``loss`` where it offers one, else None: the
+    learner's autograd step then."""
+    fast = model.fast_steps(kernel)
+    return fast.loss_step(optimizer, loss) if fast is not None else None

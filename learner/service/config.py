@@ -1,0 +1,374 @@
+"""Configuration: one frozen object, from flags, ``DWELL_*`` variables and a TOML file.
+
+Precedence, highest first: command-line flags, environment variables (``DWELL_BATCH_SIZE``
+for ``batch_size``), the TOML file (``--config`` or ``DWELL_CONFIG``; flat keys, or under a
+``[dwell]`` table), then the defaults below. Every field is a flag ``--batch-size``.
+
+>>> Config.load(env={"DWELL_BATCH_SIZE": "64"}, flags={"topic": "t"}).batch_size
+64
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from learner.bounds import INT32_MAX, MAX_PORT, MAX_SECONDS, Choices, Range
+from learner.core.labels import LabelRule
+from learner.core.settings import (
+    BACKBONE_NAMES,
+    DRIFT_CHUNK,
+    KERNELS,
+    LOSS_NAMES,
+    MICRO_BATCH,
+    SAMPLER_MODES,
+    SEED_MAX,
+    LearnerSettings,
+)
+from stream.clients import CLIENTS
+from stream.errors import ConfigError
+from stream.redact import is_secret
+
+#: A duration in seconds, 0 allowed (it turns the thing off, or means "at once").
+SECONDS = Range(0, MAX_SECONDS)
+#: A duration in seconds that must be positive.
+SECONDS_POSITIVE = Range(0, MAX_SECONDS, low_open=True)
+
+
+def _opt(default: Any, help: str, rule: Range | Choices | None = None) -> Any:
+    """A field with its ``help`` and, for numbers and names, the ``rule`` its values obey."""
+    return field(default=default, metadata={"help": help, "rule": rule})
+
+
+def flag_name(name: str) -> str:
+    """The command-line flag of setting ``name``: ``--batch-size`` for ``batch_size``."""
+    return "--" + name.replace("_", "-")
+
+
+#: The torch devices a learner runs on.
+DEVICE = Choices(("cpu", "cuda", "auto"), r"cuda:\d+", "cuda:N")
+#: The values of ``client_process``.
+CLIENT_PROCESS = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of the learner daemon, the replay and the demo."""
+
+    bootstrap: str = _opt("127.0.0.1:9092", "Kafka bootstrap servers, host:port[,host:port]")
+    topic: str = _opt("dwell.events", "event topic")
+    dlq_topic: str = _opt("", "dead-letter topic (default: <topic>.dlq)")
+    group: str = _opt("dwell-learner", "consumer group id")
+    partitions: int = _opt(4, "partitions of a topic that dwell creates", Range(1, 100_000))
+    kafka_options: str = field(default="", repr=False, metadata={"help": (
+        "extra Kafka client settings with kafka-python's names (translated for confluent), "
+        "KEY=VALUE[,KEY=VALUE] (SASL/TLS: "
+        "security_protocol, sasl_mechanism, sasl_plain_username, sasl_plain_password, "
+        "ssl_cafile, ...); never logged; DWELL_KAFKA_OPTIONS or --kafka-options-file keep "
+        "secrets off the command line")})
+    kafka_options_file: str = _opt("", "file of extra Kafka client settings, one KEY=VALUE a "
+                                   "line (# comments; a value may hold commas), under "
+                                   "--kafka-options: where secrets belong")
+    connect_timeout_s: float = _opt(15.0, "how long to wait for the Kafka cluster to answer "
+                                    "before anything starts", Range(0, 3600, low_open=True))
+    client: str = _opt("kafka-python", "Kafka client: kafka-python or confluent "
+                       "(pip install 'dwell[fast]')", Choices(CLIENTS))
+    client_process: str = _opt("auto", "run the Kafka clients (the consumer, which then "
+                               "fetches ahead while a micro-batch is learned, and the "
+                               "dead-letter producer) in processes of their own: on, off, or "
+                               "auto (on with kafka-python, whose fetch and produce are Python "
+                               "that holds the learner's interpreter lock; off with confluent, "
+                               "which works on threads of its own)", Choices(CLIENT_PROCESS))
+    session_timeout_ms: int = _opt(10_000, "consumer group session timeout: how long a dead "
+                                   "learner holds its partitions", Range(1, INT32_MAX))
+    batch_size: int = _opt(MICRO_BATCH, "micro-batch: at most this many records",
+                           Range(1, 10_000_000))
+    batch_timeout_s: float = _opt(0.5, "micro-batch: at most this long waiting for records",
+                                  SECONDS_POSITIVE)
+    max_value_bytes: int = _opt(64 * 1024, "larger record values are invalid", Range(1, INT32_MAX))
+    commit_interval_s: float = _opt(1.0, "commit offsets at most this often (and on stop)", SECONDS)
+    checkpoint_dir: str = _opt("", "checkpoint folder ('': no checkpoints, commit after "
+                                   "training)")
+    checkpoint_interval_s: float = _opt(30.0, "checkpoint at least this often", SECONDS_POSITIVE)
+    checkpoint_every: int = _opt(100_000, "checkpoint after this many events", Range(1))
+    checkpoint_keep: int = _opt(3, "checkpoints kept", Range(1, 10_000))
+    final_commit_timeout_s: float = _opt(30.0, "on stop, retry a failed dead-letter or "
+                                         "checkpoint write this long before giving up", SECONDS)
+    audit_log: str = _opt("", "append one JSON line per batch, checkpoint and resume (tests)")
+    until_end: bool = _opt(False, "stop once the end offsets seen at start are consumed")
+    idle_timeout_s: float = _opt(0.0, "stop after this long without records (0: never)", SECONDS)
+    metrics_addr: str = _opt("127.0.0.1", "address of the Prometheus /metrics server")
+    metrics_port: int = _opt(9464, "port of /metrics (0: any free port, -1: no server)",
+                             Range(-1, MAX_PORT))
+    progress_interval_s: float = _opt(2.0, "log a progress line this often", SECONDS_POSITIVE)
+    gc_threshold: int = _opt(50_000, "while the daemon runs, Python's cyclic garbage "
+                             "collector starts a collection after this many new objects "
+                             "(its default, 700, spent ~20%% of the time; 0: leave it)",
+                             Range(0, INT32_MAX))
+    switch_interval_s: float = _opt(0.0005, "while the daemon runs, Python's thread switch "
+                                    "interval: how long a thread waits for the interpreter "
+                                    "lock held by another (its default, 0.005, would hold the "
+                                    "background training back; 0: leave it)", Range(0, 1.0))
+    model: str = _opt("gmf", "backbone", Choices(BACKBONE_NAMES))
+    dim: int = _opt(32, "latent factors", Range(1, 65_536))
+    lr: float = _opt(0.01, "learning rate (Adam / SparseAdam)", Range(0, 1e3, low_open=True))
+    loss: str = _opt("bce", "training loss", Choices(LOSS_NAMES))
+    train_batch: int = _opt(64, "events per optimiser step within a micro-batch",
+                            Range(1, 10_000_000))
+    background_training: bool = _opt(True, "train a micro-batch on a second thread while the "
+                                     "next one is fetched and decoded, where its steps run "
+                                     "in one compiled call (GMF on the CPU); offsets are "
+                                     "committed after the training of their events")
+    max_steps: int = _opt(0, "at most this many optimiser steps per micro-batch: a full "
+                          "micro-batch (backlog) trains in larger steps (0: no limit)",
+                          Range(0, 10_000_000))
+    meta: str = _opt("none", "meta step: none, or ig (Inverse Gradient; needs loss idl)",
+                     Choices(("none", "ig")))
+    sample_lr: float = _opt(1e-3, "IG look-ahead step size", Range(0, 1e3, low_open=True))
+    lookahead: str = _opt("adam", "IG look-ahead: adam (fresh Adam's first step) or sgd",
+                          Choices(("adam", "sgd")))
+    kernel: str = _opt("auto", "training steps: auto (for GMF on the CPU, the IG step and "
+                       "the bce and idl steps compiled with numba, no autograd; autograd "
+                       "otherwise) or torch (autograd always)", Choices(KERNELS))
+    meta_source: str = _opt("batch", "IG meta batch: batch (its genuine events) or reservoir",
+                            Choices(("batch", "reservoir")))
+    meta_size: int = _opt(4096, "genuine events kept in the IG reservoir", Range(1, 100_000_000))
+    meta_batch: int = _opt(256, "events drawn from the reservoir per IG step", Range(1, 10_000_000))
+    max_users: int = _opt(0, "user id-map capacity, least recently seen evicted; 0: unbounded",
+                          Range(0, INT32_MAX))
+    max_videos: int = _opt(0, "video id-map capacity, least recently seen evicted; 0: "
+                           "unbounded", Range(0, INT32_MAX))
+    num_neg: int = _opt(0, "unseen items sampled per event as extra vague events", Range(0, 1000))
+    sampler: str = _opt("uniform", "how unseen items are drawn: uniform or popularity",
+                        Choices(SAMPLER_MODES))
+    seed: int = _opt(0, "random seed", Range(0, SEED_MAX))
+    device: str = _opt("cpu", "torch device: cpu, cuda, cuda:N, or auto (a GPU when there is one)",
+                       DEVICE)
+    threads: int = _opt(1, "torch intra-op threads (0: torch's default)", Range(0, 1024))
+    auc_window: int = _opt(5000, "events in the short prequential AUC window",
+                           Range(1, 100_000_000))
+    auc_long_window: int = _opt(50_000, "events in the long prequential AUC window",
+                                Range(1, 100_000_000))
+    drift_detector: str = _opt("page_hinkley", "drift detector on chunk AUC and log loss: "
+                               "page_hinkley or adwin", Choices(("adwin", "page_hinkley")))
+    drift_chunk: int = _opt(DRIFT_CHUNK, "genuine events per chunk AUC (and, for page_hinkley, "
+                                               "chunk log loss) fed to the drift detector",
+                                               Range(1, 100_000_000))
+    metrics_log: str = _opt("", "append progress and drift records (JSON lines) here; '' "
+                            "with checkpoints: CHECKPOINT_DIR/metrics.jsonl")
+    rank: int = _opt(-1, "rank of this learner in a distributed job (-1: torchrun's RANK, "
+                     "else 0)", Range(-1, 1_000_000))
+    world_size: int = _opt(0, "ranks in the job (0: torchrun's WORLD_SIZE, else 1)",
+                           Range(0, 1_000_000))
+    master_addr: str = _opt("", "address of rank 0 for the job's rendezvous (default: "
+                            "torchrun's MASTER_ADDR, else 127.0.0.1)")
+    master_port: int = _opt(0, "port of the rendezvous (default: MASTER_PORT, else 29500)",
+                            Range(0, MAX_PORT))
+    sync_every: int = _opt(1, "optimiser steps between synchronisations of the ranks of a "
+                           "distributed job (1: every step)", Range(1, INT32_MAX))
+    dist_timeout_s: float = _opt(120.0, "how long a rank waits for the others in a collective",
+                                 SECONDS_POSITIVE)
+    pos_ratio: float = _opt(0.9, "positive when play/duration >= this",
+                            Range(0, 1e6, low_open=True))
+    long_view_ms: int = _opt(30_000, "positive when play_ms >= this",
+                             Range(0, INT32_MAX, low_open=True))
+    skip_ms: int = _opt(3_000, "negative when play_ms < this (and not positive)",
+                        Range(0, INT32_MAX))
+    neg_ratio: float = _opt(0.2, "negative when play/duration < this (and not positive)",
+                            Range(0, 1e6))
+
+    def __post_init__(self) -> None:
+        """Check every setting against its declared rule, then those that go together:
+        ConfigError naming the flag and what is allowed."""
+        for f in dataclasses.fields(self):
+            problem = _problem(f, getattr(self, f.name))
+            if problem:
+                raise ConfigError(f"{flag_name(f.name)} {problem}")
+        for name in ("max_users", "max_videos"):
+            cap = getattr(self, name)
+            if 0 < cap < self.batch_size:
+                raise ConfigError(f"{flag_name(name)} must be 0 (unbounded) or at least "
+                                  f"batch_size ({self.batch_size}), as a batch's ids all need "
+                                  f"rows at once (got {cap})")
+        if self.meta == "ig" and self.loss != "idl":
+            raise ConfigError(f"--meta ig trains vague events with IDL: it needs --loss idl "
+                              f"(got --loss {self.loss})")
+        self.client_options()  # KEY=VALUE items, a readable file
+
+    @classmethod
+    def rule(cls, name: str) -> Range | Choices:
+        """The declared rule of setting ``name`` (for flags that take the same values)."""
+        return next(f for f in dataclasses.fields(cls) if f.name == name).metadata["rule"]
+
+    def uses_client_process(self) -> bool:
+        """Whether the learner's Kafka clients run in processes of their own
+        (``client_process``)."""
+        return self.client_process == "on" or (
+            self.client_process == "auto" and self.client == "kafka-python")
+
+    def client_options(self) -> dict[str, Any]:
+        """``kafka_options_file`` under ``kafka_options``, as keyword arguments for
+        kafka-python's clients. A malformed item is named by its place, never shown: it may
+        be part of a secret."""
+        options = _read_options_file(self.kafka_options_file) if self.kafka_options_file else {}
+        items = (part.strip() for part in self.kafka_options.split(","))
+        for number, item in enumerate(filter(None, items), 1):
+            key, value = _option_item(item, f"--kafka-options item {number}")
+            options[key] = value
+        return options
+
+    def secrets(self) -> list[str]:
+        """The values of the secret Kafka settings (passwords, keys, tokens): for redaction."""
+        return [str(v) for k, v in self.client_options().items() if is_secret(k)]
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.dlq_topic or f"{self.topic}.dlq"
+
+    def learner_settings(self) -> LearnerSettings:
+        rule = LabelRule(self.pos_ratio, self.long_view_ms, self.skip_ms, self.neg_ratio)
+        return LearnerSettings(
+            model=self.model, dim=self.dim, lr=self.lr, loss=self.loss,
+            train_batch=self.train_batch, max_steps=self.max_steps, seed=self.seed,
+            device=self.device,
+            auc_window=self.auc_window, auc_long_window=self.auc_long_window, labels=rule,
+            num_neg=self.num_neg, sampler=self.sampler,
+            meta=self.meta, sample_lr=self.sample_lr, lookahead=self.lookahead,
+            kernel=self.kernel,
+            meta_source=self.meta_source, meta_size=self.meta_size, meta_batch=self.meta_batch,
+            threads=self.threads, max_users=self.max_users, max_videos=self.max_videos,
+        )
+
+    @classmethod
+    def load(
+        cls,
+        flags: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        toml_path: str | Path | None = None,
+        defaults: Mapping[str, Any] | None = None,
+    ) -> Config:
+        """Merge field defaults < ``defaults`` (a command's own) < TOML < environment < flags.
+
+        Flags set to None are ignored; a flag set to ``""`` overrides like any other value.
+        """
+        env = os.environ if env is None else env
+        toml_path = toml_path or env.get("DWELL_CONFIG")
+        values: dict[str, Any] = dict(defaults or {})
+        if toml_path:
+            values.update(_read_toml(Path(toml_path)))
+        for f in dataclasses.fields(cls):
+            key = f"DWELL_{f.name.upper()}"
+            if key in env:
+                values[f.name] = env[key]
+        values.update({k: v for k, v in (flags or {}).items() if v is not None})
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+        return cls(**{k: _coerce(known[k], v) for k, v in values.items()})
+
+
+def _option_item(item: str, where: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` as (key, value); ConfigError naming ``where``, not the item."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{where}: expected KEY=VALUE")
+    return key.strip(), _option_value(value.strip())
+
+
+def _read_options_file(path: str) -> dict[str, Any]:
+    """The ``KEY=VALUE`` lines of ``path`` (blank lines and ``#`` comments skipped)."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--kafka-options-file {path}: cannot read it "
+                          f"({type(exc).__name__})") from None
+    options = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, value = _option_item(line, f"--kafka-options-file {path} line {number}")
+            options[key] = value
+    return options
+
+
+def _problem(f: dataclasses.Field, value: Any) -> str | None:
+    """What is wrong with ``value`` for field ``f``: its type, or its declared rule."""
+    kind = type(f.default)
+    if type(value) is not kind and not (kind is float and type(value) is int):
+        return f"must be {_KINDS.get(kind, kind.__name__)} (got {value!r})"
+    rule = f.metadata.get("rule")
+    return rule.problem(value) if rule is not None else None
+
+
+_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _option_value(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    return dict(data.get("dwell", data))
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    """``value`` (a flag's, a variable's text, a TOML value) as the field's type; its range is
+    checked by Config itself. A bool is no number, nor a float with a fraction an integer."""
+    kind = type(f.default)
+    if type(value) is kind or (kind is float and type(value) is int):
+        return kind(value)
+    try:
+        if kind is bool:
+            text = str(value).strip().lower()
+            if text not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                raise ValueError(value)
+            return text in {"1", "true", "yes", "on"}
+        if isinstance(value, bool) or (kind is int and isinstance(value, float)):
+            raise ValueError(value)
+        return kind(str(value).strip()) if kind in (int, float) else kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{flag_name(f.name)} ({f.name}): cannot read {value!r} as "
+                          f"{_KINDS.get(kind, kind.__name__)}") from None
+
+
+def add_config_args(parser: argparse.ArgumentParser, names: Iterable[str] | None = None) -> None:
+    """Add a ``--flag`` for each named Config field (all by default), defaulting to None."""
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    for name in names or fields:
+        f = fields[name]
+        flag = flag_name(name)
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=f.metadata["help"])
+        else:
+            rule = f.metadata.get("rule")
+            allowed = f"; {rule.describe()}" if rule is not None else ""
+            parser.add_argument(flag, type=type(f.default), default=None, metavar=name.upper(),
+                                help=f"{f.metadata['help']} (default: {f.default!r}{allowed})")
+    parser.add_argument("--config", dest="config_file", default=None,
+                        help="TOML file of settings (or DWELL_CONFIG)")
+
+
+def config_from_args(
+    args: argparse.Namespace, defaults: Mapping[str, Any] | None = None
+) -> Config:
+    """The Config for parsed arguments: flags over environment over TOML over ``defaults``."""
+    names = {f.name for f in dataclasses.fields(Config)}
+    flags = {k: v for k, v in vars(args).items() if k in names}
+    return Config.load(flags=flags, toml_path=getattr(args, "config_file", None),
+                       defaults=defaults)
