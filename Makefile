@@ -29,10 +29,12 @@ demo: install
 
 test: install prometheus
 	$(BIN)/ruff check stream learner producers tests
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 lint: install
 	$(BIN)/ruff check stream learner producers tests
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
