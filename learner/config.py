@@ -95,7 +95,8 @@ class Config:
     final_commit_timeout_s: float = _opt(30.0, "on stop, retry a failed dead-letter or "
                                          "checkpoint write this long before giving up", SECONDS)
     audit_log: str = _opt("", "append one JSON line per batch, checkpoint and resume (tests)")
-    until_end: bool = _opt(False, "stop once the end offsets seen at start are consumed")
+    until_end: bool = _opt(False, "stop once the end offsets seen at start are consumed "
+                           "(those of partitions other members hold: committed by the group)")
     idle_timeout_s: float = _opt(0.0, "stop after this long without records (0: never)", SECONDS)
     metrics_addr: str = _opt("127.0.0.1", "address of the Prometheus /metrics server")
     metrics_port: int = _opt(9464, "port of /metrics (0: any free port, -1: no server)",
