@@ -29,12 +29,15 @@ demo: install
 
 test: install prometheus
 	$(BIN)/ruff check stream learner producers tests
+	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/pytest
 
+# mypy checks the packages that pyproject.toml's [tool.mypy] names
 lint: install
 	$(BIN)/ruff check stream learner producers tests
+	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -104,6 +104,46 @@ class Choices:
         return f"must be {self.describe()} (got {value!r})"
 
 
+@dataclass(frozen=True)
+class Pattern:
+    """A string that ``regex`` matches whole, described as ``shown``; ``bad`` are strings it
+    must refuse (for tests).
+
+    >>> TOPIC.problem("a b")
+    "must be 1 to 249 of a-z A-Z 0-9 . _ - (got 'a b')"
+    """
+
+    regex: str
+    shown: str
+    bad: tuple[str, ...] = ("",)
+
+    def describe(self) -> str:
+        return self.shown
+
+    def problem(self, value: str) -> str | None:
+        if re.fullmatch(self.regex, value):
+            return None
+        return f"must be {self.describe()} (got {value!r})"
+
+
+_NAME = r"[A-Za-z0-9._-]{1,249}"
+_HOST = r"(?:[A-Za-z0-9_-][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+\])"
+#: A Kafka topic name (what the broker accepts).
+TOPIC = Pattern(_NAME, "1 to 249 of a-z A-Z 0-9 . _ -", ("", "a b", "x" * 250))
+#: A topic name, or empty for the default.
+TOPIC_OR_DEFAULT = Pattern(f"(?:{_NAME})?", "empty or 1 to 249 of a-z A-Z 0-9 . _ -",
+                           ("a b", "t/x"))
+#: A consumer group id: printable, 1 to 255 characters.
+GROUP = Pattern(r"[^\x00-\x1f\x7f]{1,255}", "1 to 255 printable characters", ("", "a\nb"))
+#: A host name or address.
+HOST = Pattern(_HOST, "a host name or IP address", ("", "a b", "host:1"))
+#: A host name or address, or empty for the default.
+HOST_OR_DEFAULT = Pattern(f"(?:{_HOST})?", "empty or a host name or IP address", ("a b",))
+#: Kafka bootstrap servers: host:port[,host:port].
+BOOTSTRAP = Pattern(rf"{_HOST}:\d{{1,5}}(?:,{_HOST}:\d{{1,5}})*",
+                    "host:port[,host:port]", ("", "localhost", "a:b", "h:1,"))
+
+
 class Flag:
     """An argparse ``type=`` for a number of ``kind`` within ``rule`` (or a name within
     ``rule`` when it is :class:`Choices`); with ``many``, a comma list of them (a tuple).
@@ -143,9 +183,16 @@ def positive_int(high: int | None = None, many: bool = False) -> Flag:
 
 def bad_values(flag: Flag) -> Sequence[str]:
     """Command-line values that ``flag`` must refuse: for tests."""
-    if isinstance(flag.rule, Choices):
-        return ["no-such-" + flag.rule.values[0]]
-    return [repr(v) if isinstance(v, float) else str(v) for v in flag.rule.outside(flag.kind)]
+    return refused(flag.rule, flag.kind)
+
+
+def refused(rule: Range | Choices | Pattern, kind: type) -> list[str]:
+    """Command-line values that a setting of ``kind`` under ``rule`` must refuse: for tests."""
+    if isinstance(rule, Choices):
+        return ["no-such-" + rule.values[0]]
+    if isinstance(rule, Pattern):
+        return list(rule.bad)
+    return [repr(v) if isinstance(v, float) else str(v) for v in rule.outside(kind)]
 
 
 def csv(kind: Callable[[str], object]) -> Callable[[str], tuple]:

@@ -22,7 +22,7 @@ from learner.core.errors import CoreError
 from learner.service.config import Config, add_config_args, config_from_args
 from learner.service.totals import format_totals, totals_add_up
 from stream import redact
-from stream.errors import ClientError, DwellError
+from stream.errors import ClientError, ConfigError, DwellError
 
 logger = logging.getLogger("dwell")
 
@@ -298,13 +298,41 @@ def _check_before_start(args: argparse.Namespace) -> None:
     (ConnectError after ``--connect-timeout-s``)."""
     if not hasattr(args, "config_file"):  # no Config settings: its flags checked themselves
         return
-    cfg = config_from_args(args)
+    cfg = learn_config(args) if args.command == "learn" else config_from_args(args)
     redact.remember(cfg.secrets())
+    if args.command == "replay":
+        _check_readable(args.file)
+    if args.command in ("learn", "demo"):
+        _check_writable(cfg)
     if args.command in ("learn", "replay") or getattr(args, "external", False):
         from stream.admin import check_connection
 
         with _quiet(redact.KAFKA_LOGGERS, unless=args.verbose):  # the error says it all
             check_connection(cfg.bootstrap, cfg.connect_timeout_s, cfg.client_options())
+
+
+def _check_readable(path: str) -> None:
+    """ConfigError unless ``path`` is a file this process can read."""
+    if not (os.path.isfile(path) and os.access(path, os.R_OK)):
+        raise ConfigError(f"log file {path}: not a readable file")
+
+
+def _check_writable(cfg: Config) -> None:
+    """ConfigError unless the folders the learner writes into can be made and written: the
+    checkpoint folder, and those of the audit and metrics logs."""
+    folders = [("--checkpoint-dir", cfg.checkpoint_dir)]
+    folders += [(flag, os.path.dirname(os.path.abspath(path)))
+                for flag, path in (("--audit-log", cfg.audit_log),
+                                   ("--metrics-log", cfg.metrics_log)) if path]
+    for flag, folder in folders:
+        if not folder:
+            continue
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{flag} {folder}: cannot make the folder ({exc.strerror})") from None
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(f"{flag} {folder}: the folder is not writable")
 
 
 @contextlib.contextmanager

@@ -81,7 +81,7 @@ class Pacer:
             number = float(value)
         except ValueError:
             raise ConfigError(f"pacing mode {mode!r}: {value!r} is not a number") from None
-        return cls(**{name: number}, **kwargs)
+        return cls(rate=number, **kwargs) if name == "rate" else cls(speed=number, **kwargs)
 
     @property
     def mode(self) -> str:
@@ -95,12 +95,15 @@ class Pacer:
         if self.rate is None and self.speed is None:
             return 0.0
         now = self._clock()
-        if self._origin_wall is None:
+        origin = self._origin_wall
+        if origin is None:
             self._restart(now, ts_ms)
+            origin = now
         if self.rate is not None:
-            due = self._origin_wall + self._count / self.rate
+            due = origin + self._count / self.rate
         else:
-            due = self._origin_wall + (ts_ms - self._origin_ts) / 1000.0 / self.speed
+            assert self.speed is not None  # rate or speed: the fast mode returned above
+            due = origin + (ts_ms - self._origin_ts) / 1000.0 / self.speed
         if due - now < -self.max_lag_s:  # far behind: send now and measure from here
             self._restart(now, ts_ms)
             due = now

@@ -117,7 +117,7 @@ def replay(
     """
     stats = ReplayStats()
     from_result = isinstance(events, ReadResult)
-    if from_result:
+    if isinstance(events, ReadResult):  # from_result, spelled out so that mypy narrows
         stats.rows_read, stats.rejected = events.rows_read, Counter(events.rejected)
         events = events.events
     pacer = pacer or Pacer()

@@ -403,6 +403,6 @@ class LocalCluster:
         """Run ``call`` on every node in parallel; raise the first error after all finished."""
         with ThreadPoolExecutor(max_workers=len(self.nodes)) as pool:
             futures = [pool.submit(call, node) for node in self.nodes.values()]
-        errors = [f.exception() for f in futures if f.exception() is not None]
+        errors = [error for f in futures if (error := f.exception()) is not None]
         if errors:
             raise errors[0]

@@ -77,7 +77,8 @@ class Rejected(NamedTuple):
     """One rejected record: its index in the decoded input, the reason and a detail (a tuple:
     a frozen dataclass cost ~0.5 us more a record to build)."""
 
-    index: int
+    # the field shadows tuple.index, which mypy reports as an incompatible override
+    index: int  # type: ignore[assignment]
     reason: Reason
     detail: str
 
@@ -175,8 +176,9 @@ def _loads(value: bytes) -> Any:
 
 def _wire(obj: dict[str, Any]) -> Wire:
     """A checked JSON object (:func:`check_object`) as the struct msgspec would give."""
+    user_id, video_id, play_ms, duration_ms, ts_ms = (obj[name] for name in REQUIRED)
     context = obj.get("context")
-    return Wire(*(obj[name] for name in REQUIRED), obj.get("event_id", msgspec.UNSET),
+    return Wire(user_id, video_id, play_ms, duration_ms, ts_ms, obj.get("event_id", msgspec.UNSET),
                 None if context is None else Context(context.get("explicit")))
 
 
@@ -208,7 +210,9 @@ def check_object(obj: Any) -> dict[str, Any]:
     missing = [name for name in REQUIRED if name not in obj]
     if missing:
         raise InvalidEvent(Reason.MISSING_FIELD, ",".join(missing))
-    _check_fields(*(obj[name] for name in REQUIRED), obj.get("event_id", msgspec.UNSET))
+    user_id, video_id, play_ms, duration_ms, ts_ms = (obj[name] for name in REQUIRED)
+    _check_fields(user_id, video_id, play_ms, duration_ms, ts_ms,
+                  obj.get("event_id", msgspec.UNSET))
     context = obj.get("context")
     if context is not None and type(context) is not dict:
         raise InvalidEvent(Reason.WRONG_TYPE, "context must be an object")
@@ -388,8 +392,8 @@ def _out_of_range(fields: list[list], parsed: np.ndarray,
     number columns as int64 arrays (None where one does not fit)."""
     n = len(fields[0])
     odd = _id_odd(fields[0]) | _id_odd(fields[1])
-    numbers = [_int_column(column) for column in fields[2:5]]
-    if any(array is None for array in numbers):
+    numbers = [array for array in map(_int_column, fields[2:5]) if array is not None]
+    if len(numbers) < 3:
         return np.ones(n, bool), np.zeros(n, bool), None
     failed = _reject_ranges(numbers, parsed, rejected, exempt=odd)
     bulk = failed & ~odd
@@ -408,16 +412,16 @@ def _decode_columns(values: list[bytes], max_bytes: int) -> EventBatch:
         wires = list(map(_DECODER.decode, values))
         parsed = np.arange(n)
     except (TypeError, msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
-        wires, parsed = [], []
+        wires, decoded = [], []
         for i, value in enumerate(values):
             if value is None or len(value) > max_bytes or not plain(value):
                 continue
             try:
                 wires.append(_DECODER.decode(value))
-                parsed.append(i)
+                decoded.append(i)
             except (msgspec.DecodeError, RecursionError):
                 pass
-        parsed = np.asarray(parsed, dtype=np.int64)
+        parsed = np.asarray(decoded, dtype=np.int64)
     rejected, others = [], []
     unparsed = [] if len(parsed) == n else np.setdiff1d(np.arange(n), parsed,
                                                          assume_unique=True).tolist()

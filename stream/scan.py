@@ -32,7 +32,7 @@ too) from ``context.explicit``, NaN for anything else or nothing.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict
 
 import numpy as np
 from numba import njit
@@ -53,9 +53,16 @@ _STOPS[[_c for _c in range(256) if _c in (34, 92) or _c < 32 or _c >= 128]] = Tr
 _FIRST = np.full(256, -1, np.int64)
 for _k, _name in enumerate(_NAMES[:len(FIELDS)]):
     _FIRST[_name[0]] = _k
+
+
+class _JitOptions(TypedDict):  # typed, so that **_JIT matches njit's keyword arguments
+    cache: bool
+    nogil: bool
+
+
 # No chained comparisons (a <= x <= b) and no loops that break: with numba 0.68 either made
 # a helper cost ~12 ns a call, against ~1 ns written as below.
-_JIT = {"cache": True, "nogil": True}
+_JIT: _JitOptions = {"cache": True, "nogil": True}
 
 _QUOTE, _BACKSLASH, _COLON, _COMMA, _MINUS, _PLUS, _DOT = 34, 92, 58, 44, 45, 43, 46
 _OPEN_OBJ, _OPEN_ARR = 123, 91  # their closing brackets are 2 more

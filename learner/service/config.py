@@ -19,7 +19,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from learner.bounds import INT32_MAX, MAX_PORT, MAX_SECONDS, Choices, Range
+from learner.bounds import (
+    BOOTSTRAP,
+    GROUP,
+    HOST,
+    HOST_OR_DEFAULT,
+    INT32_MAX,
+    MAX_PORT,
+    MAX_SECONDS,
+    TOPIC,
+    TOPIC_OR_DEFAULT,
+    Choices,
+    Pattern,
+    Range,
+)
 from learner.core.labels import LabelRule
 from learner.core.settings import (
     BACKBONE_NAMES,
@@ -41,7 +54,7 @@ SECONDS = Range(0, MAX_SECONDS)
 SECONDS_POSITIVE = Range(0, MAX_SECONDS, low_open=True)
 
 
-def _opt(default: Any, help: str, rule: Range | Choices | None = None) -> Any:
+def _opt(default: Any, help: str, rule: Range | Choices | Pattern | None = None) -> Any:
     """A field with its ``help`` and, for numbers and names, the ``rule`` its values obey."""
     return field(default=default, metadata={"help": help, "rule": rule})
 
@@ -61,10 +74,11 @@ CLIENT_PROCESS = ("auto", "on", "off")
 class Config:
     """Every setting of the learner daemon, the replay and the demo."""
 
-    bootstrap: str = _opt("127.0.0.1:9092", "Kafka bootstrap servers, host:port[,host:port]")
-    topic: str = _opt("dwell.events", "event topic")
-    dlq_topic: str = _opt("", "dead-letter topic (default: <topic>.dlq)")
-    group: str = _opt("dwell-learner", "consumer group id")
+    bootstrap: str = _opt("127.0.0.1:9092", "Kafka bootstrap servers, host:port[,host:port]",
+                          BOOTSTRAP)
+    topic: str = _opt("dwell.events", "event topic", TOPIC)
+    dlq_topic: str = _opt("", "dead-letter topic (default: <topic>.dlq)", TOPIC_OR_DEFAULT)
+    group: str = _opt("dwell-learner", "consumer group id", GROUP)
     partitions: int = _opt(4, "partitions of a topic that dwell creates", Range(1, 100_000))
     kafka_options: str = field(default="", repr=False, metadata={"help": (
         "extra Kafka client settings with kafka-python's names (translated for confluent), "
@@ -101,9 +115,10 @@ class Config:
     final_commit_timeout_s: float = _opt(30.0, "on stop, retry a failed dead-letter or "
                                          "checkpoint write this long before giving up", SECONDS)
     audit_log: str = _opt("", "append one JSON line per batch, checkpoint and resume (tests)")
-    until_end: bool = _opt(False, "stop once the end offsets seen at start are consumed")
+    until_end: bool = _opt(False, "stop once the end offsets seen at start are consumed "
+                           "(those of partitions other members hold: committed by the group)")
     idle_timeout_s: float = _opt(0.0, "stop after this long without records (0: never)", SECONDS)
-    metrics_addr: str = _opt("127.0.0.1", "address of the Prometheus /metrics server")
+    metrics_addr: str = _opt("127.0.0.1", "address of the Prometheus /metrics server", HOST)
     metrics_port: int = _opt(9464, "port of /metrics (0: any free port, -1: no server)",
                              Range(-1, MAX_PORT))
     progress_interval_s: float = _opt(2.0, "log a progress line this often", SECONDS_POSITIVE)
@@ -167,7 +182,7 @@ class Config:
     world_size: int = _opt(0, "ranks in the job (0: torchrun's WORLD_SIZE, else 1)",
                            Range(0, 1_000_000))
     master_addr: str = _opt("", "address of rank 0 for the job's rendezvous (default: "
-                            "torchrun's MASTER_ADDR, else 127.0.0.1)")
+                            "torchrun's MASTER_ADDR, else 127.0.0.1)", HOST_OR_DEFAULT)
     master_port: int = _opt(0, "port of the rendezvous (default: MASTER_PORT, else 29500)",
                             Range(0, MAX_PORT))
     sync_every: int = _opt(1, "optimiser steps between synchronisations of the ranks of a "
@@ -202,7 +217,7 @@ class Config:
         self.client_options()  # KEY=VALUE items, a readable file
 
     @classmethod
-    def rule(cls, name: str) -> Range | Choices:
+    def rule(cls, name: str) -> Range | Choices | Pattern:
         """The declared rule of setting ``name`` (for flags that take the same values)."""
         return next(f for f in dataclasses.fields(cls) if f.name == name).metadata["rule"]
 

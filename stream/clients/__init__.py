@@ -105,7 +105,7 @@ class BatchConsumer(Protocol):
     def config(self) -> dict[str, Any]:
         """The settings as the client library took them (its own option names)."""
 
-    def poll_batch(self) -> list[Record]:
+    def poll_batch(self) -> Sequence[Record]:
         """Records until ``max_records`` are in hand, or ``max_wait_s`` has passed and the
         consumer has caught up with the log (maybe none); see :data:`BACKLOG_WAIT_S`."""
 
@@ -223,8 +223,9 @@ def make_consumer(
     (:class:`stream.clients.fetcher.FetchProcess`).
     Raises ConfigError for an unknown client, a missing library or bad settings.
     """
-    kwargs = dict(max_records=max_records, max_wait_s=max_wait_s, client_config=client_config,
-                  on_revoke=on_revoke, on_assign=on_assign, partitions=partitions)
+    kwargs: dict[str, Any] = dict(
+        max_records=max_records, max_wait_s=max_wait_s, client_config=client_config,
+        on_revoke=on_revoke, on_assign=on_assign, partitions=partitions)
     if process:
         from stream.clients.fetcher import FetchProcess
 

@@ -33,12 +33,13 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, TypeVar
 
 from stream import redact
 from stream.errors import ClientError
 
 logger = logging.getLogger(__name__)
+_E = TypeVar("_E", bound=BaseException)  # picklable() keeps the type it is given
 
 #: Seconds a child may take to start, connect and answer ``open``.
 START_TIMEOUT_S = 120.0
@@ -218,7 +219,7 @@ def _is_picklable(value: Any) -> bool:
     return True
 
 
-def picklable(exc: BaseException) -> BaseException:
+def picklable(exc: _E) -> _E | ClientError:
     """``exc`` if it survives pickling, else a ClientError that says what it was."""
     if _is_picklable(exc):
         return exc

@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from stream.clients import FAST_INSTALL, DeliveryCallback, Message, batch_wait
+from stream.clients import FAST_INSTALL, DeliveryCallback, Message, Record, batch_wait
 from stream.errors import ClientError, ClientTimeoutError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -449,7 +449,7 @@ class ConfluentConsumer:
         self._assigned(self._consumer, [self._ck.TopicPartition(self.topic, p, starts[p])
                                         for p in partitions])
 
-    def mark_processed(self, records: Iterable[Message]) -> None:
+    def mark_processed(self, records: Iterable[Record]) -> None:
         self._next.update({r.partition: r.offset + 1 for r in records})
 
     def seek(self, partition: int, offset: int) -> None:

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from itertools import repeat
 from typing import Any
@@ -304,7 +304,7 @@ class ConsumerCommands:
         self.consumer.close()
 
 
-def _columns(records: list) -> tuple:
+def _columns(records: Sequence[Record]) -> tuple:
     """A batch as columns: far cheaper to pickle than one object a record."""
     return ([r.value for r in records], [r.key for r in records],
             [r.partition for r in records], [r.offset for r in records],

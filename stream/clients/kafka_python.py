@@ -82,6 +82,8 @@ class _JoinKeepingCoordinator(ConsumerCoordinator):
     finished one is applied as the library applies one it awaited.
     """
 
+    _join_task: Any  # kafka-python's: the join in flight (an asyncio-like task), or None
+
     def need_rejoin(self) -> bool:
         return self._join_task is not None or super().need_rejoin()
 
@@ -111,8 +113,6 @@ def _keep_joins(consumer: KafkaConsumer) -> None:
 class KafkaPythonConsumer:
     """Polls micro-batches of at most ``max_records`` records or ``max_wait_s`` seconds."""
 
-    _unannounced: set[int] | frozenset[int] = frozenset()  # assigned, on_assign not called
-
     def __init__(
         self,
         bootstrap: str,
@@ -134,6 +134,7 @@ class KafkaPythonConsumer:
         self._next: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
         self._revoked: set[int] = set()  # revoked while a poll_batch gathers records
+        self._unannounced: set[int] = set()  # assigned, on_assign not called
         try:
             with _translated(f"cannot reach Kafka at {bootstrap}"):
                 self._consumer = KafkaConsumer(**{

@@ -13,13 +13,14 @@ import dataclasses
 import pytest
 
 from learner import cli
-from learner.bounds import Choices, Flag, Range, bad_values
+from learner.bounds import Choices, Flag, Pattern, Range, bad_values, refused
 from learner.service.config import Config, flag_name
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-#: Free-text settings: names, addresses, paths. Any other string setting declares Choices.
-FREE_TEXT = {"bootstrap", "topic", "dlq_topic", "group", "kafka_options", "kafka_options_file",
-             "checkpoint_dir", "audit_log", "metrics_addr", "metrics_log", "master_addr"}
+#: Free-text settings: options and paths. Any other string setting declares Choices or a
+#: Pattern (names, addresses); paths are checked when the command starts (test_startup).
+FREE_TEXT = {"kafka_options", "kafka_options_file", "checkpoint_dir", "audit_log",
+             "metrics_log"}
 #: Settings that make a wrongly accepted value end fast (nothing to reach), never start work.
 SAFE = ["--bootstrap", "127.0.0.1:1", "--connect-timeout-s", "0.1"]
 SAFE_BY_COMMAND = {"learn": SAFE + ["--checkpoint-dir", "", "--metrics-port", "-1"],
@@ -53,8 +54,7 @@ def _config_cases() -> list:
         if rule is None:
             continue
         kind = type(f.default)
-        values = ([repr(v) if isinstance(v, float) else str(v) for v in rule.outside(kind)]
-                  if isinstance(rule, Range) else ["no-such-" + rule.values[0]])
+        values = refused(rule, kind)
         for command in _config_commands(name):
             cases += [pytest.param(command, name, v, id=f"{command} {flag_name(name)} {v}")
                       for v in values]
@@ -94,7 +94,8 @@ def test_every_numeric_setting_declares_a_range_and_every_name_its_choices():
             assert isinstance(rule, Range), f"{name}: declare its Range in the field metadata"
             assert rule.contains(f.default), f"{name}: its default is out of its range"
         elif kind is str and name not in FREE_TEXT:
-            assert isinstance(rule, Choices), f"{name}: declare its Choices (or FREE_TEXT)"
+            assert isinstance(rule, Choices | Pattern), (
+                f"{name}: declare its Choices or Pattern (or FREE_TEXT)")
             assert rule.problem(f.default) is None, name
 
 
@@ -189,3 +190,28 @@ def test_direct_construction_is_checked_too():
         Config(batch_size=True)
     with pytest.raises(ConfigError, match="--checkpoint-keep"):
         dataclasses.replace(Config(), checkpoint_keep=0)
+
+
+@pytest.mark.parametrize("args", [
+    ["learn", "--checkpoint-dir", "/proc/no-such-folder"],
+    ["learn", "--checkpoint-dir", "", "--audit-log", "/proc/no/audit.jsonl"],
+    ["learn", "--checkpoint-dir", "", "--metrics-log", "/proc/no/metrics.jsonl"],
+    ["demo", "--external", "--checkpoint-dir", "/proc/no-such-folder"],
+    ["replay", "/no/such/log.tsv"],
+], ids=lambda a: " ".join(a))
+def test_a_folder_or_file_that_cannot_be_used_is_one_line_and_status_2_before_kafka(args,
+                                                                                    capsys):
+    # checked before the cluster is asked: the bootstrap here answers nothing
+    status = cli.main([*args, "--bootstrap", "127.0.0.1:1", "--connect-timeout-s", "30"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert len(err) == 1 and err[0].startswith("dwell: error: ") and "Traceback" not in err[0]
+    assert args[-1] in err[0] or "/proc/no" in err[0]
+
+
+def test_a_writable_checkpoint_folder_is_made_before_the_start(tmp_path, capsys):
+    folder = tmp_path / "a" / "b"
+    status = cli.main(["learn", "--checkpoint-dir", str(folder), "--bootstrap", "127.0.0.1:1",
+                       "--connect-timeout-s", "0.1"])
+    assert status == 1  # got as far as the cluster, which is not there
+    assert folder.is_dir()
