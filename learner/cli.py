@@ -17,10 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
-from learner.bounds import MAX_PORT, Flag, Range, positive_int
+from learner.bounds import MAX_PORT, Choices, Flag, Pattern, Range, positive_int
 from learner.core.errors import CoreError
 from learner.service.config import Config, add_config_args, config_from_args
 from learner.service.totals import format_totals, totals_add_up
+from producers.readers.registry import READERS
 from stream import redact
 from stream.errors import ClientError, ConfigError, DwellError
 
@@ -220,8 +221,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="replay a historical log into a Kafka topic")
     p.add_argument("file", nargs="?", default=str(DEFAULT_DATA), help="log file")
-    p.add_argument("--format", default="auto", help="auto, kuairand, kuairec, csv, tsv, jsonl")
-    p.add_argument("--map", nargs="*", metavar="FIELD=COLUMN", help="column mapping (generic)")
+    p.add_argument("--format", default="auto", type=Flag(str, Choices(("auto", *READERS))),
+                   help=f"log format: auto or {', '.join(READERS)}")
+    p.add_argument("--map", nargs="*", metavar="FIELD=COLUMN", help="column mapping (generic)",
+                   type=Flag(str, Pattern(r"[A-Za-z_][\w.]*=.+", "FIELD=COLUMN",
+                                          ("user_id", "=x", "a b=c"))))
     p.add_argument("--time-unit", choices=["ms", "s"], default="ms",
                    help="unit of the time column (generic)")
     pace = p.add_mutually_exclusive_group()
@@ -304,6 +308,9 @@ def _check_before_start(args: argparse.Namespace) -> None:
         _check_readable(args.file)
     if args.command in ("learn", "demo"):
         _check_writable(cfg)
+        from learner.core.devices import resolve_device
+
+        resolve_device(cfg.device)  # cuda where torch sees no GPU: ConfigError
     if args.command in ("learn", "replay") or getattr(args, "external", False):
         from stream.admin import check_connection
 

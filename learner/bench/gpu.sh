@@ -48,6 +48,10 @@ mkdir -p "$OUT"
 "$PYTHON" -c 'import torch; print("GPU:", torch.cuda.get_device_name(0)
               if torch.cuda.is_available() else "none")' | tee "$OUT/gpu.txt"
 
+# the checks that need a GPU (skipped on the CPU): a resumed learner draws the same new rows
+"$PYTHON" -m pytest -q -p no:cacheprovider tests/unit/test_devices.py tests/unit/test_checkpoint.py \
+    | tee "$OUT/gpu_tests.txt"
+
 SECTIONS=" ${SECTIONS:-1 2 3 4} "
 if [[ $SECTIONS == *" 1 "* ]]; then
   echo "== 1. step cost ==" >&2

@@ -75,6 +75,9 @@ def test_sigkill_ten_times_loses_nothing(kafka_bootstrap, topic, tmp_path, kafka
         proc = _learner(kafka_bootstrap, topic, group, ckpt, audit, kafka_client,
                         "--batch-size", "256", "--checkpoint-every", "1024")
         wanted = before + rng.randint(2, 8)  # start record + a few batches, then SIGKILL
+        # killed once it has started (its start record; under load a start takes a while),
+        # then after a few batches
+        assert _wait_for(lambda: len(_audit(audit)) > before, timeout=300)  # noqa: B023
         _wait_for(lambda: len(_audit(audit)) >= wanted, timeout=40)  # noqa: B023
         time.sleep(rng.uniform(0, 0.3))
         _kill(proc)
@@ -251,6 +254,10 @@ def test_broker_restart_in_the_middle_of_a_replay(tmp_path, kafka_client):
                                client=kafka_client))
         learner = threading.Thread(target=daemon.run)
         learner.start()
+        # the restart comes in the middle of a run, not of the learner's start (under load,
+        # starting took longer than the broker's 2.5 s)
+        assert _wait_for(lambda: daemon.consumer is not None and daemon.consumer.assignment,
+                         timeout=300)
         result = read_log(KUAIRAND)
         result.events = order_by_time(result.events)
         stats = {}
