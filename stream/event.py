@@ -245,6 +245,7 @@ def _scanned(read: Scanned, positions: np.ndarray) -> EventBatch:
     numbers = [read.ints[positions, k] for k in (2, 3, 4)]
     failed = _reject_ranges(numbers, positions, rejected)
     if failed.any():
+        rejected.sort(key=lambda r: r.index)  # rejected a column at a time: in input order
         positions = positions[~failed]
         numbers = [array[~failed] for array in numbers]
     user_id, video_id = read.ids(positions)

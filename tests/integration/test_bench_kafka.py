@@ -51,7 +51,7 @@ def test_the_target_setup_and_its_ceiling_are_taken_in_turns(kafka_bootstrap, ka
 def test_kafka_set_settings_are_checked_before_the_learner_starts(kafka_bootstrap):
     with pytest.raises(ConfigError, match="unknown settings: no_such"):
         kafka.end_to_end("kafka-python", kafka_bootstrap, "t", "s", {}, extra={"no_such": "1"})
-    with pytest.raises(ConfigError, match="train_batch: cannot read 'many'"):
+    with pytest.raises(ConfigError, match=r"train_batch\): cannot read 'many'"):
         kafka.end_to_end("kafka-python", kafka_bootstrap, "t", "s", {},
                          extra={"train_batch": "many"})
     with pytest.raises(ValueError, match="expected KEY=VALUE"):

@@ -79,19 +79,21 @@ def test_no_secret_in_the_logs_or_metrics_of_a_running_learner(kafka_bootstrap, 
     path = _options_file(tmp_path, "security_protocol=PLAINTEXT", "sasl_plain_username=bob",
                          f"sasl_plain_password={SECRET}", f"ssl_password={KEY_PASSWORD}")
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "learner.cli", "-v", "learn", "--bootstrap", kafka_bootstrap,
-         "--topic", topic, "--group", f"{topic}-g", "--checkpoint-dir", "",
-         "--metrics-port", str(port), "--kafka-options-file", str(path),
-         "--idle-timeout-s", "60", "--client-process", "on"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, **TALKATIVE})
+    log = tmp_path / "learner.log"  # not a pipe: at DEBUG the learner would fill it and block
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "learner.cli", "-v", "learn", "--bootstrap", kafka_bootstrap,
+             "--topic", topic, "--group", f"{topic}-g", "--checkpoint-dir", "",
+             "--metrics-port", str(port), "--kafka-options-file", str(path),
+             "--idle-timeout-s", "60", "--client-process", "on"],
+            stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, **TALKATIVE})
     try:
         metrics = _scrape(f"http://127.0.0.1:{port}/metrics", proc, timeout=90)
         time.sleep(3)  # a few polls, commits and progress lines
     finally:
         proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
+    output = log.read_text()
     _assert_no_secret(metrics)
     _assert_no_secret(output)
     assert "dwell_" in metrics

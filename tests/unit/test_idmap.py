@@ -334,7 +334,7 @@ def test_the_daemon_counts_evictions_per_table():
     config = Config(max_users=600, max_videos=500, batch_size=500, dim=8)
     registry = CollectorRegistry()
     daemon = Daemon(config, registry)
-    daemon.consumer = SimpleNamespace(mark_processed=lambda records: None)
+    daemon.consumer = SimpleNamespace(mark_processed=lambda records: None, processed=dict)
     daemon.dlq = SimpleNamespace(send=lambda *a: None)
     for batch_number, b in enumerate(_batches(n=2000)):
         records = [
