@@ -67,6 +67,8 @@ class SignalDetector:
         if kind not in DETECTORS:
             raise ValueError(f"drift detector {kind!r}: expected one of {', '.join(DETECTORS)}")
         self.kind, self.worse = kind, worse
+        self._detector: drift.ADWIN | drift.PageHinkley
+        defaults: dict[str, float | str]
         if kind == "adwin":
             defaults = {"delta": 0.002, "grace_period": 10, "clock": 1}
             self._detector = drift.ADWIN(**{**defaults, **params})
@@ -80,7 +82,7 @@ class SignalDetector:
         self._detector.update(value)
         if not self._detector.drift_detected:
             return False
-        if self.kind == "page_hinkley":  # one-sided already
+        if isinstance(self._detector, drift.PageHinkley):  # one-sided already
             return True
         after = self._detector.estimation
         return after < before if self.worse == "down" else after > before

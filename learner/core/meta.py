@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -97,12 +98,15 @@ class SwappedCall:
         try:
             for name, value in params.items():
                 module, attr = self.slots[name]
-                saved.append((module, attr, module._parameters[attr]))
-                module._parameters[attr] = value
+                # torch types the slots as holding parameters; for the call one holds a plain
+                # tensor, which the forward reads as it reads a parameter
+                held = cast("dict[str, torch.Tensor | None]", module._parameters)
+                saved.append((held, attr, held[attr]))
+                held[attr] = value
             return self.model(*args)
         finally:
-            for module, attr, original in reversed(saved):
-                module._parameters[attr] = original
+            for held, attr, original in reversed(saved):
+                held[attr] = original
 
 
 class InverseGradient:

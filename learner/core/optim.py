@@ -16,6 +16,7 @@ grow with :func:`ensure_rows`; rows that a full id map hands to new ids start af
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -106,10 +107,12 @@ class MixedAdam:
         for opt in self.optimizers:
             opt.step()
 
-    def state_dict(self) -> dict[str, dict]:
-        return {"sparse": self.sparse.state_dict(), "dense": self.dense and self.dense.state_dict()}
+    def state_dict(self) -> dict[str, dict[str, Any] | None]:
+        """Both optimisers' states; ``"dense"`` None where the model has no dense parameters."""
+        return {"sparse": self.sparse.state_dict(),
+                "dense": self.dense.state_dict() if self.dense else None}
 
-    def load_state_dict(self, state: dict[str, dict]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sparse.load_state_dict(state["sparse"])
         if self.dense:
             self.dense.load_state_dict(state["dense"])

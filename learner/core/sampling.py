@@ -16,6 +16,8 @@ user has interacted with are redrawn up to ``retries`` times, then dropped.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from learner.core import ring
@@ -32,8 +34,8 @@ class NegativeSampler:
     MODES = SAMPLER_MODES
 
     def __init__(
-        self, num_neg: int = 1, mode: str = "uniform", seed: int = 0, history: int = 100_000,
-        retries: int = 3,
+        self, num_neg: int = 1, mode: str = "uniform", seed: int | Sequence[int] = 0,
+        history: int = 100_000, retries: int = 3,
     ) -> None:
         if mode not in self.MODES:
             raise ConfigError(f"unknown sampler {mode!r}; choose from {self.MODES}")

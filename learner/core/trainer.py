@@ -39,7 +39,7 @@ from learner.core.backbones import make_backbone
 from learner.core.batch import EventColumns
 from learner.core.devices import resolve_device, rng_state, set_rng_state, to_device
 from learner.core.errors import ConfigError
-from learner.core.fast import make_inverse_gradient, make_loss_step
+from learner.core.fast import CompiledStep, make_inverse_gradient, make_loss_step
 from learner.core.features import event_features
 from learner.core.ids.idmap import IdMap
 from learner.core.labels import CLASS_NAMES, NEGATIVE, POSITIVE, VAGUE
@@ -106,13 +106,14 @@ class OnlineLearner:
         )
         self.compiled_step = make_loss_step(self.model, self.optimizer, settings.loss,
                                             settings.kernel)
-        # the compiled IG step takes the pairs as table rows (step_rows), and plans
-        self._compiled_ig = self.ig is not None and not isinstance(self.ig, InverseGradient)
         # every step of a micro-batch in one compiled call, where the steps are compiled and
-        # need nothing between them (an IG step's meta batch drawn from the reservoir does)
-        self._all_steps = (self.compiled_step if self.ig is None else
-                           self.ig if (self._compiled_ig
-                                       and settings.meta_source == "batch") else None)
+        # need nothing between them (an IG step's meta batch drawn from the reservoir does);
+        # the IG step is compiled where it is not an InverseGradient (it takes the pairs as
+        # table rows, step_rows, and plans)
+        self._all_steps: CompiledStep | None = self.compiled_step
+        if self.ig is not None:
+            self._all_steps = (self.ig if (not isinstance(self.ig, InverseGradient)
+                                           and settings.meta_source == "batch") else None)
         for name in ("max_users", "max_videos"):
             if getattr(settings, name) < 0:
                 raise ConfigError(f"{name} must be 0 (unbounded) or positive")
@@ -393,7 +394,8 @@ class OnlineLearner:
                 self._worker = ThreadPoolExecutor(1, thread_name_prefix="dwell-train")
             self._pending = (self._worker.submit(_timed, run), finish)
             return None
-        losses, branches, leaning, seconds = [], Counter(), 0, []
+        branches: Counter[str] = Counter()
+        losses, leaning, seconds = [], 0, []
         for chunk in np.array_split(order, steps):
             if chunk.size:  # a chunk is empty only when the ranks of a job step in lockstep
                 if self.updates is not None:
@@ -426,6 +428,7 @@ class OnlineLearner:
         if self.updates is not None:  # the rows of every step, recorded before any trains
             self.updates.record(users, items)
         bounds = np.concatenate([[0], np.cumsum([size for size in sizes if size])])
+        assert self._all_steps is not None  # the caller's condition
         run, (branch_index, losses, leans) = self._all_steps.plan(users, items, labels, vague,
                                                                   order, bounds)
         n = bounds.size - 1
@@ -470,16 +473,18 @@ class OnlineLearner:
             loss, lean = self._loss_step(users, items, feats, labels, vague, chunk)
             return loss, lean, "none"
         m_users, m_items, m_feats, m_labels = meta_source
-        if self._compiled_ig:  # the compiled step takes the arrays
-            branch, _meta_losses, loss = self.ig.step_rows(
+        ig = self.ig
+        assert ig is not None  # _train takes the IG step only with one
+        if not isinstance(ig, InverseGradient):  # the compiled step takes the arrays
+            branch, _meta_losses, loss = ig.step_rows(
                 users[v_idx], items[v_idx], m_users[meta_index], m_items[meta_index],
                 m_labels[meta_index])
         else:
-            branch, _meta_losses, loss = self.ig.step(
+            branch, _meta_losses, loss = ig.step(
                 self._pairs(users, items, feats, v_idx),
                 self._pairs(m_users, m_items, m_feats, meta_index),
                 self._tensor(m_labels[meta_index]))
-        lean = self.ig.last_vague_positive  # from the look-ahead's own forward pass
+        lean = ig.last_vague_positive  # from the look-ahead's own forward pass
         return loss, lean, branch
 
 def _timed(run: Callable[[], None]) -> float:

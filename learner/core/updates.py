@@ -14,6 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from learner.core.backbones.base import Backbone
+from learner.core.optim import MixedAdam
+
 
 class UpdateLog:
     """What a rank's training changed since the last synchronisation.
@@ -23,14 +26,15 @@ class UpdateLog:
     kept whole at every :meth:`reset`.
     """
 
-    def __init__(self, model: torch.nn.Module, optimizer) -> None:
+    def __init__(self, model: Backbone, optimizer: MixedAdam) -> None:
         self.model, self.optimizer = model, optimizer
         self.reset()
 
     def tensors(self) -> list[tuple[str, str, torch.Tensor, Any]]:
         """(name, kind, parameter, its optimiser) of every parameter, in a fixed order."""
         m, opt = self.model, self.optimizer
-        out = [(n, "user", getattr(m, n).weight, opt.sparse) for n in m.user_tables]
+        out: list[tuple[str, str, torch.Tensor, Any]] = [
+            (n, "user", getattr(m, n).weight, opt.sparse) for n in m.user_tables]
         out += [(n, "item", getattr(m, n).weight, opt.sparse) for n in m.item_tables]
         sparse = {id(p) for _, _, p, _ in out}
         out += [(n, "dense", p, opt.dense) for n, p in m.named_parameters()

@@ -35,9 +35,9 @@ _NONE = np.zeros(0, dtype=np.int64)
 _NEVER = np.iinfo(np.int64).max
 
 
-def _is_int_key(key: Hashable) -> bool:
+def _is_int_key(key: Hashable) -> bool | np.bool_:
     """Whether ``key`` is held by the compiled map: an integer (not a bool) in int64, not
-    :data:`~learner.core.ids.intmap.EMPTY`."""
+    :data:`~learner.core.ids.intmap.EMPTY` (numpy's bool for a numpy integer)."""
     return ((type(key) is int or isinstance(key, np.integer)) and EMPTY < key <= _NEVER)
 
 
@@ -45,8 +45,12 @@ class _Split:
     """A lookup's ids in two parts: the integers (their positions, and the keys as int64)
     and the others (positions, and the keys)."""
 
+    int_at: np.ndarray | None  # None: every id is an integer (:meth:`positions`)
+
     def __init__(self, ids: Sequence[Hashable]) -> None:
         n = len(ids)
+        keys: np.ndarray | None
+        kinds: set[type]
         if type(ids) is StrIds:  # no integers: no type to check
             self.int_at, self.ints, self.other_at, self.others = (_NONE, _NONE, np.arange(n),
                                                                   ids.values)
@@ -160,7 +164,8 @@ class IdMap:
         self._others.update(zip(fresh, range(n, n + len(fresh)), strict=True))
         out[missing] = np.fromiter(map(self._others.__getitem__, keys), np.int64, len(keys))
 
-    def _fresh(self, split: _Split, out: np.ndarray) -> tuple[np.ndarray, list[Hashable]]:
+    def _fresh(self, split: _Split, out: np.ndarray,
+               ) -> tuple[np.ndarray, list[Hashable], np.ndarray]:
         """The unknown integer ids, and the other unknown ids, each once; and where each
         first appears, integers first (the caller orders the new rows by it)."""
         ints, int_first = _NONE, _NONE

@@ -26,9 +26,10 @@ import numpy as np
 from numba import njit
 
 from learner.core.ids.keyset import _slot, _slots_for
+from learner.core.jit import JitOptions
 
 EMPTY = np.iinfo(np.int64).min
-_JIT = {"cache": True, "nogil": True}
+_JIT: JitOptions = {"cache": True, "nogil": True}
 
 
 @njit(**_JIT)

@@ -26,13 +26,15 @@ from collections.abc import Callable
 import numpy as np
 from numba import njit
 
-_JIT = {"cache": True, "nogil": True}
+from learner.core.jit import JitOptions
+
+_JIT: JitOptions = {"cache": True, "nogil": True}
 _EMPTY_SLOT = -1
 _MIN_SLOTS = 1 << 10
 
 
 @njit(**_JIT)
-def _slot(key: int, mask: int) -> int:
+def _slot(key: int, mask: int) -> np.int64:
     """The home slot of ``key``: murmur3's 64-bit finaliser, masked."""
     h = np.uint64(key)
     h ^= h >> np.uint64(33)

@@ -32,14 +32,15 @@ import math
 import numpy as np
 from numba import njit
 
+from learner.core.jit import JitOptions
 from learner.core.losses import IDL_A
 from learner.core.meta import ADAM_EPS
 
 # numpy's error model (1/0 is inf, no exception, no check in the loops); fastmath's
 # reassociation and contraction, which let LLVM vectorise the sums (1.6x a step), but not
 # its no-NaN / no-inf assumptions; no interpreter lock held while a kernel runs
-JIT = {"cache": True, "error_model": "numpy", "nogil": True,
-       "fastmath": {"reassoc", "contract", "nsz", "arcp"}}
+JIT: JitOptions = {"cache": True, "error_model": "numpy", "nogil": True,
+                   "fastmath": {"reassoc", "contract", "nsz", "arcp"}}
 
 SPARSE_USER, SPARSE_ITEM, DENSE_W, BIAS2_W, DENSE_B, BIAS2_B, BETA1, BETA2, EPS_S, EPS_D = range(10)
 HYPER_SIZE = 10

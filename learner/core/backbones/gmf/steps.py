@@ -42,6 +42,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -56,7 +57,9 @@ from learner.core.settings import check_kernel
 try:  # numba is a dependency; where it cannot be imported, GMF trains through autograd
     from learner.core.backbones.gmf import kernels
 except ImportError as exc:  # pragma: no cover - depends on the installation
-    kernels, NO_KERNELS = None, f"{type(exc).__name__}: {exc}"
+    # None marks the kernels missing, checked before any use (``kernels is None``); cast,
+    # as a module's type has no optional form
+    kernels, NO_KERNELS = cast(Any, None), f"{type(exc).__name__}: {exc}"
 else:
     NO_KERNELS = ""
 
@@ -108,9 +111,14 @@ class _CompiledStep:
         checkpoint loads). The check reads the modules' parameter dicts directly: attribute
         access and a state lookup by tensor cost 1.4 and 3.4 us each, and the check would
         otherwise cost ~25 us a step."""
-        modules, sparse, dense = self.model._modules, self.optimizer.sparse, self.optimizer.dense
-        params = (modules["user"]._parameters["weight"], modules["item"]._parameters["weight"],
-                  modules["predict"]._parameters["weight"], modules["predict"]._parameters["bias"])
+        # torch types the submodules and parameters as optional: GMF's are all set, and
+        # MixedAdam has a dense Adam for GMF's w and b
+        modules = cast("dict[str, torch.nn.Module]", self.model._modules)
+        sparse, dense = self.optimizer.sparse, self.optimizer.dense
+        assert dense is not None
+        params = cast("tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]", (
+            modules["user"]._parameters["weight"], modules["item"]._parameters["weight"],
+            modules["predict"]._parameters["weight"], modules["predict"]._parameters["bias"]))
         key = (*params, sparse.state, dense.state)
         cache = self._cache
         if (cache is None or any(a is not b for a, b in zip(key, cache[0], strict=True))
@@ -126,8 +134,9 @@ class _CompiledStep:
         """Advance the step counters by ``n`` (SparseAdam's ints in ``states``, Adam's float32
         scalars through their views ``steps``); the sizes of these ``n`` steps, a row each,
         as :mod:`learner.core.backbones.gmf.kernels` takes them."""
-        opt = self.optimizer
-        s_group, d_group = opt.sparse.param_groups[0], opt.dense.param_groups[0]
+        sparse, dense = self.optimizer.sparse, self.optimizer.dense
+        assert dense is not None  # MixedAdam's Adam for GMF's w and b
+        s_group, d_group = sparse.param_groups[0], dense.param_groups[0]
         beta1, beta2 = s_group["betas"]
         if tuple(d_group["betas"]) != (beta1, beta2):
             raise ConfigError("the compiled steps take one pair of Adam betas for all tables")
