@@ -14,7 +14,10 @@ offset of every owned partition are written atomically, and only then committed.
 the newest readable checkpoint is loaded, and each partition it holds is resumed from its
 offset when assigned, so the model state after a crash equals the state after exactly the
 events up to the checkpoint. A checkpoint or a dead letter that cannot be written is logged
-as an error and counted; offsets stay uncommitted until the next attempt succeeds.
+as an error and counted; offsets stay uncommitted until the next attempt succeeds. Those
+steps, and what a run's ending reports as committed, are the commit protocol's
+(:class:`~learner.service.commit.CommitProtocol`), which the daemon hands its consumer and
+dead-letter queue.
 """
 
 from __future__ import annotations
@@ -37,13 +40,14 @@ from learner.bridge import to_events
 from learner.core.drift import SIGNALS, DriftMonitor
 from learner.core.labels import POSITIVE, VAGUE
 from learner.core.trainer import BatchResult, OnlineLearner
-from learner.service.checkpoint import Checkpointer, CheckpointError
+from learner.service.checkpoint import Checkpointer
+from learner.service.commit import CommitProtocol
 from learner.service.config import Config
 from learner.service.monitoring import AUC_WINDOWS, TARGETS, WINDOWS, Metrics
 from learner.service.runtime_tuning import tuned
 from stream.clients import BatchConsumer, make_consumer
 from stream.clients import Record as ConsumerRecord
-from stream.dlq import DeadLetterError, DeadLetterQueue, create_dead_letter_topic
+from stream.dlq import DeadLetterQueue, create_dead_letter_topic
 from stream.errors import ClientError  # what either Kafka client raises
 from stream.event import EventBatch, decode_batch
 
@@ -56,6 +60,9 @@ GROUP_CHECK_INTERVAL_S = 1.0
 
 class Daemon:
     """Runs an :class:`OnlineLearner` on a Kafka topic until stopped or done."""
+
+    #: The commit protocol of this kind of daemon.
+    commit_protocol: type[CommitProtocol] = CommitProtocol
 
     def __init__(
         self,
@@ -71,21 +78,16 @@ class Daemon:
         self._targets_lock = threading.Lock()
         self._explicit = False  # partitions assigned explicitly (ranks), not by the group
         self._group_checked_at = -math.inf
-        self._last_commit = self._last_progress = time.monotonic()
+        self._last_progress = time.monotonic()
         self._consumed_at_progress = 0
         self._first_batch_at: float | None = None
-        self.consumer: BatchConsumer | None = None
-        self.dlq: DeadLetterQueue | None = None
         self.checkpointer = (
             Checkpointer(config.checkpoint_dir, config.checkpoint_keep)
             if config.checkpoint_dir else None
         )
-        self._resume: dict[int, int] = {}  # partition -> offset of the loaded checkpoint
-        # partition -> offset this learner last committed (blocking), or first consumed
-        self._committed: dict[int, int] = {}
-        self._first_offsets: dict[int, int] = {}
-        self._dead_letters_counted = (0, 0)  # the queue's (written, truncated) published
-        self._since_checkpoint = 0
+        self.commits = self.commit_protocol(
+            self.metrics, self.checkpointer, state=self.learner.state_dict, topic=config.topic,
+            group=config.group, settle=self.settle, on_checkpoint=self._checkpointed)
         self._audit = open(config.audit_log, "a", buffering=1) if config.audit_log else None  # noqa: SIM115
         self.drift = DriftMonitor(config.drift_detector, config.drift_chunk)
         self.metrics.info.info({"model": config.model, "loss": config.loss, "meta": config.meta,
@@ -94,6 +96,24 @@ class Daemon:
         self._last_records = time.monotonic()
         self._decode_seconds = 0.0
         self._training: tuple[float, np.ndarray | None] = (0.0, None)  # of the batch training
+
+    @property
+    def consumer(self) -> BatchConsumer | None:
+        """The consumer, once opened (the commit protocol's)."""
+        return self.commits.consumer
+
+    @consumer.setter
+    def consumer(self, consumer: BatchConsumer | None) -> None:
+        self.commits.consumer = consumer
+
+    @property
+    def dlq(self) -> DeadLetterQueue | None:
+        """The dead-letter queue, once opened (the commit protocol's)."""
+        return self.commits.dlq  # type: ignore[return-value]
+
+    @dlq.setter
+    def dlq(self, dlq: DeadLetterQueue | None) -> None:
+        self.commits.dlq = dlq
 
     # -- control, callable from any thread ------------------------------------------------
     def stop(self) -> None:
@@ -114,7 +134,7 @@ class Daemon:
                 while self._iterate():
                     pass
                 self._final_commit()
-                uncommitted = self.uncommitted()
+                uncommitted = self.commits.uncommitted()
             finally:
                 self._progress(time.monotonic())
                 self._close()
@@ -143,7 +163,8 @@ class Daemon:
         self.consumer = make_consumer(
             cfg.client, cfg.bootstrap, cfg.topic, cfg.group,
             max_records=cfg.batch_size, max_wait_s=cfg.batch_timeout_s,
-            on_revoke=self._on_revoke, on_assign=self._on_assign, partitions=partitions,
+            on_revoke=self.commits.on_revoke, on_assign=self.commits.on_assign,
+            partitions=partitions,
             process=cfg.uses_client_process(),
             client_config={"session_timeout_ms": cfg.session_timeout_ms,
                            "heartbeat_interval_ms": max(100, cfg.session_timeout_ms // 3),
@@ -238,41 +259,13 @@ class Daemon:
         for table, count in result.evicted.items():
             if count:
                 m.idmap_evictions.labels(table).inc(count)
-        self.consumer.mark_processed(records)
-        self._note_first_offsets(records)
-        self._since_checkpoint += len(records)
+        self.commits.mark_processed(records)
         if self._audit is not None:
             spans: dict[int, list[int]] = {}
             for r in records:
                 span = spans.setdefault(r.partition, [r.offset, r.offset])
                 span[0], span[1] = min(span[0], r.offset), max(span[1], r.offset)
             self._write_audit("batch", spans)
-
-    def _note_first_offsets(self, records: list[ConsumerRecord]) -> None:
-        """Remember where this learner started on each partition it processes (what counts
-        as uncommitted while it has committed nothing there)."""
-        processed = self.consumer.processed()
-        new = processed.keys() - self._first_offsets.keys()
-        if not new:
-            return
-        first: dict[int, int] = {}
-        for r in records:
-            if r.partition in new:
-                first.setdefault(r.partition, r.offset)
-        for partition in new:
-            self._first_offsets[partition] = first.get(partition, processed[partition])
-
-    def uncommitted(self) -> dict[int, int]:
-        """Events processed by this learner whose offsets are not committed, by partition
-        (empty when the committed offsets reached what it processed)."""
-        if self.consumer is None:
-            return {}
-        out = {}
-        for partition, offset in self.consumer.processed().items():
-            base = self._committed.get(partition, self._first_offsets.get(partition, offset))
-            if offset > base:
-                out[partition] = offset - base
-        return out
 
     def settle(self) -> None:
         """Wait for the micro-batch training in the background, if any, and publish what it
@@ -314,94 +307,25 @@ class Daemon:
                     "detector": self.drift.detector, "value": found.value})
 
     def commit(self, blocking: bool = True) -> bool:
-        """Make progress durable: flush dead letters, checkpoint if configured, commit.
+        """Make progress durable: flush dead letters, checkpoint if configured, commit
+        (:meth:`CommitProtocol.commit`); False when nothing could be committed now."""
+        return self.commits.commit(blocking)
 
-        ``blocking=False`` (in a rebalance callback) sends the offset commit without waiting.
-        Returns False when a dead letter or the checkpoint could not be written (then
-        nothing is committed and the next commit tries again), or a blocking offset commit
-        failed.
-        """
-        self._last_commit = time.monotonic()
-        self.settle()  # offsets are committed after the training of their events
-        if not self._flush_dead_letters():
-            return False
-        if self.checkpointer is None:
-            return self._commit_offsets(None, blocking)
-        offsets = {**self._resume, **self.consumer.processed()}
-        if self._since_checkpoint == 0:  # nothing new: the loaded checkpoint holds these
-            return self._commit_offsets(offsets, blocking)
-        started = time.monotonic()
-        try:
-            path = self.checkpointer.save({
-                "format": 1, "topic": self.config.topic, "offsets": offsets,
-                "learner": self.learner.state_dict(),
-            })
-        except CheckpointError as exc:
-            self.metrics.checkpoint_failures.inc()
-            self.metrics.checkpoint_healthy.set(0)
-            logger.error("CHECKPOINT FAILED, offsets not committed (nothing is lost; the "
-                         "events since the last checkpoint will be trained again): %s", exc)
-            return False
-        self.metrics.checkpoint_duration.set(time.monotonic() - started)
-        self.metrics.checkpoint_time.set(time.time())
-        self.metrics.checkpoint_healthy.set(1)
-        self._since_checkpoint = 0
-        self._write_audit("checkpoint", offsets, path=path.name)
-        return self._commit_offsets(offsets, blocking)
-
-    def _flush_dead_letters(self) -> bool:
-        """Wait for every dead letter's acknowledgement and count them; False if one failed
-        (it is sent again, and nothing may be committed now)."""
-        try:
-            self.dlq.flush()
-            return True
-        except DeadLetterError as exc:
-            self.metrics.dead_letter_failures.inc()
-            logger.error("DEAD-LETTER WRITE FAILED, offsets not committed (nothing is lost; "
-                         "the dead letters are sent again and the commit retried): %s", exc)
-            return False
-        finally:
-            written, truncated = self._dead_letters_counted
-            self.metrics.dead_letters_written.inc(self.dlq.written - written)
-            self.metrics.dead_letters_truncated.inc(self.dlq.truncated - truncated)
-            self._dead_letters_counted = (self.dlq.written, self.dlq.truncated)
+    def _checkpointed(self, offsets: dict[int, int], path: Path | None) -> None:
+        """A checkpoint holding ``offsets`` is durable (in ``path``)."""
+        self._write_audit("checkpoint", offsets, path=path.name if path else None)
 
     def _final_commit(self) -> None:
         """Commit on the way out, retrying a failed dead-letter or checkpoint write a while."""
-        deadline = time.monotonic() + self.config.final_commit_timeout_s
-        while not self.commit():
-            if time.monotonic() >= deadline:
-                self._report_uncommitted()
-                return
-            time.sleep(1.0)
-
-    def _report_uncommitted(self) -> None:
-        uncommitted = self.uncommitted()
-        logger.error("stopping without committing the last offsets (%s): their events will "
-                     "be read again by the next learner of group %s",
-                     format_uncommitted(uncommitted) or "none processed", self.config.group)
-
-    def _commit_offsets(self, offsets: dict[int, int] | None, blocking: bool) -> bool:
-        """Commit, surviving a broker that is away: the offsets are committed next time.
-        False when a blocking commit failed."""
-        chosen = self.consumer.processed() if offsets is None else offsets
-        try:
-            if self.consumer.commit(offsets, blocking):
-                self.metrics.commits.inc()
-        except ClientError as exc:
-            logger.warning("offset commit failed (%r): will retry at the next commit", exc)
-            return False
-        if blocking:
-            self._committed.update(chosen)
-        return True
+        self.commits.final_commit(self.config.final_commit_timeout_s)
 
     def _commit_due(self, now: float) -> bool:
+        since, last = self.commits.since_checkpoint, self.commits.last_commit
         if self.checkpointer is None:
-            return now - self._last_commit >= self.config.commit_interval_s
+            return now - last >= self.config.commit_interval_s
         return (
-            self._since_checkpoint >= self.config.checkpoint_every
-            or (self._since_checkpoint and now - self._last_commit
-                >= self.config.checkpoint_interval_s)
+            since >= self.config.checkpoint_every
+            or (since and now - last >= self.config.checkpoint_interval_s)
         )
 
     def _restore(self) -> None:
@@ -421,24 +345,8 @@ class Daemon:
             raise ConfigError(f"checkpoint in {self.config.checkpoint_dir} is for topic "
                               f"{state['topic']!r}, not {self.config.topic!r}")
         self.learner.load_state_dict(state["learner"])
-        self._resume = {int(p): int(o) for p, o in state["offsets"].items()}
-        self._write_audit("resume", self._resume)
-
-    def _on_revoke(self, revoked) -> None:
-        # Where this learner's state stands on every partition; a partition that comes back
-        # resumes there (the group's commit, sent asynchronously, may not have landed yet).
-        positions = self.consumer.processed()
-        self.commit(blocking=False)
-        self._resume.update(positions)
-        for partition in revoked:  # counted afresh if it comes back (uncommitted())
-            self._first_offsets.pop(partition, None)
-            self._committed.pop(partition, None)
-
-    def _on_assign(self, partitions: set[int]) -> None:
-        for partition in sorted(partitions & set(self._resume)):
-            self.consumer.seek(partition, self._resume[partition])
-            logger.info("partition %d resumes from checkpoint offset %d",
-                        partition, self._resume[partition])
+        self.commits.resume = {int(p): int(o) for p, o in state["offsets"].items()}
+        self._write_audit("resume", self.commits.resume)
 
     def _write_audit(self, kind: str, offsets: dict, **extra) -> None:
         if self._audit is not None:
@@ -552,16 +460,6 @@ class Daemon:
             auc[("short", "explicit")], auc[("long", "explicit")], sum(lag.values()),
         )
         self._last_progress = now
-
-
-def format_uncommitted(uncommitted: Mapping[int, int]) -> str:
-    """``{partition: events}`` for people.
-
-    >>> format_uncommitted({3: 120, 0: 1})
-    'partition 0: 1 event, partition 3: 120 events'
-    """
-    return ", ".join(f"partition {p}: {n:,} event{'s' if n != 1 else ''}"
-                     for p, n in sorted(uncommitted.items()))
 
 
 def _finite(value):

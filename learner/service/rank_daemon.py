@@ -14,8 +14,9 @@ lag shows in Kafka's tooling. The ranks move in rounds, one micro-batch each:
 4. a checkpoint is taken at a barrier when any rank has one due: the ranks synchronise,
    rank 0 writes one checkpoint that holds the model, every rank's own state (what it has
    seen, its draws) and the offsets of every rank's partitions; once it is durable each rank
-   commits its partitions' offsets. A restart with another number of ranks takes the
-   partitions up from the checkpoint's offsets.
+   commits its partitions' offsets
+   (:class:`~learner.service.commit.BarrierCommitProtocol`). A restart with another number
+   of ranks takes the partitions up from the checkpoint's offsets.
 
 Every decision is taken from exchanged values, so all ranks take it in the same round, and
 a SIGTERM to any rank stops the whole job at the end of a round with a last checkpoint. A
@@ -36,6 +37,7 @@ from prometheus_client import CollectorRegistry
 
 from learner.core.prequential import RunAUC
 from learner.core.trainer import OnlineLearner
+from learner.service.commit import BarrierCommitProtocol
 from learner.service.config import Config
 from learner.service.daemon import Daemon
 from learner.service.distributed import JobSpec, Ranks, partitions_of, rank_device
@@ -73,6 +75,9 @@ def rank_path(path: str, rank: int) -> str:
 
 class RankDaemon(Daemon):
     """One rank of a job of learners that keep one model (see the module's docstring)."""
+
+    commit_protocol = BarrierCommitProtocol
+    commits: BarrierCommitProtocol
 
     def __init__(self, config: Config, registry: CollectorRegistry | None = None,
                  spec: JobSpec | None = None) -> None:
@@ -114,6 +119,8 @@ class RankDaemon(Daemon):
         self.partitions = partitions_of(self.spec.rank, self.spec.world_size, count)
         logger.info("rank %d of %d reads partitions %s of %s", self.spec.rank,
                     self.spec.world_size, self.partitions, cfg.topic)
+        self.commits.join(self.ranks, self.partitions, sync=self._sync,
+                          local_state=self.learner.local_state_dict)
         super()._open(self.partitions)
 
     def _open_run_log(self) -> None:
@@ -243,72 +250,14 @@ class RankDaemon(Daemon):
                         [(v["consumed"], v["lag"]) for v in view])
 
     # -- commits at a barrier ------------------------------------------------------------------
-    def commit(self, blocking: bool = True) -> bool:
-        """Collective: synchronise, checkpoint once (rank 0), then commit every rank's offsets.
-
-        Returns False on every rank when any rank could not flush its dead letters or the
-        checkpoint could not be written: nothing is committed then.
-        """
-        self._last_commit = time.monotonic()
-        flushed = self._flush_dead_letters()
-        self._sync()
-        processed = self.consumer.processed()
-        mine = {p: processed.get(p, self._resume.get(p)) for p in self.partitions}
-        mine = {p: o for p, o in mine.items() if o is not None}
-        everyone = self.ranks.exchange({"flushed": flushed, "offsets": mine,
-                                        "since": self._since_checkpoint})
-        if not all(r["flushed"] for r in everyone):
-            return False
-        offsets = dict(self._resume)
-        for r in everyone:
-            offsets.update(r["offsets"])
-        if self.checkpointer is None or not sum(r["since"] for r in everyone):
-            self._commit_offsets(mine, blocking)
-            return True
-        states = self.ranks.gather(self.learner.local_state_dict())  # only rank 0 writes
-        started = time.monotonic()
-        error = None
-        if self.ranks.leader:
-            error = self._write_checkpoint(offsets, states)
-        error = self.ranks.broadcast(error)
-        if error is not None:
-            self.metrics.checkpoint_failures.inc()
-            self.metrics.checkpoint_healthy.set(0)
-            logger.error("CHECKPOINT FAILED on rank 0, offsets not committed: %s", error)
-            return False
-        self.metrics.checkpoint_duration.set(time.monotonic() - started)
-        self.metrics.checkpoint_time.set(time.time())
-        self.metrics.checkpoint_healthy.set(1)
-        self._since_checkpoint = 0
+    def _checkpointed(self, offsets: dict[int, int], path: Path | None) -> None:
         if self._audit is not None:  # the proof that the ranks hold one model
             self._write_audit("checkpoint", offsets, rank=self.spec.rank,
                               model=model_digest(self.learner.model))
-        self._commit_offsets(mine, blocking)
-        return True
-
-    def _write_checkpoint(self, offsets: dict[int, int], states: list[dict]) -> str | None:
-        from learner.service.checkpoint import CheckpointError
-
-        try:
-            self.checkpointer.save({
-                "format": 2, "topic": self.config.topic, "offsets": offsets,
-                "learner": self.learner.state_dict(), "ranks": states,
-                "world_size": self.spec.world_size,
-            })
-        except CheckpointError as exc:
-            return str(exc)
-        return None
 
     def _final_commit(self) -> None:
         """Collective: retry the last commit (every rank the same number of times)."""
-        for attempt in range(max(1, int(self.config.final_commit_timeout_s))):
-            if self.commit():
-                break
-            if attempt == 0:
-                logger.error("last commit failed: retrying")
-            time.sleep(1.0)
-        else:
-            self._report_uncommitted()
+        super()._final_commit()
         self._job_view()
 
     def run(self) -> dict:

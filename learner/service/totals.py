@@ -39,7 +39,7 @@ def format_totals(totals: dict, auc: dict, sent: int | None = None) -> str:
         ),
     ]
     if totals.get("uncommitted"):
-        from learner.service.daemon import format_uncommitted  # late: it imports torch
+        from learner.service.commit import format_uncommitted  # late: it imports torch
 
         lines.append(f"uncommitted   {format_uncommitted(totals['uncommitted'])} (offsets not "
                      "committed: read again by the group's next learner)")
