@@ -173,9 +173,15 @@ class KafkaPythonConsumer:
                 wait_s = batch_wait(deadline, self._behind)
                 if wait_s is None:
                     break
-                polled = self._consumer.poll(
-                    timeout_ms=max(1, int(wait_s * 1000)), max_records=self.max_records - len(out)
-                )
+                try:
+                    polled = self._consumer.poll(timeout_ms=max(1, int(wait_s * 1000)),
+                                                 max_records=self.max_records - len(out))
+                except KafkaError as exc:
+                    if not exc.retriable:
+                        raise
+                    # the broker is away (a restart): what is in hand goes, the next poll retries
+                    logger.warning("poll: %r: polling again", exc)
+                    break
                 for records in polled.values():
                     out.extend(records)
                 if self._revoked:
