@@ -123,10 +123,12 @@ def _replay(args: argparse.Namespace) -> int:
                  options=cfg.client_options())
     pacer = Pacer(rate=args.rate, speed=args.speed)
     stats = replay(result, bootstrap=cfg.bootstrap, topic=cfg.topic, pacer=pacer,
-                   producer_config=cfg.client_options(), client=cfg.client)
+                   producer_config=cfg.client_options(), client=cfg.client,
+                   resend_rounds=args.resend_rounds)
     print(
         f"rows read {stats.rows_read:,} | events sent {stats.events_sent:,} | "
-        f"failed {stats.failed:,} | not an event {sum(stats.rejected.values()):,} "
+        f"failed {stats.failed:,} {dict(stats.errors)} | resent {stats.resent:,} | "
+        f"not an event {sum(stats.rejected.values()):,} "
         f"{dict(stats.rejected)} | {stats.events_per_s:,.0f} events/s"
     )
     return 0 if stats.failed == 0 else 1
@@ -236,6 +238,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="inject a concept shift (a drift-detection drill; producers/shift.py)")
     p.add_argument("--shift-at", type=Flag(int, Range(0)),
                    help="first shifted event (default: the middle)")
+    p.add_argument("--resend-rounds", type=Flag(int, Range(0, 100)), default=3,
+                   help="rounds of sending again, on a fresh producer, the events whose "
+                        "delivery failed with a retriable error (timed out while the cluster "
+                        "was away); at-least-once for those (default 3; 0: off)")
     add_config_args(p, KAFKA_FLAGS)
     p.set_defaults(func=_replay)
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sized
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import orjson
@@ -15,7 +17,7 @@ from tqdm import tqdm
 
 from producers.pacing import Pacer
 from producers.readers import ReadResult
-from stream.clients import DEFAULT_CLIENT, make_producer
+from stream.clients import DEFAULT_CLIENT, Producer, make_producer
 from stream.errors import BrokerError, ClientError, ClientTimeoutError
 
 logger = logging.getLogger(__name__)
@@ -38,10 +40,43 @@ _PROGRESS_EVERY = 1024  # events between progress-bar updates
 _LOG_FAILURES = 5  # delivery failures logged one by one, then only counted
 _ABORT_FLUSH_S = 10  # how long an interrupted replay waits for buffered deliveries
 
+#: Rounds of sending again, on a fresh producer, what failed with a retriable error.
+RESEND_ROUNDS = 3
+RESEND_BACKOFF_S = 1.0  # before the first round; doubled before each next one
+#: The reason counted for an event not sent again because a later event of its key was
+#: acknowledged: sending it now would put it after that one in its partition.
+WOULD_REORDER = "would_reorder"
+#: Failures that may go through on another try although the client does not flag them
+#: retriable: librdkafka reports a delivery that ran out of time (``_MSG_TIMED_OUT``, after
+#: ``delivery_timeout_ms``) or of brokers with ``retriable() == False``.
+_RETRIABLE_NAMES = frozenset({
+    "_MSG_TIMED_OUT", "_TIMED_OUT", "_TIMED_OUT_QUEUE", "_TRANSPORT", "_ALL_BROKERS_DOWN",
+    "_PURGE_QUEUE", "_PURGE_INFLIGHT", "KafkaTimeoutError", "KafkaConnectionError",
+})
+
+
+def resendable(error: BaseException) -> bool:
+    """Whether a record that failed with ``error`` may go through if sent again: a
+    :class:`ClientError` flagged retriable, or a timeout or lost connection.
+
+    >>> resendable(ClientError("delivery failed: Local: Message timed out", "_MSG_TIMED_OUT",
+    ...                        retriable=False))
+    True
+    >>> resendable(ClientError("too large", "MSG_SIZE_TOO_LARGE", retriable=False))
+    False
+    >>> resendable(TypeError("Type is not JSON serializable: set"))
+    False
+    """
+    return isinstance(error, ClientError) and (error.retriable or error.name in _RETRIABLE_NAMES)
+
 
 @dataclass
 class ReplayStats:
     """What a replay did. ``events_sent`` counts deliveries the broker acknowledged.
+
+    Each event is counted once, by its final outcome: ``rows_read = events_sent + failed +
+    sum(rejected.values())``. ``resent`` counts the events sent again after a retriable
+    failure (those acknowledged then are in ``events_sent``, the others in ``failed``).
 
     >>> ReplayStats(rows_read=10, events_sent=8, seconds=2.0).events_per_s
     4.0
@@ -53,6 +88,7 @@ class ReplayStats:
     rejected: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     errors: Counter[str] = field(default_factory=Counter)  # failure kind -> count
+    resent: int = 0
 
     @property
     def events_per_s(self) -> float:
@@ -60,30 +96,84 @@ class ReplayStats:
         return self.events_sent / self.seconds if self.seconds > 0 else 0.0
 
 
+#: A failed send: the event's index in the replay, its key and value, the error.
+_Failure = tuple[int, bytes, "bytes | None", BaseException]
+
+
 class _Deliveries:
-    """Counts acknowledgements and failures; callbacks may run on the producer's own thread."""
+    """Counts acknowledgements and keeps failures; callbacks may run on the producer's own
+    thread. Per key it keeps the index of the last acknowledged event (the per-key order
+    check of a resend); a failure keeps the event's index, key and value until it is settled.
+    """
 
     def __init__(self) -> None:
-        self.acked = 0
-        self.failed = 0
-        self.errors: Counter[str] = Counter()
+        self._acks = itertools.count()  # next() is atomic: no lock on the hot path
+        self.failures: list[_Failure] = []  # of the current round, not settled yet
+        self.final: Counter[str] = Counter()  # settled failures by reason
+        self.last_acked: dict[bytes, int] = {}
+        self._reported = 0
         self._lock = threading.Lock()
 
-    def report(self, error: ClientError | None) -> None:
+    def report(self, index: int, key: bytes, value: bytes | None,
+               error: ClientError | None) -> None:
+        """A delivery callback, bound to its event by ``functools.partial``."""
         if error is None:
-            with self._lock:
-                self.acked += 1
+            next(self._acks)
+            last = self.last_acked  # one thread reports a partition's acks, in order
+            if last.get(key, -1) < index:
+                last[key] = index
         else:
-            self.fail(error)
+            self.fail(index, key, value, error)
 
-    def fail(self, exc: BaseException) -> None:
-        name = exc.name if isinstance(exc, ClientError) else type(exc).__name__
+    @property
+    def acked(self) -> int:
+        """Acknowledgements so far (read once the deliveries are flushed)."""
+        return int(repr(self._acks)[len("count("):-1])  # count(N): N calls so far
+
+    def fail(self, index: int, key: bytes, value: bytes | None, exc: BaseException) -> None:
         with self._lock:
-            self.failed += 1
-            self.errors[name] += 1
-            count = self.failed
+            self.failures.append((index, key, value, exc))
+            self._reported += 1
+            count = self._reported
         if count <= _LOG_FAILURES:
             logger.warning("delivery failed: %r", exc)
+
+    def take_resendable(self) -> list[_Failure]:
+        """Settle this round's failures but those to send again, which are returned in their
+        original order: a retriable failure with no later event of its key acknowledged. A
+        non-retriable one is final under its error's name, one that would be reordered under
+        :data:`WOULD_REORDER`."""
+        with self._lock:
+            failures, self.failures = self.failures, []
+        again = []
+        for failure in failures:
+            index, key, value, exc = failure
+            if value is None or not resendable(exc):
+                self.final[_name(exc)] += 1
+            elif self.last_acked.get(key, -1) > index:
+                self.final[WOULD_REORDER] += 1
+            else:
+                again.append(failure)
+        again.sort(key=lambda f: f[0])
+        return again
+
+    def settle(self) -> None:
+        """Every failure not settled yet is final, under its error's name."""
+        with self._lock:
+            failures, self.failures = self.failures, []
+        for _index, _key, _value, exc in failures:
+            self.final[_name(exc)] += 1
+
+
+def _name(exc: BaseException) -> str:
+    return exc.name if isinstance(exc, ClientError) else type(exc).__name__
+
+
+def _close(producer: Producer, finished: bool) -> None:
+    """Flush and close; after an error or Ctrl-C, without waiting long for the deliveries."""
+    if producer.flush(timeout=None if finished else _ABORT_FLUSH_S):
+        logger.warning("gave up waiting for deliveries after %d s", _ABORT_FLUSH_S)
+    producer.close(timeout=None if finished else _ABORT_FLUSH_S)
 
 
 def replay(
@@ -95,6 +185,9 @@ def replay(
     producer_config: dict | None = None,
     progress: bool = True,
     client: str = DEFAULT_CLIENT,
+    resend_rounds: int = RESEND_ROUNDS,
+    resend_backoff_s: float = RESEND_BACKOFF_S,
+    producer_factory: Callable[[str, dict], Producer] | None = None,
 ) -> ReplayStats:
     """Send every event to ``topic`` as orjson bytes keyed by ``str(user_id)``; wait for acks.
 
@@ -106,6 +199,27 @@ def replay(
     collected by callbacks, never by blocking per event; ``flush()`` at the end waits for all.
     The Kafka record timestamp is the send time, not ``ts_ms``: historical event times would
     fall outside the topic's retention and be deleted at once.
+
+    **Sending again.** The producer retries by itself for ``delivery_timeout_ms`` (120 s); a
+    cluster away for longer (or one that cannot give the idempotent producer its id, as a
+    broker loading its coordinator state under load) times records out. Once every event has
+    been sent and the producer flushed, the events that failed with a retriable error
+    (:func:`resendable`: a timeout, a lost connection; not a record too large nor one that
+    cannot be serialised) are sent again, in their original order, on a fresh producer, up to
+    ``resend_rounds`` times, after ``resend_backoff_s`` (doubled each round). Per-key order
+    holds: an event is sent again only if no later event of its key was acknowledged;
+    otherwise it stays failed, counted as :data:`WOULD_REORDER`. Each event is counted once
+    by its final outcome (one acknowledged on a resend is sent, not failed) and
+    ``ReplayStats.resent`` counts the events sent again.
+
+    **Duplicates.** Resent events are at-least-once, not exactly-once: a record that timed
+    out may have been written all the same (its acknowledgement lost), and the fresh
+    producer has a new producer id, so idempotence cannot recognise it across rounds. Within
+    a round, and for every event never resent, the idempotent producer still writes each
+    record once. ``resend_rounds=0`` turns resending off (a timed-out event stays failed).
+
+    ``producer_factory(client, config)`` makes each producer (default
+    ``stream.clients.make_producer``).
 
     Raises ``BrokerError`` when the broker cannot be reached at start or stops answering,
     ``ConfigError`` when ``producer_config`` or ``client`` is not valid.
@@ -121,50 +235,70 @@ def replay(
         stats.rows_read, stats.rejected = events.rows_read, Counter(events.rejected)
         events = events.events
     pacer = pacer or Pacer()
+    factory = producer_factory or make_producer
     config = {**DEFAULT_PRODUCER_CONFIG, **(producer_config or {}), "bootstrap_servers": bootstrap}
     try:
-        producer = make_producer(client, config)  # ConfigError: bad settings or client
+        producer = factory(client, config)  # ConfigError: bad settings or client
     except ClientError as exc:  # ClientTimeoutError: unable to bootstrap
         raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
     deliveries = _Deliveries()
+    report = deliveries.report
     total = len(events) if isinstance(events, Sized) else None
     bar = tqdm(
         total=total, unit="ev", desc=f"replay {topic}", disable=not progress, mininterval=0.5
     )
     count = 0
-    finished = False
+    resent: set[int] = set()
     start = time.perf_counter()
     try:
-        for count, event in enumerate(events, start=1):
-            pacer.wait(event["ts_ms"])
-            try:
-                producer.produce(topic, value=orjson.dumps(event),
-                                 key=str(event["user_id"]).encode(),
-                                 on_delivery=deliveries.report)
-            except ClientTimeoutError as exc:
-                deliveries.fail(exc)
-                raise BrokerError(f"Kafka at {bootstrap} stopped answering: {exc}") from exc
-            except (ClientError, TypeError, ValueError) as exc:  # too large, not serialisable
-                deliveries.fail(exc)
-                continue
-            if count % _PROGRESS_EVERY == 0:
-                bar.update(_PROGRESS_EVERY)
-        bar.update(count % _PROGRESS_EVERY)
-        finished = True
+        finished = False
+        try:
+            for count, event in enumerate(events, start=1):
+                pacer.wait(event["ts_ms"])
+                key = str(event["user_id"]).encode()
+                value = None
+                try:
+                    value = orjson.dumps(event)
+                    producer.produce(topic, value=value, key=key,
+                                     on_delivery=partial(report, count, key, value))
+                except ClientTimeoutError as exc:
+                    deliveries.fail(count, key, value, exc)
+                    raise BrokerError(f"Kafka at {bootstrap} stopped answering: {exc}") from exc
+                except (ClientError, TypeError, ValueError) as exc:  # too large, not serialisable
+                    deliveries.fail(count, key, value, exc)
+                    continue
+                if count % _PROGRESS_EVERY == 0:
+                    bar.update(_PROGRESS_EVERY)
+            bar.update(count % _PROGRESS_EVERY)
+            finished = True
+        finally:
+            _close(producer, finished)  # on an error or Ctrl-C, without waiting long
+        for round_ in range(1, resend_rounds + 1):
+            again = deliveries.take_resendable()
+            if not again:
+                break
+            wait = resend_backoff_s * 2 ** (round_ - 1)
+            logger.warning(
+                "sending %d events again that failed with a retriable error (%s), round %d "
+                "of %d, in %.1f s, on a fresh producer (at-least-once: a timed-out record may "
+                "have been written)", len(again), dict(Counter(_name(f[3]) for f in again)),
+                round_, resend_rounds, wait)
+            time.sleep(wait)
+            _resend(again, factory, client, config, topic, deliveries)
+            resent.update(f[0] for f in again)
     finally:
-        # On an error or Ctrl-C, still deliver what is buffered, but do not wait long for it.
-        if producer.flush(timeout=None if finished else _ABORT_FLUSH_S):
-            logger.warning("gave up waiting for deliveries after %d s", _ABORT_FLUSH_S)
-        producer.close(timeout=None if finished else _ABORT_FLUSH_S)
+        deliveries.settle()
         bar.close()
         stats.seconds = time.perf_counter() - start
-        stats.events_sent, stats.failed = deliveries.acked, deliveries.failed
-        stats.errors = deliveries.errors
+        stats.events_sent = deliveries.acked
+        stats.errors = deliveries.final
+        stats.failed = sum(deliveries.final.values())
+        stats.resent = len(resent)
         if not from_result:
             stats.rows_read = count
         logger.info(
             "replay to %s at %s with %s: %d rows read, %d events sent (acked), %d failed %s, "
-            "%d rejected %s, %.1f s, %.0f events/s, pacing %s (slept %.1f s)",
+            "%d rejected %s, %d resent, %.1f s, %.0f events/s, pacing %s (slept %.1f s)",
             topic,
             bootstrap,
             client,
@@ -174,9 +308,40 @@ def replay(
             dict(stats.errors),
             sum(stats.rejected.values()),
             dict(stats.rejected),
+            stats.resent,
             stats.seconds,
             stats.events_per_s,
             pacer.mode,
             pacer.slept_s,
         )
     return stats
+
+
+def _resend(again: list[_Failure], factory: Callable[[str, dict], Producer], client: str,
+            config: dict, topic: str, deliveries: _Deliveries) -> None:
+    """One round: ``again`` in order on a fresh producer, flushed and closed. A failure to
+    make the producer, or a send that cannot be queued, fails the events left (retriable:
+    the next round tries them again)."""
+    try:
+        producer = factory(client, config)
+    except ClientError as exc:  # the cluster still away: ClientTimeoutError
+        logger.warning("no fresh producer for the resend: %r", exc)
+        for index, key, value, _exc in again:
+            deliveries.fail(index, key, value, exc)
+        return
+    report = deliveries.report
+    finished = False
+    try:
+        for i, (index, key, value, _exc) in enumerate(again):
+            try:
+                producer.produce(topic, value=value, key=key,
+                                 on_delivery=partial(report, index, key, value))
+            except ClientTimeoutError as exc:  # the queue stays full: the rest waits a round
+                for index_, key_, value_, _ in again[i:]:
+                    deliveries.fail(index_, key_, value_, exc)
+                break
+            except ClientError as exc:
+                deliveries.fail(index, key, value, exc)
+        finished = True
+    finally:
+        _close(producer, finished)

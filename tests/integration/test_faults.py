@@ -280,7 +280,10 @@ def test_broker_restart_in_the_middle_of_a_replay(tmp_path, kafka_client):
     finally:
         daemon.stop()
         broker.stop()
-    assert sum(ends.values()) == 41_828  # acks=all + idempotence: no duplicate, no loss
+    # acks=all + idempotence: no loss, no duplicate; but events sent again on a fresh producer
+    # after timing out (the cluster away past the delivery timeout) are at-least-once
+    assert 41_828 <= sum(ends.values()) <= 41_828 + sent.resent
+    print(f"broker restart: {sent.resent} events sent again, {sum(ends.values())} in the topic")
     trained = {p: set() for p in ends}
     for record in _audit(audit):
         if record["kind"] == "batch":
