@@ -32,7 +32,7 @@ from learner.bridge import to_events
 from learner.core.trainer import OnlineLearner
 from learner.service.config import Config
 from stream.admin import create_topic
-from stream.clients import make_consumer
+from stream.clients import ConsumerSettings, KafkaConnection, make_consumer
 from stream.dlq import DeadLetterQueue
 from stream.event import EventBatch, Reason, decode_batch
 
@@ -52,8 +52,10 @@ def _timed(work: Callable[[], object]) -> float:
 
 def fetch(client: str, bootstrap: str, topic: str, total: int) -> tuple[list[list], float]:
     """Every record of ``topic`` in micro-batches; seconds from the first non-empty batch."""
-    consumer = make_consumer(client, bootstrap, topic, f"{topic}-budget-{time.time_ns()}",
-                             max_records=BATCH, max_wait_s=0.05, partitions=range(4))
+    consumer = make_consumer(
+        KafkaConnection(bootstrap, client),
+        ConsumerSettings(topic, f"{topic}-budget-{time.time_ns()}", max_records=BATCH,
+                         max_wait_s=0.05, partitions=tuple(range(4))))
     batches: list[list] = []
     seen, started = 0, None
     try:

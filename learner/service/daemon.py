@@ -161,15 +161,10 @@ class Daemon:
                                    client=cfg.client, process=cfg.uses_client_process(),
                                    max_message_bytes=limit)
         self.consumer = make_consumer(
-            cfg.client, cfg.bootstrap, cfg.topic, cfg.group,
-            max_records=cfg.batch_size, max_wait_s=cfg.batch_timeout_s,
-            on_revoke=self.commits.on_revoke, on_assign=self.commits.on_assign,
-            partitions=partitions,
-            process=cfg.uses_client_process(),
-            client_config={"session_timeout_ms": cfg.session_timeout_ms,
-                           "heartbeat_interval_ms": max(100, cfg.session_timeout_ms // 3),
-                           **cfg.client_options()},
-        )
+            cfg.connection,
+            dataclasses.replace(cfg.consumer,
+                                partitions=None if partitions is None else tuple(partitions)),
+            on_revoke=self.commits.on_revoke, on_assign=self.commits.on_assign)
         if cfg.until_end:
             self.finish_at(self.consumer.end_offsets())
         self._last_records = time.monotonic()

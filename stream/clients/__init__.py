@@ -10,8 +10,11 @@ dwell talks to Kafka for data through two objects, whichever client library is u
   ``close(timeout)``.
 
 :func:`make_consumer` and :func:`make_producer` build them for a client named in
-:data:`CLIENTS`. Settings are given with kafka-python's option names (as ``--kafka-options``
-takes them); the confluent client translates them to librdkafka's
+:data:`CLIENTS`. A consumer is built from two frozen objects
+(:mod:`stream.clients.settings`): the :class:`KafkaConnection` and its
+:class:`ConsumerSettings`; every consumer class takes the same two. Client options are given
+with kafka-python's names (as ``--kafka-options`` takes them); the confluent client
+translates them to librdkafka's
 (:func:`stream.clients.confluent.librdkafka_config`). Failures of either client surface as
 :class:`~stream.errors.ClientError` (:class:`~stream.errors.ClientTimeoutError` when the
 broker does not answer), bad settings as :class:`~stream.errors.ConfigError`.
@@ -19,7 +22,7 @@ broker does not answer), bad settings as :class:`~stream.errors.ConfigError`.
 Each client library is imported only when a client of its kind is made: confluent-kafka is
 optional (``pip install 'dwell[fast]'``).
 
->>> make_consumer("kafka", "127.0.0.1:9092", "t", "g")
+>>> make_producer("kafka", {"bootstrap_servers": "127.0.0.1:9092"})
 Traceback (most recent call last):
 ...
 stream.errors.ConfigError: unknown Kafka client 'kafka': expected kafka-python or confluent
@@ -31,11 +34,18 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
-from stream.errors import ClientError, ConfigError
+from stream.clients.settings import (
+    CLIENTS,
+    DEFAULT_CLIENT,
+    ConsumerSettings,
+    KafkaConnection,
+    check_client,
+)
+from stream.errors import ClientError
 
-#: The client names ``--client`` takes; the first is the default.
-CLIENTS = ("kafka-python", "confluent")
-DEFAULT_CLIENT = CLIENTS[0]
+__all__ = ["CLIENTS", "DEFAULT_CLIENT", "BatchConsumer", "ConsumerSettings",
+           "DeliveryCallback", "KafkaConnection", "Message", "Producer", "Record", "batch_wait",
+           "check_client", "make_consumer", "make_producer"]
 #: How to install the optional fast client.
 FAST_INSTALL = "pip install 'dwell[fast]'"
 
@@ -188,55 +198,34 @@ def batch_wait(deadline: float, behind: Callable[[], bool]) -> float | None:
     return min(0.1, BACKLOG_WAIT_S + left)
 
 
-def check_client(name: str) -> str:
-    """``name`` if it names a client, else ConfigError.
-
-    >>> check_client("confluent")
-    'confluent'
-    """
-    if name not in CLIENTS:
-        raise ConfigError(f"unknown Kafka client {name!r}: expected {' or '.join(CLIENTS)}")
-    return name
-
-
 def make_consumer(
-    client: str,
-    bootstrap: str,
-    topic: str,
-    group: str,
+    connection: KafkaConnection,
+    settings: ConsumerSettings,
     *,
-    max_records: int = 1024,
-    max_wait_s: float = 0.5,
-    client_config: Mapping[str, Any] | None = None,
     on_revoke: Callable[[set[int]], None] | None = None,
     on_assign: Callable[[set[int]], None] | None = None,
-    partitions: Iterable[int] | None = None,
-    process: bool = False,
 ) -> BatchConsumer:
-    """A :class:`BatchConsumer` of ``client`` on ``topic`` in ``group``.
+    """A :class:`BatchConsumer` of ``connection.client`` as ``settings`` say.
 
-    ``client_config`` holds extra settings with kafka-python's names (SASL/TLS, timeouts).
-    With ``partitions`` the consumer reads exactly those partitions (no group rebalancing:
-    ``on_assign`` is called once, inside the first ``poll_batch``, and ``on_revoke`` never),
-    and still commits its offsets under ``group``, so that the group's lag shows.
-    With ``process`` the client runs in a child process that fetches ahead
-    (:class:`stream.clients.fetcher.FetchProcess`).
-    Raises ConfigError for an unknown client, a missing library or bad settings.
+    With ``settings.partitions`` the consumer reads exactly those partitions (no group
+    rebalancing: ``on_assign`` is called once, inside the first ``poll_batch``, and
+    ``on_revoke`` never), and still commits its offsets under its group, so that the group's
+    lag shows. With ``settings.process`` the client runs in a child process that fetches
+    ahead (:class:`stream.clients.fetcher.FetchProcess`).
+    Raises ConfigError for a missing library or bad settings.
     """
-    kwargs: dict[str, Any] = dict(
-        max_records=max_records, max_wait_s=max_wait_s, client_config=client_config,
-        on_revoke=on_revoke, on_assign=on_assign, partitions=partitions)
-    if process:
+    callbacks = dict(on_revoke=on_revoke, on_assign=on_assign)
+    if settings.process:
         from stream.clients.fetcher import FetchProcess
 
-        return FetchProcess(check_client(client), bootstrap, topic, group, **kwargs)
-    if check_client(client) == "confluent":
+        return FetchProcess(connection, settings, **callbacks)
+    if connection.client == "confluent":
         from stream.clients.confluent import ConfluentConsumer
 
-        return ConfluentConsumer(bootstrap, topic, group, **kwargs)
+        return ConfluentConsumer(connection, settings, **callbacks)
     from stream.clients.kafka_python import KafkaPythonConsumer
 
-    return KafkaPythonConsumer(bootstrap, topic, group, **kwargs)
+    return KafkaPythonConsumer(connection, settings, **callbacks)
 
 
 def make_producer(client: str, config: Mapping[str, Any], *, process: bool = False) -> Producer:

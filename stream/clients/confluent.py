@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from stream.clients import FAST_INSTALL, DeliveryCallback, Message, Record, batch_wait
+from stream.clients.settings import ConsumerSettings, KafkaConnection
 from stream.errors import ClientError, ClientTimeoutError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -203,21 +204,16 @@ class ConfluentConsumer:
 
     def __init__(
         self,
-        bootstrap: str,
-        topic: str,
-        group: str,
+        connection: KafkaConnection,
+        settings: ConsumerSettings,
         *,
-        max_records: int = 1024,
-        max_wait_s: float = 0.5,
-        client_config: Mapping[str, Any] | None = None,
         on_revoke: Callable[[set[int]], None] | None = None,
         on_assign: Callable[[set[int]], None] | None = None,
-        partitions: Iterable[int] | None = None,
     ) -> None:
         ck = self._ck = _library()
-        self.topic = topic
-        self.max_records = max_records
-        self.max_wait_s = max_wait_s
+        self.topic = topic = settings.topic
+        self.max_records = settings.max_records
+        self.max_wait_s = settings.max_wait_s
         self.on_revoke = on_revoke
         self.on_assign = on_assign
         self._next: dict[int, int] = {}
@@ -225,13 +221,14 @@ class ConfluentConsumer:
         self._start: dict[int, int] = {}  # where an unfetched partition starts (positions)
         self._seeks: dict[int, int] | None = None  # collected while on_assign runs
         self._closed = False
-        options = dict(client_config or {})
+        options = settings.client_config(connection)
         self._timeout = options.pop("bootstrap_timeout_ms", BOOTSTRAP_TIMEOUT_MS) / 1000
         options.pop("max_block_ms", None)
         self._config = {
-            "auto.offset.reset": "earliest", "client.id": f"dwell-{group}", **FETCH_DEFAULTS,
-            **librdkafka_config(options, "consumer"),
-            "bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+            "auto.offset.reset": "earliest", "client.id": f"dwell-{settings.group}",
+            **FETCH_DEFAULTS, **librdkafka_config(options, "consumer"),
+            "bootstrap.servers": connection.bootstrap, "group.id": settings.group,
+            "enable.auto.commit": False,
         }
         self._commit_limit = (float(self._config.get("socket.timeout.ms", 60_000)) / 1000
                               + COMMIT_MARGIN_S)
@@ -240,13 +237,13 @@ class ConfluentConsumer:
             self._consumer.list_topics(topic, timeout=self._timeout)
         except ck.KafkaException as exc:
             self._consumer.close()
-            raise client_error(exc, f"cannot reach Kafka at {bootstrap}") from exc
+            raise client_error(exc, f"cannot reach Kafka at {connection.bootstrap}") from exc
         self._last_message = time.monotonic()
-        if partitions is None:
+        if settings.partitions is None:
             self._consumer.subscribe([topic], on_assign=self._assigned, on_revoke=self._revoked)
         else:
             self._subscribed = False
-            self._unannounced = set(partitions)
+            self._unannounced = set(settings.partitions)
 
     def _handle(self):
         """A new librdkafka consumer with this consumer's settings (not subscribed yet)."""

@@ -42,13 +42,15 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from functools import partial
 from itertools import repeat
 from typing import Any
 
 from stream.clients import Message, Record
 from stream.clients.child import DIED, Child, ChildProcess
+from stream.clients.settings import ConsumerSettings, KafkaConnection
 from stream.errors import ClientError
 
 logger = logging.getLogger(__name__)
@@ -68,26 +70,21 @@ _IN_CALLBACK = frozenset({"seek", "assignment", "lag"})
 
 
 class FetchProcess(ChildProcess):
-    """The consumer of :func:`~stream.clients.make_consumer` (same arguments), in a child
-    process: see the module's notes."""
+    """The consumer of :func:`~stream.clients.make_consumer` (same arguments; the child's
+    consumer polls at least :data:`FETCH_RECORDS` at a time), in a child process: see the
+    module's notes."""
 
     def __init__(
         self,
-        client: str,
-        bootstrap: str,
-        topic: str,
-        group: str,
+        connection: KafkaConnection,
+        settings: ConsumerSettings,
         *,
-        max_records: int = 1024,
-        max_wait_s: float = 0.5,
-        client_config: Mapping[str, Any] | None = None,
         on_revoke: Callable[[set[int]], None] | None = None,
         on_assign: Callable[[set[int]], None] | None = None,
-        partitions: Iterable[int] | None = None,
     ) -> None:
-        self.topic = topic
-        self.max_records = max_records
-        self.max_wait_s = max_wait_s
+        self.topic = settings.topic
+        self.max_records = settings.max_records
+        self.max_wait_s = settings.max_wait_s
         self.on_revoke = on_revoke
         self.on_assign = on_assign
         self._next: dict[int, int] = {}
@@ -98,13 +95,11 @@ class FetchProcess(ChildProcess):
         self._callbacks = 0  # > 0 while on_revoke/on_assign runs
         self._restart: dict[int, int] = {}  # revoked: the first record dropped, by partition
         self._closed = False
-        self._fetch_records = max(max_records, FETCH_RECORDS)  # what the child polls for
+        self._fetch_records = max(self.max_records, FETCH_RECORDS)  # what the child polls for
         self._full = False  # the last batch from the child was full: it was behind the log
         super().__init__("fetch process", "consumer", dict(
-            client=client, bootstrap=bootstrap, topic=topic, group=group,
-            max_records=self._fetch_records, max_wait_s=max_wait_s,
-            client_config=dict(client_config or {}),
-            partitions=None if partitions is None else sorted(partitions)))
+            connection=connection,
+            settings=replace(settings, max_records=self._fetch_records, process=False)))
 
     def take(self, kind: str, number: int, payload: Any) -> None:
         """Run a callback, keep a batch, keep the answer to an outer call."""
@@ -263,11 +258,9 @@ class ConsumerCommands:
         from stream.clients import make_consumer
 
         self.child = child
-        spec = dict(spec)
         self.consumer = make_consumer(
-            spec.pop("client"), spec.pop("bootstrap"), spec.pop("topic"), spec.pop("group"),
-            on_revoke=partial(self._callback, _REVOKE), on_assign=partial(self._callback, _ASSIGN),
-            **spec)
+            spec["connection"], spec["settings"],
+            on_revoke=partial(self._callback, _REVOKE), on_assign=partial(self._callback, _ASSIGN))
         self.config = self.consumer.config
 
     def _callback(self, kind: str, partitions: set[int]) -> None:

@@ -23,6 +23,7 @@ from kafka.errors import KafkaConfigurationError, KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
 from stream.clients import DeliveryCallback, batch_wait
+from stream.clients.settings import ConsumerSettings, KafkaConnection
 from stream.errors import ClientError, ClientTimeoutError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -115,20 +116,15 @@ class KafkaPythonConsumer:
 
     def __init__(
         self,
-        bootstrap: str,
-        topic: str,
-        group: str,
+        connection: KafkaConnection,
+        settings: ConsumerSettings,
         *,
-        max_records: int = 1024,
-        max_wait_s: float = 0.5,
-        client_config: Mapping[str, Any] | None = None,
         on_revoke: Callable[[set[int]], None] | None = None,
         on_assign: Callable[[set[int]], None] | None = None,
-        partitions: Iterable[int] | None = None,
     ) -> None:
-        self.topic = topic
-        self.max_records = max_records
-        self.max_wait_s = max_wait_s
+        self.topic = topic = settings.topic
+        self.max_records = settings.max_records
+        self.max_wait_s = settings.max_wait_s
         self.on_revoke = on_revoke
         self.on_assign = on_assign
         self._next: dict[TopicPartition, int] = {}
@@ -136,24 +132,25 @@ class KafkaPythonConsumer:
         self._revoked: set[int] = set()  # revoked while a poll_batch gathers records
         self._unannounced: set[int] = set()  # assigned, on_assign not called
         try:
-            with _translated(f"cannot reach Kafka at {bootstrap}"):
+            with _translated(f"cannot reach Kafka at {connection.bootstrap}"):
                 self._consumer = KafkaConsumer(**{
-                    "auto_offset_reset": "earliest", "client_id": f"dwell-{group}",
+                    "auto_offset_reset": "earliest", "client_id": f"dwell-{settings.group}",
                     # refresh the metadata every 10 s, not kafka-python's 5 min: a topic's
                     # new partitions (and a topic created after the consumer) show up sooner
                     "metadata_max_age_ms": 10_000,
-                    **dict(client_config or {}),
-                    "bootstrap_servers": bootstrap.split(","), "group_id": group,
-                    "enable_auto_commit": False, "max_poll_records": max_records,
+                    **settings.client_config(connection),
+                    "bootstrap_servers": connection.bootstrap.split(","),
+                    "group_id": settings.group,
+                    "enable_auto_commit": False, "max_poll_records": self.max_records,
                 })
         except ValueError as exc:  # kafka-python: unrecognized configs
             raise ConfigError(f"Kafka consumer configuration: {exc}") from exc
-        if partitions is None:
+        if settings.partitions is None:
             _keep_joins(self._consumer)
             self._consumer.subscribe([topic], listener=_Listener(self))
         else:
-            self._unannounced = set(partitions)
-            self._consumer.assign([TopicPartition(topic, p) for p in sorted(self._unannounced)])
+            self._unannounced = set(settings.partitions)
+            self._consumer.assign([TopicPartition(topic, p) for p in settings.partitions])
 
     @property
     def config(self) -> dict[str, Any]:

@@ -158,10 +158,10 @@ def test_kafka_python_consumer_applies_a_rejoin_that_outlives_its_poll(kafka_boo
     from kafka.admin import NewPartitions
 
     from stream.admin import admin_client
-    from stream.clients import make_consumer
+    from stream.clients import ConsumerSettings, KafkaConnection, make_consumer
 
-    consumer = make_consumer("kafka-python", kafka_bootstrap, topic, f"{topic}-rejoin",
-                             max_wait_s=0.01, client_config={"metadata_max_age_ms": 500})
+    consumer = make_consumer(KafkaConnection(kafka_bootstrap, options={"metadata_max_age_ms": 500}),
+                             ConsumerSettings(topic, f"{topic}-rejoin", max_wait_s=0.01))
     try:
         deadline = time.monotonic() + 30
         while len(consumer.assignment) < 4 and time.monotonic() < deadline:

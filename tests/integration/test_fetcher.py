@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from stream.admin import end_offsets
-from stream.clients import make_consumer, make_producer
+from stream.clients import ConsumerSettings, KafkaConnection, make_consumer, make_producer
 from stream.clients.fetcher import FETCH_RECORDS, FetchProcess
 from stream.errors import ClientError
 
@@ -52,9 +52,10 @@ def test_fetch_process_hands_out_what_the_client_itself_would(kafka_bootstrap, t
     _fill(kafka_bootstrap, topic, kafka_client)
     drained = {}
     for fetch_process in (False, True):
-        consumer = make_consumer(kafka_client, kafka_bootstrap, topic,
-                                 f"{topic}-{fetch_process}", max_records=1000, max_wait_s=0.3,
-                                 process=fetch_process)
+        consumer = make_consumer(
+            KafkaConnection(kafka_bootstrap, kafka_client),
+            ConsumerSettings(topic, f"{topic}-{fetch_process}", max_records=1000,
+                             max_wait_s=0.3, process=fetch_process))
         try:
             assert isinstance(consumer, FetchProcess) == fetch_process
             batches = _drain(consumer, N)
@@ -78,8 +79,9 @@ def test_positions_leave_out_what_was_fetched_ahead_and_seek_drops_it(kafka_boot
                                                                       kafka_client):
     _fill(kafka_bootstrap, topic, kafka_client)
     ends = end_offsets(kafka_bootstrap, topic)
-    consumer = FetchProcess(kafka_client, kafka_bootstrap, topic, f"{topic}-g",
-                            max_records=100, max_wait_s=0.5, partitions=sorted(ends))
+    consumer = FetchProcess(KafkaConnection(kafka_bootstrap, kafka_client),
+                            ConsumerSettings(topic, f"{topic}-g", max_records=100,
+                                             max_wait_s=0.5, partitions=tuple(ends)))
     try:
         first = consumer.poll_batch()
         assert len(first) == 100  # of the child's first fetch of up to FETCH_RECORDS
@@ -119,10 +121,11 @@ def test_rebalance_callbacks_run_here_and_their_commits_reach_the_group(kafka_bo
             for p in partitions:  # the daemon's resume: seek inside the callback
                 consumer.seek(p, 0)
 
-        consumer = FetchProcess(kafka_client, kafka_bootstrap, topic, group, max_records=50,
-                                max_wait_s=0.2, on_revoke=revoked, on_assign=assigned,
-                                client_config={"session_timeout_ms": 6000,
-                                               "heartbeat_interval_ms": 500})
+        consumer = FetchProcess(
+            KafkaConnection(kafka_bootstrap, kafka_client,
+                            {"session_timeout_ms": 6000, "heartbeat_interval_ms": 500}),
+            ConsumerSettings(topic, group, max_records=50, max_wait_s=0.2),
+            on_revoke=revoked, on_assign=assigned)
         consumers.append(consumer)
         return consumer
 
@@ -152,8 +155,9 @@ def test_rebalance_callbacks_run_here_and_their_commits_reach_the_group(kafka_bo
 
 def test_errors_in_the_child_are_raised_here_and_a_dead_child_is_a_client_error(kafka_bootstrap,
                                                                                  topic):
-    consumer = FetchProcess("kafka-python", kafka_bootstrap, topic, f"{topic}-g",
-                            max_records=10, max_wait_s=0.1, partitions=[0, 1, 2, 3])
+    consumer = FetchProcess(KafkaConnection(kafka_bootstrap),
+                            ConsumerSettings(topic, f"{topic}-g", max_records=10,
+                                             max_wait_s=0.1, partitions=(0, 1, 2, 3)))
     try:
         consumer.poll_batch()
         with pytest.raises(ValueError, match="Unassigned partition"):  # kafka-python's own
@@ -171,9 +175,10 @@ def test_errors_in_the_child_are_raised_here_and_a_dead_child_is_a_client_error(
 def test_the_child_ends_with_its_parent(kafka_bootstrap, topic):
     script = (
         "import sys, time\n"
+        "from stream.clients import ConsumerSettings, KafkaConnection\n"
         "from stream.clients.fetcher import FetchProcess\n"
-        f"c = FetchProcess('kafka-python', {kafka_bootstrap!r}, {topic!r}, 'g', "
-        "max_wait_s=0.1, partitions=[0])\n"
+        f"c = FetchProcess(KafkaConnection({kafka_bootstrap!r}), ConsumerSettings({topic!r}, "
+        "'g', max_wait_s=0.1, partitions=(0,)))\n"
         "c.poll_batch()\n"
         "print(c.pid, flush=True)\n"
         "time.sleep(600)\n"

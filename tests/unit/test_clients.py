@@ -15,6 +15,8 @@ import pytest
 from learner.service.config import Config, add_config_args, config_from_args
 from stream.clients import (
     CLIENTS,
+    ConsumerSettings,
+    KafkaConnection,
     Message,
     check_client,
     confluent,
@@ -56,7 +58,7 @@ def test_client_names_and_the_config_field(monkeypatch):
 
 def test_factories_refuse_an_unknown_client_before_touching_kafka():
     with pytest.raises(ConfigError, match="unknown Kafka client 'kafka'"):
-        make_consumer("kafka", NOBODY, "t", "g")
+        make_consumer(KafkaConnection(NOBODY, "kafka"), ConsumerSettings("t", "g"))
     with pytest.raises(ConfigError, match="unknown Kafka client 'nope'"):
         make_producer("nope", {"bootstrap_servers": NOBODY})
 
@@ -85,7 +87,7 @@ def test_missing_confluent_kafka_is_a_config_error_that_says_what_to_install(mon
     with pytest.raises(ConfigError, match=r"pip install 'dwell\[fast\]'"):
         make_producer("confluent", {"bootstrap_servers": NOBODY})
     with pytest.raises(ConfigError, match=r"pip install 'dwell\[fast\]'"):
-        make_consumer("confluent", NOBODY, "t", "g")
+        make_consumer(KafkaConnection(NOBODY, "confluent"), ConsumerSettings("t", "g"))
 
 
 # -- option translation --------------------------------------------------------------------
@@ -193,7 +195,8 @@ def test_confluent_consumer_fetches_with_dwell_defaults_that_options_override(mo
     monkeypatch.setattr(confluent, "_construct", capture)
     for options in ({}, {"fetch.queue.backoff.ms": 500}):
         with pytest.raises(ConfigError, match="captured"):
-            make_consumer("confluent", NOBODY, "t", "g", client_config=options)
+            make_consumer(KafkaConnection(NOBODY, "confluent", options),
+                          ConsumerSettings("t", "g"))
     assert {key: built[0][key] for key in FETCH_DEFAULTS} == FETCH_DEFAULTS
     assert built[1]["fetch.queue.backoff.ms"] == 500
     monkeypatch.undo()
@@ -205,7 +208,8 @@ def test_an_unreachable_broker_is_a_client_timeout(client):
     with pytest.raises(ClientTimeoutError, match="cannot reach Kafka at"):
         make_producer(client, {"bootstrap_servers": NOBODY, "bootstrap_timeout_ms": 300})
     with pytest.raises(ClientTimeoutError, match="cannot reach Kafka at"):
-        make_consumer(client, NOBODY, "t", "g", client_config={"bootstrap_timeout_ms": 300})
+        make_consumer(KafkaConnection(NOBODY, client, {"bootstrap_timeout_ms": 300}),
+                      ConsumerSettings("t", "g"))
 
 
 def test_kafka_python_refuses_unknown_settings_as_config_errors():
