@@ -1,7 +1,9 @@
 """The ``dwell`` command: ``broker``, ``replay``, ``learn`` and ``demo``.
 
 Settings come from flags, ``DWELL_*`` environment variables and an optional TOML file
-(``--config``), in that order of precedence; see :mod:`learner.service.config`.
+(``--config``), in that order of precedence; see :mod:`learner.service.config`. Each
+subcommand's ``--help`` shows its flags in groups: its own, then one per concern of the
+settings (Kafka connection, topics and consumer, model and training, ...).
 """
 
 from __future__ import annotations
@@ -161,7 +163,8 @@ def _learn(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.shutdown()
-    print(format_totals(totals, daemon.learner.evaluator.values()))
+    print(format_totals(totals, daemon.learner.evaluator.values(),
+                        baseline=daemon.learner.baseline_evaluator.values()))
     job = totals.get("job")
     if job:
         print(f"job of {job['ranks']} ranks: consumed {job['consumed']:,} accepted "
@@ -222,26 +225,29 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=_broker)
 
     p = sub.add_parser("replay", help="replay a historical log into a Kafka topic")
-    p.add_argument("file", nargs="?", default=str(DEFAULT_DATA), help="log file")
-    p.add_argument("--format", default="auto", type=Flag(str, Choices(("auto", *READERS))),
-                   help=f"log format: auto or {', '.join(READERS)}")
-    p.add_argument("--map", nargs="*", metavar="FIELD=COLUMN", help="column mapping (generic)",
-                   type=Flag(str, Pattern(r"[A-Za-z_][\w.]*=.+", "FIELD=COLUMN",
-                                          ("user_id", "=x", "a b=c"))))
-    p.add_argument("--time-unit", choices=["ms", "s"], default="ms",
-                   help="unit of the time column (generic)")
-    pace = p.add_mutually_exclusive_group()
+    log = p.add_argument_group("the log", "what is read, and what is sent of it")
+    log.add_argument("file", nargs="?", default=str(DEFAULT_DATA), help="log file")
+    log.add_argument("--format", default="auto", type=Flag(str, Choices(("auto", *READERS))),
+                     help=f"log format: auto or {', '.join(READERS)}")
+    log.add_argument("--map", nargs="*", metavar="FIELD=COLUMN", help="column mapping (generic)",
+                     type=Flag(str, Pattern(r"[A-Za-z_][\w.]*=.+", "FIELD=COLUMN",
+                                            ("user_id", "=x", "a b=c"))))
+    log.add_argument("--time-unit", choices=["ms", "s"], default="ms",
+                     help="unit of the time column (generic)")
+    log.add_argument("--limit", type=Flag(int, Range(0)), help="send at most this many events")
+    log.add_argument("--shift", choices=["invert", "swap_items"],
+                     help="inject a concept shift (a drift-detection drill; producers/shift.py)")
+    log.add_argument("--shift-at", type=Flag(int, Range(0)),
+                     help="first shifted event (default: the middle)")
+    sending = p.add_argument_group("sending", "pace (as fast as possible unless --rate or "
+                                   "--speed) and delivery")
+    pace = sending.add_mutually_exclusive_group()
     pace.add_argument("--rate", type=POSITIVE, help="events per second")
     pace.add_argument("--speed", type=POSITIVE, help="multiple of real event time")
-    p.add_argument("--limit", type=Flag(int, Range(0)), help="send at most this many events")
-    p.add_argument("--shift", choices=["invert", "swap_items"],
-                   help="inject a concept shift (a drift-detection drill; producers/shift.py)")
-    p.add_argument("--shift-at", type=Flag(int, Range(0)),
-                   help="first shifted event (default: the middle)")
-    p.add_argument("--resend-rounds", type=Flag(int, Range(0, 100)), default=3,
-                   help="rounds of sending again, on a fresh producer, the events whose "
-                        "delivery failed with a retriable error (timed out while the cluster "
-                        "was away); at-least-once for those (default 3; 0: off)")
+    sending.add_argument("--resend-rounds", type=Flag(int, Range(0, 100)), default=3,
+                         help="rounds of sending again, on a fresh producer, the events whose "
+                              "delivery failed with a retriable error (timed out while the "
+                              "cluster was away); at-least-once for those (default 3; 0: off)")
     add_config_args(p, KAFKA_FLAGS)
     p.set_defaults(func=_replay)
 
@@ -261,11 +267,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             sub.add_parser(name)
 
     p = sub.add_parser("demo", help="broker + replay of the shipped data + learner, end to end")
-    p.add_argument("file", nargs="?", default=str(DEFAULT_DATA), help="log file to replay")
-    p.add_argument("--keep-serving", action="store_true",
-                   help="keep broker, learner and /metrics up after the replay (Ctrl-C stops)")
-    p.add_argument("--external", action="store_true",
-                   help="use the broker at --bootstrap instead of starting one")
+    demo = p.add_argument_group("the demo")
+    demo.add_argument("file", nargs="?", default=str(DEFAULT_DATA), help="log file to replay")
+    demo.add_argument("--keep-serving", action="store_true",
+                      help="keep broker, learner and /metrics up after the replay (Ctrl-C "
+                           "stops)")
+    demo.add_argument("--external", action="store_true",
+                      help="use the broker at --bootstrap instead of starting one")
     add_config_args(p)
     p.set_defaults(func=_demo)
     return parser
