@@ -38,4 +38,4 @@ def to_ids(ids: Sequence[Hashable]) -> Sequence[Hashable]:
 def to_events(batch: EventBatch) -> Events:
     """The valid events of ``batch`` as the core's batch; its columns are not copied."""
     return Events(to_ids(batch.user_id), to_ids(batch.video_id), batch.play_ms,
-                  batch.duration_ms, batch.ts_ms, batch.explicit)
+                  batch.duration_ms, batch.ts_ms, batch.explicit, batch.tab)

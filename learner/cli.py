@@ -163,7 +163,8 @@ def _learn(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.shutdown()
-    print(format_totals(totals, daemon.learner.evaluator.values()))
+    print(format_totals(totals, daemon.learner.evaluator.values(),
+                        baseline=daemon.learner.baseline_evaluator.values()))
     job = totals.get("job")
     if job:
         print(f"job of {job['ranks']} ranks: consumed {job['consumed']:,} accepted "

@@ -8,9 +8,9 @@ detail (for the dead-letter record).
 Ordinary records (integer or short string ids, plain JSON: :mod:`stream.scan`) are read by
 one compiled pass straight into columns, ~0.55 us a record with the column checks. The others
 are parsed by msgspec into a typed struct (:class:`Wire`): the types are checked in C as the
-JSON is read, and of ``context`` only ``explicit`` is built (the other free features are
-parsed and skipped: no backbone reads them yet; a backbone that does adds its fields to
-:class:`Context` and to the scanner). That is ~1.2 us a record, against ~4 us for a dict from
+JSON is read, and of ``context`` only ``explicit`` and ``tab`` are built (the other free
+features are parsed and skipped: a backbone that reads one adds it to :class:`Context` and
+to the scanner). That is ~1.2 us a record, against ~4 us for a dict from
 orjson.
 
 What is valid JSON is orjson's rule (strict UTF-8, numbers that fit a double, nesting up to
@@ -39,7 +39,7 @@ import msgspec
 import numpy as np
 import orjson
 
-from stream.scan import Scanned, scan
+from stream.scan import MAX_TAB, Scanned, scan
 from stream.screen import all_plain, plain
 
 MAX_VALUE_BYTES = 64 * 1024
@@ -94,6 +94,7 @@ class EventBatch:
     duration_ms: np.ndarray  # int64
     ts_ms: np.ndarray  # int64
     explicit: np.ndarray  # float32: 1 like, 0 dislike, NaN when the event carries none
+    tab: np.ndarray  # int64: the app surface (context.tab), 0..MAX_TAB; -1 for none
     rejected: list[Rejected] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -130,6 +131,7 @@ class Context(msgspec.Struct, gc=False):
     """The part of an event's ``context`` the learner reads; other fields are skipped."""
 
     explicit: Any = None
+    tab: Any = None
 
 
 class Wire(msgspec.Struct, gc=False):
@@ -179,7 +181,7 @@ def _wire(obj: dict[str, Any]) -> Wire:
     user_id, video_id, play_ms, duration_ms, ts_ms = (obj[name] for name in REQUIRED)
     context = obj.get("context")
     return Wire(user_id, video_id, play_ms, duration_ms, ts_ms, obj.get("event_id", msgspec.UNSET),
-                None if context is None else Context(context.get("explicit")))
+                None if context is None else Context(context.get("explicit"), context.get("tab")))
 
 
 def check_wire(wire: Wire) -> None:
@@ -251,7 +253,8 @@ def _scanned(read: Scanned, positions: np.ndarray) -> EventBatch:
     user_id, video_id = read.ids(positions)
     return EventBatch(index=positions, user_id=user_id, video_id=video_id,
                       play_ms=numbers[0], duration_ms=numbers[1], ts_ms=numbers[2],
-                      explicit=read.explicit[positions], rejected=rejected)
+                      explicit=read.explicit[positions], tab=read.tab[positions],
+                      rejected=rejected)
 
 
 def _with_unusual(values: list[bytes], max_bytes: int, read: Scanned) -> EventBatch:
@@ -271,7 +274,7 @@ def _with_unusual(values: list[bytes], max_bytes: int, read: Scanned) -> EventBa
     return EventBatch(
         index=index[order], user_id=ids[0], video_id=ids[1],
         **{name: np.concatenate([getattr(scanned, name), getattr(general, name)])[order]
-           for name in ("play_ms", "duration_ms", "ts_ms", "explicit")},
+           for name in ("play_ms", "duration_ms", "ts_ms", "explicit", "tab")},
         rejected=rejected,
     )
 
@@ -309,6 +312,7 @@ def _columns(index: np.ndarray, rejected: list[Rejected], fields: list[list],
         index=index, user_id=user_id, video_id=video_id,
         play_ms=numbers[0], duration_ms=numbers[1], ts_ms=numbers[2],
         explicit=_explicit_column([None if c is None else c.explicit for c in contexts]),
+        tab=_tab_column([None if c is None else c.tab for c in contexts]),
         rejected=rejected,
     )
 
@@ -316,6 +320,11 @@ def _columns(index: np.ndarray, rejected: list[Rejected], fields: list[list],
 def _explicit_column(values: list[Any]) -> np.ndarray:
     return np.array([float(v) if v in (0, 1) and type(v) is not float else np.nan
                      for v in values], dtype=np.float32)
+
+
+def _tab_column(values: list[Any]) -> np.ndarray:
+    return np.array([v if type(v) is int and 0 <= v <= MAX_TAB else -1 for v in values],
+                    dtype=np.int64)
 
 
 

@@ -18,14 +18,15 @@ a repeated field, an event id over ``max_id_bytes``, anything malformed. The ran
 numbers are checked afterwards, a column at a time, as on the general path.
 
 ``explicit`` is read as the general path reads it: 0 or 1 (``false``, ``true``, ``-0``
-too) from ``context.explicit``, NaN for anything else or nothing.
+too) from ``context.explicit``, NaN for anything else or nothing; ``tab`` an integer from 0
+to ``MAX_TAB`` from ``context.tab``, -1 for anything else or nothing.
 
 >>> read = scan([b'{"user_id": 7, "video_id": 9, "play_ms": 1, "duration_ms": 2, "ts_ms": 3,'
-...              b' "context": {"explicit": true, "x": [1, {}]}}',
+...              b' "context": {"explicit": true, "x": [1, {}], "tab": 4}}',
 ...              b'{"user_id": "u7", "video_id": 9, "play_ms": 1, "duration_ms": 2, "ts_ms": 3}',
 ...              b'{"user_id": "u7", "video_id": 9, "play_ms": 1}'], 1024)
->>> read.ok.tolist(), read.ints[0].tolist(), read.explicit[:1].tolist()
-([True, True, False], [7, 9, 1, 2, 3], [1.0])
+>>> read.ok.tolist(), read.ints[0].tolist(), read.explicit[:1].tolist(), read.tab[:2].tolist()
+([True, True, False], [7, 9, 1, 2, 3], [1.0], [4, -1])
 >>> read.ids(np.array([0, 1]))
 ([7, 'u7'], [9, 9])
 """
@@ -38,8 +39,11 @@ import numpy as np
 from numba import njit
 
 FIELDS = ("user_id", "video_id", "play_ms", "duration_ms", "ts_ms", "event_id", "context")
-_EXPLICIT = len(FIELDS)  # the key index of context's "explicit"
-_NAMES = [name.encode() for name in (*FIELDS, "explicit")]
+_EXPLICIT = len(FIELDS)  # the key indices of context's "explicit" and "tab"
+_TAB = _EXPLICIT + 1
+#: the largest tab read; a larger one, or anything but an integer, is none (-1)
+MAX_TAB = 2**31 - 1
+_NAMES = [name.encode() for name in (*FIELDS, "explicit", "tab")]
 _KEYS = np.frombuffer(b"".join(_NAMES), np.uint8)
 _KEY_STARTS = np.cumsum([0] + [len(name) for name in _NAMES]).astype(np.int64)
 _TRUE, _FALSE, _NULL = (np.frombuffer(word, np.uint8) for word in (b"true", b"false", b"null"))
@@ -53,6 +57,8 @@ _STOPS[[_c for _c in range(256) if _c in (34, 92) or _c < 32 or _c >= 128]] = Tr
 _FIRST = np.full(256, -1, np.int64)
 for _k, _name in enumerate(_NAMES[:len(FIELDS)]):
     _FIRST[_name[0]] = _k
+_CONTEXT_FIRST = np.full(256, -1, np.int64)  # the same in the context object
+_CONTEXT_FIRST[ord("e")], _CONTEXT_FIRST[ord("t")] = _EXPLICIT, _TAB
 
 
 class _JitOptions(TypedDict):  # typed, so that **_JIT matches njit's keyword arguments
@@ -110,30 +116,30 @@ def _string_end(buf, i):
 @njit(**_JIT)
 def _record(buf, i, end, ints, spans, strs, stack, max_id):
     """Read the record ``buf[i:end]`` into ``ints`` (a string id: its span into ``spans``,
-    and ``strs`` says so): (whether it is ordinary, explicit).
+    and ``strs`` says so): (whether it is ordinary, explicit, tab).
 
     One pass, one loop: ``state`` says what comes next, ``stack`` holds the open brackets.
     ``key`` is the field of the value about to start: 0-6 in the top-level object, 7
-    (explicit) in the context object (at depth ``context``), -1 anywhere else."""
-    explicit = np.nan
-    depth, seen, key, context, explicit_seen = 0, 0, -1, -1, False
+    (explicit) or 8 (tab) in the context object (at depth ``context``), -1 anywhere else."""
+    explicit, tab = np.nan, -1
+    depth, seen, key, context, context_seen = 0, 0, -1, -1, 0
     state = _VALUE
     while True:
         while i < end and _space(buf[i]):
             i += 1
         if i >= end:
-            return False, explicit
+            return False, explicit, tab
         b = buf[i]
         field = key if depth == 1 or (depth == context and depth > 1) else -1
         if state == _VALUE:
             if b == _OPEN_OBJ or b == _OPEN_ARR:
                 if depth == 0 and b != _OPEN_OBJ:
-                    return False, explicit
+                    return False, explicit, tab
                 if depth == 1 and field >= 0 and field != _CONTEXT or field == _CONTEXT and (
                         b != _OPEN_OBJ):
-                    return False, explicit  # a field that is no object, or a list context
+                    return False, explicit, tab  # a field that is no object, or a list context
                 if depth == _MAX_DEPTH:
-                    return False, explicit
+                    return False, explicit, tab
                 if field == _CONTEXT and depth == 1:
                     context = 2
                 stack[depth] = b
@@ -142,15 +148,15 @@ def _record(buf, i, end, ints, spans, strs, stack, max_id):
                 i += 1
                 continue
             if depth == 0:
-                return False, explicit
+                return False, explicit, tab
             if b == _QUOTE:  # a string: ASCII, no control bytes, no escapes
                 j = _string_end(buf, i + 1)
                 if j >= end or buf[j] != _QUOTE:
-                    return False, explicit
+                    return False, explicit, tab
                 if depth == 1 and field >= 0:
                     if field > 1 and field != 5 or j - i - 1 > max_id or j == i + 1 and (
                             field < 2):
-                        return False, explicit  # a string where a number goes, a long id,
+                        return False, explicit, tab  # a string where a number goes, a long id,
                     if field < 2:  # an empty id; a string id is kept as its span
                         spans[2 * field], spans[2 * field + 1] = i + 1, j
                         strs[field] = True
@@ -158,7 +164,7 @@ def _record(buf, i, end, ints, spans, strs, stack, max_id):
             elif b == _MINUS or _digit(b):
                 j = i + 1 if b == _MINUS else i
                 if j >= end or not _digit(buf[j]):
-                    return False, explicit
+                    return False, explicit, tab
                 start, value = j, 0  # the value read as the digits are (wrong past 18)
                 if buf[j] == _ZERO:
                     j += 1
@@ -169,14 +175,14 @@ def _record(buf, i, end, ints, spans, strs, stack, max_id):
                 count = j - start
                 integer = count <= _MAX_DIGITS
                 if count >= _LONG_RUN:
-                    return False, explicit
+                    return False, explicit, tab
                 if j < end and buf[j] == _DOT:
                     j += 1
                     fraction = j
                     while j < end and _digit(buf[j]):
                         j += 1
                     if j == fraction or j - fraction >= _LONG_RUN:
-                        return False, explicit
+                        return False, explicit, tab
                     integer = False
                 if j < end and (buf[j] == _LOWER_E or buf[j] == _UPPER_E):
                     j += 1
@@ -186,31 +192,33 @@ def _record(buf, i, end, ints, spans, strs, stack, max_id):
                     while j < end and _digit(buf[j]):
                         j += 1
                     if j == exponent or j - exponent >= _LONG_EXPONENT:
-                        return False, explicit
+                        return False, explicit, tab
                     integer = False
                 if integer and b == _MINUS:
                     value = -value
                 if depth == 1 and field >= 0:
                     if field > 4 or not integer:
-                        return False, explicit  # a number where a string goes, or no int64
+                        return False, explicit, tab  # a number where a string goes, or no int64
                     ints[field] = value
                 elif field == _EXPLICIT and integer and (value == 0 or value == 1):
                     explicit = float(value)
+                elif field == _TAB and integer and value >= 0 and value <= MAX_TAB:
+                    tab = value
                 i = j
             elif b == _T or b == _F or b == _N:
                 word = _TRUE if b == _T else (_FALSE if b == _F else _NULL)
                 if i + word.size > end:
-                    return False, explicit
+                    return False, explicit, tab
                 for k in range(word.size):
                     if buf[i + k] != word[k]:
-                        return False, explicit
+                        return False, explicit, tab
                 if depth == 1 and field >= 0 and (field != _CONTEXT or b != _N):
-                    return False, explicit  # only context may be null
+                    return False, explicit, tab  # only context may be null
                 if field == _EXPLICIT and b != _N:
                     explicit = 1.0 if b == _T else 0.0
                 i += word.size
             else:
-                return False, explicit
+                return False, explicit, tab
             state = _AFTER_VALUE
             while _space(buf[i]):  # a comma, most often: taken here, not by another turn
                 i += 1
@@ -221,30 +229,30 @@ def _record(buf, i, end, ints, spans, strs, stack, max_id):
             state = _AFTER_VALUE
         elif state == _FIRST_KEY or state == _KEY:
             if b != _QUOTE:
-                return False, explicit
+                return False, explicit, tab
             # a known name is matched where it starts (no other key starts like it)
             key = _FIRST[buf[i + 1]] if depth == 1 else (
-                _EXPLICIT if depth == context else -1)
+                _CONTEXT_FIRST[buf[i + 1]] if depth == context else -1)
             if key >= 0 and _is_key(buf, i + 1, end, key):
                 j = i + 1 + _KEY_STARTS[key + 1] - _KEY_STARTS[key]
-                if key == _EXPLICIT:
-                    if explicit_seen:
-                        return False, explicit
-                    explicit_seen = True
+                if key >= _EXPLICIT:
+                    if context_seen & (1 << (key - _EXPLICIT)):
+                        return False, explicit, tab
+                    context_seen |= 1 << (key - _EXPLICIT)
                 else:
                     if seen & (1 << key):
-                        return False, explicit  # a field twice
+                        return False, explicit, tab  # a field twice
                     seen |= 1 << key
             else:
                 key = -1
                 j = _string_end(buf, i + 1)
                 if j >= end or buf[j] != _QUOTE:
-                    return False, explicit
+                    return False, explicit, tab
             i = j + 1
             while _space(buf[i]):  # the colon: taken here, not by another turn of the loop
                 i += 1
             if i >= end or buf[i] != _COLON:
-                return False, explicit
+                return False, explicit, tab
             state = _VALUE
             i += 1
         elif state == _FIRST_VALUE:  # [] closes as after a value
@@ -260,18 +268,18 @@ def _record(buf, i, end, ints, spans, strs, stack, max_id):
                     i += 1
                     while i < end and _space(buf[i]):
                         i += 1
-                    return i == end and seen & 31 == 31, explicit
+                    return i == end and seen & 31 == 31, explicit, tab
             else:
-                return False, explicit
+                return False, explicit, tab
             i += 1
 
 
 @njit(**_JIT)
-def _scan(buf, starts, ends, ints, spans, strs, explicit, ok, max_id):
+def _scan(buf, starts, ends, ints, spans, strs, explicit, tab, ok, max_id):
     stack = np.zeros(_MAX_DEPTH, np.uint8)
     for r in range(starts.size):
-        ok[r], explicit[r] = _record(buf, starts[r], ends[r], ints[r], spans[r], strs[r],
-                                     stack, max_id)
+        ok[r], explicit[r], tab[r] = _record(buf, starts[r], ends[r], ints[r], spans[r],
+                                             strs[r], stack, max_id)
 
 
 class IntIds(list):
@@ -302,11 +310,13 @@ class StrIds(list):
 class Scanned(NamedTuple):
     """What :func:`scan` read: ``ok`` (bool, which records are ordinary), ``ints`` (int64, a
     row of user_id, video_id, play_ms, duration_ms and ts_ms per record, an id 0 where it is
-    a string), ``explicit`` (float32); meaningful where ``ok``. :meth:`ids` gives the ids."""
+    a string), ``explicit`` (float32), ``tab`` (int64); meaningful where ``ok``.
+    :meth:`ids` gives the ids."""
 
     ok: np.ndarray
     ints: np.ndarray
     explicit: np.ndarray
+    tab: np.ndarray
     spans: np.ndarray  # int64 (n, 4): where each string id lies in ``text``
     strs: np.ndarray  # bool (n, 2): which ids are strings
     text: str  # the records, joined, one character a byte
@@ -340,10 +350,12 @@ def scan(values: list[bytes], max_bytes: int, max_id_bytes: int = 128) -> Scanne
     spans = np.zeros((n, 4), np.int64)
     strs = np.zeros((n, 2), np.bool_)
     explicit = np.empty(n, np.float32)
+    tab = np.empty(n, np.int64)
     ok = np.zeros(n, np.bool_)
     joined = b"".join([*values, b"\0"])  # the NUL stops every run at the end
-    _scan(np.frombuffer(joined, np.uint8), starts, ends, ints, spans, strs, explicit, ok,
+    _scan(np.frombuffer(joined, np.uint8), starts, ends, ints, spans, strs, explicit, tab, ok,
           max_id_bytes)
     ok &= lengths <= max_bytes
     # latin-1 maps byte i to character i: ordinary records are ASCII, their spans the same
-    return Scanned(ok, ints, explicit, spans, strs, joined.decode("latin-1") if strs.any() else "")
+    return Scanned(ok, ints, explicit, tab, spans, strs,
+                   joined.decode("latin-1") if strs.any() else "")

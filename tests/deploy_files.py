@@ -43,6 +43,7 @@ EXPORTED_METRICS = frozenset({
     "dwell_loss",
     "dwell_log_loss",
     "dwell_auc",
+    "dwell_baseline_auc",
     "dwell_auc_drift",
     "dwell_drift_detections_total",
     "dwell_drift_last_detection_timestamp_seconds",

@@ -107,7 +107,7 @@ def stream(users: int, videos: int, max_users: int = 0, max_videos: int = 0,
         learner.learn_many(EventBatch(
             np.arange(size), user_ids[lo:hi].tolist(), video_ids[lo:hi].tolist(),
             play_ms[lo:hi], duration_ms[lo:hi], ts_ms[lo:hi], no_explicit[:size],
-            [None] * size,
+            np.full(size, -1, np.int64), [None] * size,
         ))
         if any(lo < mark <= hi for mark in marks):
             taken.append({"events": hi, "rss_kib": _memory_kib("VmRSS"),

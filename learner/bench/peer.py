@@ -28,6 +28,7 @@ from learner.bounds import positive_int
 from learner.bridge import to_events
 from learner.core.labels import POSITIVE, VAGUE, LabelRule
 from learner.core.prequential import auc_score
+from learner.core.settings import PAPER_SETTINGS
 from learner.core.trainer import OnlineLearner
 from learner.evaluation.datasets import KUAIRAND
 from learner.service.config import Config
@@ -37,13 +38,18 @@ from stream.event import decode_batch
 
 SECTION = "bench:peer"
 DWELL_SETUPS = {
-    "dwell GMF, BCE": {"loss": "bce"},
-    "dwell GMF, IDL+IG": {"loss": "idl", "meta": "ig", "num_neg": 1},
+    "dwell defaults (wide, BCE)": {},
+    "dwell wide, IDL+IG": {"loss": "idl", "meta": "ig", "num_neg": 1},
+    "dwell GMF, BCE": {**PAPER_SETTINGS, "loss": "bce"},
+    "dwell GMF, IDL+IG": {**PAPER_SETTINGS, "loss": "idl", "meta": "ig", "num_neg": 1},
     "dwell GMF, IDL+IG, max 4 steps per batch, lr 0.03": {
-        "loss": "idl", "meta": "ig", "num_neg": 1, "max_steps": 4, "lr": 0.03},
-    "dwell DeepFM, IDL+IG": {"model": "deepfm", "loss": "idl", "meta": "ig", "num_neg": 1},
+        **PAPER_SETTINGS, "loss": "idl", "meta": "ig", "num_neg": 1, "max_steps": 4,
+        "lr": 0.03},
+    "dwell DeepFM, IDL+IG": {**PAPER_SETTINGS, "model": "deepfm", "loss": "idl", "meta": "ig",
+                             "num_neg": 1},
     "dwell DeepFM, IDL+IG, max 8 steps per batch": {
-        "model": "deepfm", "loss": "idl", "meta": "ig", "num_neg": 1, "max_steps": 8},
+        **PAPER_SETTINGS, "model": "deepfm", "loss": "idl", "meta": "ig", "num_neg": 1,
+        "max_steps": 8},
 }
 
 

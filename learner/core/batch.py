@@ -39,6 +39,8 @@ class EventColumns(Protocol):
 
     def __len__(self) -> int: ...
 
+    # optional: ``tab`` (int64, the app surface, NO_TAB for none), read where present
+
 
 @dataclass(slots=True)
 class Events:
@@ -50,6 +52,7 @@ class Events:
     duration_ms: np.ndarray
     ts_ms: np.ndarray
     explicit: np.ndarray
+    tab: np.ndarray | None = None  # int64, the app surface (learner.core.features); None
 
     def __len__(self) -> int:
         return len(self.user_id)

@@ -85,15 +85,18 @@ class MixedAdam:
     By default :class:`RowSparseAdam` and torch's fused Adam (one kernel for all the dense
     tensors, where the default runs a Python loop over them); ``lean=False`` takes torch's
     SparseAdam and Adam as they come (the benchmarks' baseline, ``dwell bench --suites
-    steps``). Both keep torch's state layout, so checkpoints load into either.
+    steps``). Both keep torch's state layout, so checkpoints load into either. ``dense_lr``
+    (0: ``lr``) is the dense parameters' own learning rate.
     """
 
-    def __init__(self, model: Backbone, lr: float, lean: bool = True) -> None:
+    def __init__(self, model: Backbone, lr: float, lean: bool = True,
+                 dense_lr: float = 0.0) -> None:
         sparse = [getattr(model, n).weight for n in model.user_tables + model.item_tables]
         sparse_ids = {id(p) for p in sparse}
-        dense = [p for p in model.parameters() if id(p) not in sparse_ids]
+        dense = [p for p in model.parameters() if id(p) not in sparse_ids and p.requires_grad]
         self.sparse = (RowSparseAdam if lean else torch.optim.SparseAdam)(sparse, lr=lr)
-        self.dense = torch.optim.Adam(dense, lr=lr, fused=lean or None) if dense else None
+        self.dense = (torch.optim.Adam(dense, lr=dense_lr or lr, fused=lean or None)
+                      if dense else None)
 
     @property
     def optimizers(self) -> list[torch.optim.Optimizer]:
@@ -149,6 +152,17 @@ def ensure_rows(model: Backbone, opt: MixedAdam, users: int, items: int) -> None
             while rows < needed:
                 rows *= 2
             _grow_table(table, rows, opt.sparse)
+    for names, needed in ((model.user_buffers, users), (model.item_buffers, items)):
+        for name in names:
+            buffer = getattr(model, name)
+            rows = buffer.shape[0]
+            if needed <= rows:
+                continue
+            while rows < needed:
+                rows *= 2
+            grown = buffer.new_zeros((rows, *buffer.shape[1:]))
+            grown[: buffer.shape[0]] = buffer
+            setattr(model, name, grown)  # a registered buffer stays one
 
 
 @torch.no_grad()
@@ -170,3 +184,7 @@ def reset_rows(model: Backbone, opt: MixedAdam, users: np.ndarray, items: np.nda
             for value in opt.sparse.state.get(weight, {}).values():
                 if torch.is_tensor(value) and value.shape[:1] == weight.shape[:1]:
                     value[index] = 0
+    for names, rows in ((model.user_buffers, users), (model.item_buffers, items)):
+        for name in names:
+            buffer = getattr(model, name)
+            buffer[torch.as_tensor(rows, dtype=torch.int64, device=buffer.device)] = 0

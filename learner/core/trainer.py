@@ -36,11 +36,12 @@ import numpy as np
 import torch
 
 from learner.core.backbones import make_backbone
+from learner.core.baselines import RunningRates
 from learner.core.batch import EventColumns
 from learner.core.devices import resolve_device, rng_state, set_rng_state, to_device
 from learner.core.errors import ConfigError
 from learner.core.fast import CompiledStep, make_inverse_gradient, make_loss_step
-from learner.core.features import event_features
+from learner.core.features import FEATURE_SIZES, event_features
 from learner.core.ids.idmap import IdMap
 from learner.core.labels import CLASS_NAMES, NEGATIVE, POSITIVE, VAGUE
 from learner.core.losses import make_loss
@@ -73,6 +74,7 @@ class BatchResult:
     vague_total: int = 0
     branches: Counter = field(default_factory=Counter)  # IG branch kept, per step
     scores: np.ndarray | None = None  # prequential like probability of each real event
+    baseline_scores: np.ndarray | None = None  # the counting baseline's, the same way
     classes: np.ndarray | None = None  # label class of each real event (POSITIVE, ...)
     # wall time of each optimiser step (the steps of one compiled call share its time evenly)
     step_seconds: np.ndarray | None = None
@@ -97,7 +99,7 @@ class OnlineLearner:
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.model = make_backbone(settings.model, settings.dim).to(self.device)
-        self.optimizer = MixedAdam(self.model, lr=settings.lr)
+        self.optimizer = MixedAdam(self.model, lr=settings.lr, dense_lr=settings.dense_lr)
         self.loss = make_loss(settings.loss)
         self.ig = (
             make_inverse_gradient(self.model, self.optimizer, settings.sample_lr,
@@ -123,8 +125,11 @@ class OnlineLearner:
         # items) the rank's own
         draws = settings.seed if settings.rank == 0 else [settings.seed, settings.rank]
         self.sampler = NegativeSampler(settings.num_neg, settings.sampler, draws)
-        self.reservoir = Reservoir(settings.meta_size, n_feats=2)
+        self.reservoir = Reservoir(settings.meta_size, n_feats=len(FEATURE_SIZES))
         self.evaluator = Evaluator(settings.auc_window, settings.auc_long_window)
+        # the counting baseline, scored and evaluated beside the model (learner.core.baselines)
+        self.baseline = RunningRates()
+        self.baseline_evaluator = Evaluator(settings.auc_window, settings.auc_long_window)
         self.steps = 0
         self._item_duration = np.zeros(1024, dtype=np.int64)  # last duration bucket per item
         self._rng = np.random.default_rng(draws)
@@ -210,6 +215,7 @@ class OnlineLearner:
         """
         reset_rows(self.model, self.optimizer, users, videos)
         self._item_duration[videos] = 0
+        self.baseline.forget(users, videos)
         self.sampler.forget(users, videos)
         self.reservoir.forget(users, videos)
 
@@ -247,6 +253,8 @@ class OnlineLearner:
             "sampler": self.sampler.state_dict(),
             "reservoir": self.reservoir.state_dict(),
             "evaluator": self.evaluator.state_dict(),
+            "baseline": self.baseline.state_dict(),
+            "baseline_evaluator": self.baseline_evaluator.state_dict(),
             "steps": self.steps,
             "rng": self._rng.bit_generator.state,
             "sampler_rng": self.sampler.rng.bit_generator.state,
@@ -258,6 +266,9 @@ class OnlineLearner:
         self.sampler.load_state_dict(state["sampler"])
         self.reservoir.load_state_dict(state["reservoir"])
         self.evaluator.load_state_dict(state["evaluator"])
+        if "baseline" in state:  # a checkpoint of before issue 20 has none: counted afresh
+            self.baseline.load_state_dict(state["baseline"])
+            self.baseline_evaluator.load_state_dict(state["baseline_evaluator"])
         self.steps = int(state["steps"])
         self._rng.bit_generator.state = state["rng"]
         self.sampler.rng.bit_generator.state = state["sampler_rng"]
@@ -300,12 +311,13 @@ class OnlineLearner:
     ) -> np.ndarray:
         """Like probabilities for (user, video) pairs; unseen ids get fresh rows.
 
-        ``feats`` (hour, duration bucket) per pair; by default hour 0 and each video's last
-        seen duration bucket.
+        ``feats`` (hour, duration bucket, tab) per pair; by default hour 0, each video's last
+        seen duration bucket and no tab.
         """
         users, videos = self._rows(user_ids, video_ids)
         if feats is None:
-            feats = np.stack([np.zeros_like(videos), self._item_duration[videos]], axis=1)
+            none = np.zeros_like(videos)
+            feats = np.stack([none, self._item_duration[videos], none], axis=1)
         return self.score_rows(users, videos, feats)
 
     def planned_steps(self, events: int) -> int:
@@ -346,22 +358,28 @@ class OnlineLearner:
         users, videos = rows if rows is not None else self._rows(batch.user_id, batch.video_id)
         evicted = {"user": int(self.users.last_evicted.size),
                    "video": int(self.videos.last_evicted.size)}
-        feats = event_features(batch.ts_ms, batch.duration_ms)
+        feats = event_features(batch.ts_ms, batch.duration_ms, getattr(batch, "tab", None))
         self._item_duration[videos] = feats[:, 1]
 
         scores = self.score_rows(users, videos, feats)
+        baseline_scores = self.baseline.score(users, videos)
         genuine = classes != VAGUE
-        self.evaluator.update("dwell", scores[genuine], classes[genuine])
+        positive = (classes[genuine] == POSITIVE).astype(np.float32)
+        self.baseline.observe(users[genuine], videos[genuine], positive)
         explicit = ~np.isnan(batch.explicit)
-        self.evaluator.update("explicit", scores[explicit], batch.explicit[explicit])
+        for evaluator, scored in ((self.evaluator, scores),
+                                  (self.baseline_evaluator, baseline_scores)):
+            evaluator.update("dwell", scored[genuine], classes[genuine])
+            evaluator.update("explicit", scored[explicit], batch.explicit[explicit])
         self.evaluator.update_classes(classes == POSITIVE, classes == VAGUE)
 
         self.sampler.observe(users, videos)
         source, s_items = self.sampler.sample(np.arange(len(batch)), len(self.videos))
         all_users = np.concatenate([users, users[source]])
         all_items = np.concatenate([videos, s_items])
-        s_feats = np.stack([feats[source, 0], self._item_duration[s_items]], axis=1)
-        all_feats = np.concatenate([feats, s_feats.reshape(-1, 2)])
+        s_feats = np.stack([feats[source, 0], self._item_duration[s_items], feats[source, 2]],
+                           axis=1)
+        all_feats = np.concatenate([feats, s_feats.reshape(-1, feats.shape[1])])
         labels = np.concatenate([classes == POSITIVE, np.zeros(s_items.size, bool)])
         vague = np.concatenate([classes == VAGUE, np.ones(s_items.size, bool)])
         labels = labels.astype(np.float32)
@@ -370,10 +388,17 @@ class OnlineLearner:
                                labels[: len(batch)][genuine])
         result = self._train(all_users, all_items, all_feats, labels, vague, counts, steps,
                              after_step, background)
+        if self.model.user_buffers or self.model.item_buffers:
+            # a counting backbone counts the batch once scored and trained on the counts it
+            # was scored with (in a distributed job, once the update log has the rows' bases)
+            self._settle()
+            self.model.observe(self._tensor(users[genuine]), self._tensor(videos[genuine]),
+                               self._tensor(positive))
         if result is None:  # training in the background: its figures come from trained()
             result = BatchResult(counts, 0, float("nan"), sampled=int(s_items.size),
                                  step_seconds=np.empty(0))
-        return dataclasses.replace(result, scores=scores, classes=classes, evicted=evicted)
+        return dataclasses.replace(result, scores=scores, baseline_scores=baseline_scores,
+                                   classes=classes, evicted=evicted)
 
     # -- training --------------------------------------------------------------------------
     def _train(self, users, items, feats, labels, vague, counts, steps=None,

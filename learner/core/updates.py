@@ -31,14 +31,18 @@ class UpdateLog:
         self.reset()
 
     def tensors(self) -> list[tuple[str, str, torch.Tensor, Any]]:
-        """(name, kind, parameter, its optimiser) of every parameter, in a fixed order."""
+        """(name, kind, parameter, its optimiser) of every parameter, in a fixed order; then
+        the backbone's counted buffers, with no optimiser."""
         m, opt = self.model, self.optimizer
         out: list[tuple[str, str, torch.Tensor, Any]] = [
             (n, "user", getattr(m, n).weight, opt.sparse) for n in m.user_tables]
         out += [(n, "item", getattr(m, n).weight, opt.sparse) for n in m.item_tables]
         sparse = {id(p) for _, _, p, _ in out}
         out += [(n, "dense", p, opt.dense) for n, p in m.named_parameters()
-                if id(p) not in sparse]
+                if id(p) not in sparse and p.requires_grad]
+        # counted buffers (no optimiser): the ranks' counts add up as the parameters' changes
+        out += [(n, "user", getattr(m, n), None) for n in m.user_buffers]
+        out += [(n, "item", getattr(m, n), None) for n in m.item_buffers]
         return out
 
     def reset(self) -> None:
@@ -72,7 +76,7 @@ class UpdateLog:
             if kind == "dense" or not fresh[kind].size:
                 continue
             index = torch.from_numpy(fresh[kind]).to(param.device)
-            state = opt.state.get(param, {})
+            state = opt.state.get(param, {}) if opt is not None else {}
             for slot, key in enumerate((None, "exp_avg", "exp_avg_sq")):
                 source = param if key is None else state.get(key)
                 value = (source.data[index].clone() if source is not None

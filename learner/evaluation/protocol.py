@@ -26,8 +26,10 @@ from functools import cache
 
 import numpy as np
 
+from learner.core.features import FEATURE_SIZES
 from learner.core.labels import NEGATIVE, POSITIVE, VAGUE
 from learner.core.prequential import auc_score
+from learner.core.settings import PAPER_SETTINGS
 from learner.core.trainer import LearnerSettings, OnlineLearner
 from learner.evaluation.datasets import Ratings, kuairand_batches, load_ml1m, rating_batches
 
@@ -63,7 +65,8 @@ def per_user_auc(users: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> f
 
 def _learner(method: str, model: str, seed: int, tuned: dict) -> OnlineLearner:
     settings = dataclasses.replace(
-        LearnerSettings(model=model, seed=seed), **METHODS[method], **tuned
+        LearnerSettings(**{**PAPER_SETTINGS, "model": model}, seed=seed), **METHODS[method],
+        **tuned,
     )
     return OnlineLearner(settings)
 
@@ -74,7 +77,7 @@ def _score_known(learner: OnlineLearner, ratings: Ratings) -> np.ndarray:
     items = learner.videos.lookup(ratings.items.tolist(), add=False)
     known = (users >= 0) & (items >= 0)
     scores = np.full(users.size, 0.5)
-    feats = np.zeros((int(known.sum()), 2), np.int64)
+    feats = np.zeros((int(known.sum()), len(FEATURE_SIZES)), np.int64)
     scores[known] = learner.score_rows(users[known], items[known], feats)
     return scores
 

@@ -164,11 +164,17 @@ class Config:
     idle_timeout_s: float = _consumer(0.0, "stop after this long without records (0: never)",
                                       SECONDS)
     # -- [model] -------------------------------------------------------------------------------
-    model: str = _model("gmf", "backbone", Choices(BACKBONE_NAMES))
-    dim: int = _model(32, "latent factors", Range(1, 65_536))
-    lr: float = _model(0.01, "learning rate (Adam / SparseAdam)", Range(0, 1e3, low_open=True))
+    model: str = _model("wide", "backbone: wide (biases, context, crosses and running "
+                        "counts: the best measured on a real feed), gmf, neumf or deepfm",
+                        Choices(BACKBONE_NAMES))
+    dim: int = _model(32, "latent factors (gmf, neumf, deepfm; the wide model has none)",
+                      Range(1, 65_536))
+    lr: float = _model(0.003, "learning rate (Adam / SparseAdam)",
+                       Range(0, 1e3, low_open=True))
+    dense_lr: float = _model(0.01, "learning rate of the dense layers and context weights "
+                             "(0: --lr)", Range(0, 1e3))
     loss: str = _model("bce", "training loss", Choices(LOSS_NAMES))
-    train_batch: int = _model(64, "events per optimiser step within a micro-batch",
+    train_batch: int = _model(1024, "events per optimiser step within a micro-batch",
                               Range(1, 10_000_000))
     background_training: bool = _model(True, "train a micro-batch on a second thread while the "
                                        "next one is fetched and decoded, where its steps run "

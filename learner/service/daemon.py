@@ -415,6 +415,9 @@ class Daemon:
         auc = self.learner.evaluator.values()
         for (window, target), value in auc.items():
             m.auc.labels(window, target).set(value)
+        baseline = self.learner.baseline_evaluator.values()
+        for (window, target), value in baseline.items():
+            m.baseline_auc.labels(window, target).set(value)
         drift = {t: auc[("short", t)] - auc[("long", t)] for t in TARGETS}
         for target, value in drift.items():
             m.auc_drift.labels(target).set(value)
@@ -439,6 +442,8 @@ class Daemon:
                 "accepted": totals["accepted"], "dead_lettered": totals["dead_lettered"],
                 "events_per_s": rate, "lag": sum(lag.values()),
                 "auc": {f"{w}/{t}": auc[(w, t)] for w in AUC_WINDOWS for t in TARGETS},
+                "baseline_auc": {f"{w}/{t}": baseline[(w, t)] for w in AUC_WINDOWS
+                                 for t in TARGETS},
                 "auc_drift": drift,
                 **{name: {w: means[(key, w)] for w in WINDOWS} for name, key in (
                     ("log_loss", "log_loss"), ("positive_rate", "positive"),

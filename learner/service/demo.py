@@ -103,5 +103,6 @@ def _run(cfg, args: argparse.Namespace) -> int:
         raise outcome["error"]
     totals = outcome["totals"]
     print(f"rows read     {stats.rows_read:,}  (not an event: {sum(stats.rejected.values()):,})")
-    print(format_totals(totals, daemon.learner.evaluator.values(), sent=stats.events_sent))
+    print(format_totals(totals, daemon.learner.evaluator.values(), sent=stats.events_sent,
+                        baseline=daemon.learner.baseline_evaluator.values()))
     return 0 if totals_add_up(totals, sent=stats.events_sent) else 1

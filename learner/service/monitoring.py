@@ -171,6 +171,14 @@ class Metrics:
             ["window", "target"],
             registry=r,
         )
+        self.baseline_auc = Gauge(
+            "dwell_baseline_auc",
+            "Prequential AUC of the counting baseline (the user's plus the video's running "
+            "positive rate, learner.core.baselines) on the same events, windows and targets "
+            "as dwell_auc: a model worth serving stays above it.",
+            ["window", "target"],
+            registry=r,
+        )
         self.auc_drift = Gauge(
             "dwell_auc_drift",
             "Short-window AUC minus long-window AUC: negative when quality is falling.",

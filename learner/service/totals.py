@@ -15,8 +15,10 @@ def totals_add_up(totals: dict, sent: int | None = None) -> bool:
             and not totals.get("uncommitted"))
 
 
-def format_totals(totals: dict, auc: dict, sent: int | None = None) -> str:
-    """The closing summary: counts that must add up, and the final AUCs."""
+def format_totals(totals: dict, auc: dict, sent: int | None = None,
+                  baseline: dict | None = None) -> str:
+    """The closing summary: counts that must add up, and the final AUCs (the model's, and
+    the counting baseline's beside them where ``baseline`` is given)."""
     lines = []
     rate = totals["consumed"] / totals["seconds"] if totals["seconds"] else 0.0
     if sent is not None:
@@ -38,6 +40,11 @@ def format_totals(totals: dict, auc: dict, sent: int | None = None) -> str:
             auc[("short", "explicit")], auc[("run", "explicit")],
         ),
     ]
+    if baseline is not None:
+        lines.append(
+            "  counting baseline       {:.4f}/{:.4f}                     {:.4f}/{:.4f}".format(
+                baseline[("short", "dwell")], baseline[("run", "dwell")],
+                baseline[("short", "explicit")], baseline[("run", "explicit")]))
     if totals.get("uncommitted"):
         from learner.service.commit import format_uncommitted  # late: it imports torch
 

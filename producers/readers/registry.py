@@ -24,6 +24,7 @@ READERS: dict[str, Callable[..., ReadResult]] = {
     "csv": partial(read_table, fmt="csv"),
     "tsv": partial(read_table, fmt="tsv"),
     "jsonl": partial(read_table, fmt="jsonl"),
+    "parquet": partial(read_table, fmt="parquet"),
 }
 NAMED = ("kuairand", "kuairec")
 
@@ -37,11 +38,16 @@ def detect_format(path: str | Path) -> str:
     """Guess a log's format from its first non-blank line.
 
     Returns ``"kuairand"`` or ``"kuairec"`` when the header carries their columns, else the
-    generic kind: ``"jsonl"`` (line starts with ``{``), ``"tsv"`` (has a TAB) or ``"csv"``.
+    generic kind: ``"parquet"`` (the file starts with Parquet's magic bytes), ``"jsonl"``
+    (line starts with ``{``), ``"tsv"`` (has a TAB) or ``"csv"``.
 
     >>> detect_format("data/kuairec_sample/big_matrix_1000.csv")
     'kuairec'
     """
+    if Path(path).is_file():
+        with open(path, "rb") as raw:
+            if raw.read(4) == b"PAR1":
+                return "parquet"
     with open_text(path) as handle:
         try:
             first = next((line for line in handle if line.strip()), "")

@@ -1,4 +1,4 @@
-"""Generic reader for CSV, TSV and JSON Lines logs, driven by a column mapping."""
+"""Generic reader for CSV, TSV, JSON Lines and Parquet logs, driven by a column mapping."""
 
 from __future__ import annotations
 
@@ -26,13 +26,16 @@ from ._common import (
 logger = logging.getLogger(__name__)
 
 REQUIRED = ("user_id", "video_id", "play_ms", "duration_ms", "ts_ms")
-FORMATS = ("csv", "tsv", "jsonl")
+FORMATS = ("csv", "tsv", "jsonl", "parquet")
 TIME_UNITS = ("ms", "s")
-_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+             ".parquet": "parquet", ".pq": "parquet"}
+_PARQUET_BATCH = 65_536  # rows read from a Parquet file at a time
 
 
 def format_from_suffix(path: str | Path) -> str:
-    """Infer ``"csv"``, ``"tsv"`` or ``"jsonl"`` from the file name (a ``.gz`` ending is skipped).
+    """Infer ``"csv"``, ``"tsv"``, ``"jsonl"`` or ``"parquet"`` from the file name (a ``.gz``
+    ending is skipped).
 
     >>> format_from_suffix("log.tsv.gz")
     'tsv'
@@ -91,14 +94,16 @@ def read_table(
     *,
     id_prefix: str | None = None,
 ) -> ReadResult:
-    """Read a CSV, TSV or JSONL log into events through ``mapping`` (event field -> column).
+    """Read a CSV, TSV, JSONL or Parquet log into events through ``mapping`` (event field ->
+    column).
 
     ``fmt`` None infers the format from the suffix. ``time_unit`` is the unit of the
     ``ts_ms`` column (``"s"`` allows fractions). Ids stay as written (int when the cell is an
     integer, else text); ``context.X`` cells are typed (int, float, else text) in CSV and kept
-    as they are in JSONL; an empty context cell is left out. Without an ``event_id`` column,
-    ``id_prefix`` gives ``"<id_prefix>:<line>"`` ids. Rows with an empty or non-numeric
-    required value are rejected and counted by reason (``"not_numeric_play_ms"``...).
+    as they are in JSONL and Parquet; an empty (null) context cell is left out. Without an
+    ``event_id`` column, ``id_prefix`` gives ``"<id_prefix>:<line>"`` ids. Rows with an
+    empty or non-numeric required value are rejected and counted by reason
+    (``"not_numeric_play_ms"``...).
 
     >>> r = read_table("log.csv", {"user_id": "uid", "video_id": "vid", "play_ms": "play",
     ...     "duration_ms": "dur", "ts_ms": "ts"}, time_unit="s")  # doctest: +SKIP
@@ -111,15 +116,18 @@ def read_table(
     if time_unit not in TIME_UNITS:
         raise ConfigError(f"unknown time unit {time_unit!r}; use 'ms' or 's'")
     result = ReadResult()
-    with open_text(path) as handle:
+    with open_text(path) if fmt != "parquet" else open(_file(path), "rb") as handle:
         try:
-            rows = _json_rows(handle) if fmt == "jsonl" else _csv_rows(handle, fmt, fields, path)
+            rows = (_parquet_rows(handle, fields, path) if fmt == "parquet"
+                    else _json_rows(handle) if fmt == "jsonl"
+                    else _csv_rows(handle, fmt, fields, path))
             for line, row in rows:
                 result.rows_read += 1
                 try:
                     if isinstance(row, str):
                         raise RowRejected(row)
-                    event = _event(row, fields, time_unit, line, id_prefix, fmt != "jsonl")
+                    event = _event(row, fields, time_unit, line, id_prefix,
+                                   fmt in ("csv", "tsv"))
                     result.events.append(event)
                 except RowRejected as exc:
                     result.rejected[exc.reason] += 1
@@ -156,6 +164,33 @@ def _csv_rows(handle, fmt: str, fields: dict[str, str], path) -> Iterator[tuple[
             continue
         # CSV has no null: an empty cell is a missing value.
         yield reader.line_num, {name: row[i] if row[i] != "" else None for name, i in col.items()}
+
+
+def _file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"input log {path} does not exist or is not a file")
+    return path
+
+
+def _parquet_rows(handle, fields: dict[str, str], path) -> Iterator[tuple[int, dict | str]]:
+    """The rows of a Parquet file, the mapped columns only, numbered from 1 as lines are."""
+    import pyarrow as pa  # late: only Parquet logs need it
+    import pyarrow.parquet as pq
+
+    try:
+        source = pq.ParquetFile(handle)
+    except pa.ArrowException as exc:
+        raise DataError(f"{path}: not a readable Parquet file: {exc}") from exc
+    names = list(dict.fromkeys(fields.values()))
+    missing = [name for name in names if name not in source.schema_arrow.names]
+    if missing:
+        raise DataError(f"{path}: no column(s) {', '.join(missing)} in the Parquet file")
+    line = 0
+    for batch in source.iter_batches(batch_size=_PARQUET_BATCH, columns=names):
+        for row in batch.to_pylist():
+            line += 1
+            yield line, row
 
 
 def _json_rows(handle) -> Iterator[tuple[int, dict | str]]:

@@ -16,6 +16,7 @@ from learner import bench as cli
 from learner import doc_sections as report
 from learner.bench import steps as bench
 from learner.core.backbones import BACKBONES, make_backbone
+from learner.core.features import FEATURE_SIZES
 from learner.core.meta import InverseGradient, Pairs
 from learner.core.optim import MixedAdam, ensure_rows
 from learner.machine import machine_description
@@ -56,9 +57,10 @@ def test_machine_description_names_the_versions():
     assert torch.__version__ in text and "Python" in text and "numpy" in text
 
 
-@pytest.mark.parametrize("name", ["gmf", "neumf"])
+@pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_reference_step_computes_what_the_fast_ig_computes(name):
-    """The benchmark's reference step is the same IG as learner.core.meta's, done the slow way."""
+    """The benchmark's reference step is the same IG as learner.core.meta's, done the slow way:
+    on every backbone, with context features."""
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     model = make_backbone(name, 6)
@@ -69,9 +71,9 @@ def test_reference_step_computes_what_the_fast_ig_computes(name):
     ig = InverseGradient(model, opt, sample_lr=0.05)
     for _ in range(3):
         vague = Pairs(torch.randint(0, 30, (24,), generator=gen),
-                      torch.randint(0, 20, (24,), generator=gen))
+                      torch.randint(0, 20, (24,), generator=gen), _feats(24, gen))
         meta = Pairs(torch.randint(0, 30, (16,), generator=gen),
-                     torch.randint(0, 20, (16,), generator=gen))
+                     torch.randint(0, 20, (16,), generator=gen), _feats(16, gen))
         labels = torch.randint(0, 2, (16,), generator=gen).float()
         fast, _, _ = ig.step(vague, meta, labels)
         slow = bench.reference_ig_step(twin, twin_opt, vague, meta, labels, sample_lr=0.05)
@@ -79,6 +81,11 @@ def test_reference_step_computes_what_the_fast_ig_computes(name):
         for (n, p), (_, q) in zip(model.named_parameters(), twin.named_parameters(),
                                   strict=True):
             assert torch.allclose(p, q, atol=1e-6), n
+
+
+def _feats(n: int, gen: torch.Generator) -> torch.Tensor:
+    return torch.stack([torch.randint(0, size, (n,), generator=gen) for size in FEATURE_SIZES],
+                       dim=1)
 
 
 SECTION = "## Step cost\n\n| a | b |\n| --- | --- |\n| 1 | 2 |\n"

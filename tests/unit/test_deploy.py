@@ -46,7 +46,7 @@ ROWS = ["Learning quality", "Drift", "Throughput and lag", "Reliability",
 ALERT_NAMES = {
     "DwellAucLow", "DwellDriftDetected", "DwellAucDrop", "DwellConsumerLagGrowing",
     "DwellNoProgress", "DwellLearnerDown", "DwellCheckpointStale", "DwellDeadLetterRateHigh",
-    "DwellDeadLetterWritesFailing", "DwellRankFallingBehind",
+    "DwellDeadLetterWritesFailing", "DwellRankFallingBehind", "DwellModelBelowBaseline",
 }
 SERVICES = {"kafka", "learner", "replay", "prometheus", "grafana"}
 # Variables that are not Config fields but that dwell reads.
@@ -164,6 +164,20 @@ ALERT_CASES = [
         "alert_rule_test": [
             {"eval_time": "5m", "alertname": "DwellAucLow", "exp_alerts": []},
             {"eval_time": "12m", "alertname": "DwellAucLow",
+             "exp_alerts": [{"exp_labels": {"severity": "warning", "window": "long",
+                                            "target": "dwell", "instance": "learner:9464",
+                                            "job": "dwell"}}]},
+        ],
+    },
+    {   # the model falls below the counting baseline after 10 minutes
+        "input_series": [
+            {"series": f'dwell_auc{{{_L},window="long",target="dwell"}}', "values": "0.74x60"},
+            {"series": f'dwell_baseline_auc{{{_L},window="long",target="dwell"}}',
+             "values": "0.70x10 0.76x50"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "30m", "alertname": "DwellModelBelowBaseline", "exp_alerts": []},
+            {"eval_time": "45m", "alertname": "DwellModelBelowBaseline",
              "exp_alerts": [{"exp_labels": {"severity": "warning", "window": "long",
                                             "target": "dwell", "instance": "learner:9464",
                                             "job": "dwell"}}]},

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from learner.core.settings import PAPER_SETTINGS
 from learner.core.trainer import LearnerSettings, OnlineLearner
 from learner.service.distributed import JobSpec, Ranks, partitions_of
 from stream.broker import free_port
@@ -36,11 +37,12 @@ def _state(learner: OnlineLearner) -> dict[str, np.ndarray]:
     return out
 
 
-def _rank(rank: int, world: int, port: int, rounds: int, queue) -> None:
+def _rank(rank: int, world: int, port: int, rounds: int, queue, model: str = "gmf") -> None:
     ranks = Ranks(JobSpec(rank=rank, world_size=world, master_port=port, timeout_s=60))
     try:
-        learner = OnlineLearner(LearnerSettings(dim=4, train_batch=8, loss="idl", meta="ig",
-                                                rank=rank))
+        learner = OnlineLearner(LearnerSettings(
+            **{**PAPER_SETTINGS, "model": model, "train_batch": 8}, dim=4, loss="idl",
+            meta="ig", rank=rank))
         updates = learner.log_updates()
         report = {"rank": rank, "rounds": []}
         for r in range(rounds):
@@ -64,11 +66,11 @@ def _rank(rank: int, world: int, port: int, rounds: int, queue) -> None:
         ranks.close()
 
 
-def _run_job(world: int, rounds: int) -> list[dict]:
+def _run_job(world: int, rounds: int, model: str = "gmf") -> list[dict]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_rank, args=(r, world, port, rounds, queue))
+    procs = [ctx.Process(target=_rank, args=(r, world, port, rounds, queue, model))
              for r in range(world)]
     for p in procs:
         p.start()
@@ -111,6 +113,21 @@ def test_synchronisation_applies_every_ranks_update_whole(two_ranks):
             np.testing.assert_allclose(two_ranks[0]["rounds"][r]["after"]["user.weight"][rows],
                                        rep["rounds"][r]["before"]["user.weight"][rows],
                                        rtol=1e-5, atol=1e-6)
+
+
+def test_the_wide_model_s_counts_add_up_over_the_ranks():
+    """The wide model's counts (buffers, not trained) are synchronised as the sum of every
+    rank's counting: each rank then holds the job's counts, and the same model."""
+    ranks = _run_job(world=2, rounds=2, model="wide")
+    for r in range(2):
+        after = [rep["rounds"][r]["after"] for rep in ranks]
+        for key in after[0]:
+            np.testing.assert_array_equal(after[0][key], after[1][key], err_msg=key)
+        base = ranks[0]["rounds"][r]["base"]["item_counts"]
+        counted = sum(rep["rounds"][r]["before"]["item_counts"] - base for rep in ranks)
+        assert counted[:, 1].sum() > ranks[0]["rounds"][r]["before"]["item_counts"][:, 1].sum() \
+            - base[:, 1].sum()  # the other rank's events are in
+        np.testing.assert_allclose(after[0]["item_counts"], base + counted)
 
 
 def test_a_job_of_one_rank_changes_nothing():

@@ -210,7 +210,8 @@ def _batches(n_batches: int = 5, seed: int = 0):
             index=np.arange(n), user_id=rng.integers(0, 50, n).tolist(),
             video_id=rng.integers(0, 40, n).tolist(),
             play_ms=(duration * rng.uniform(0, 1.2, n)).astype(np.int64), duration_ms=duration,
-            ts_ms=np.arange(n, dtype=np.int64) * 1_000, explicit=np.full(n, np.nan, np.float32))
+            ts_ms=np.arange(n, dtype=np.int64) * 1_000, explicit=np.full(n, np.nan, np.float32),
+            tab=np.full(n, -1, np.int64))
 
 
 @pytest.mark.parametrize("setup", [{"loss": "idl", "meta": "ig", "num_neg": 1},

@@ -179,7 +179,7 @@ def test_detect_and_read_log_auto(kuairand: ReadResult, kuairec: ReadResult) -> 
     assert detect_format(KUAIREC) == "kuairec"
     assert read_log(KUAIREC).events == kuairec.events
     assert read_log(KUAIRAND, "kuairand").rows_read == kuairand.rows_read
-    assert set(READERS) == {"kuairand", "kuairec", "csv", "tsv", "jsonl"}
+    assert set(READERS) == {"kuairand", "kuairec", "csv", "tsv", "jsonl", "parquet"}
 
 
 def test_read_log_needs_mapping_for_generic(tmp_path: Path) -> None:
@@ -196,7 +196,7 @@ def test_read_log_needs_mapping_for_generic(tmp_path: Path) -> None:
 
 def test_read_log_bad_arguments() -> None:
     with pytest.raises(ConfigError, match="unknown log format"):
-        read_log(KUAIREC, "parquet")
+        read_log(KUAIREC, "xml")
     with pytest.raises(ConfigError, match="fixed schema"):
         read_log(KUAIREC, "kuairec", MAPPING)
 

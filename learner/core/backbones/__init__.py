@@ -9,10 +9,12 @@ from learner.core.backbones.base import Backbone
 from learner.core.backbones.deepfm import DeepFM
 from learner.core.backbones.gmf import GMF
 from learner.core.backbones.neumf import NeuMF
+from learner.core.backbones.wide import Wide
 from learner.core.features import FEATURE_SIZES
 from learner.core.settings import BACKBONE_NAMES
 
-BACKBONES: dict[str, type[Backbone]] = {"gmf": GMF, "neumf": NeuMF, "deepfm": DeepFM}
+BACKBONES: dict[str, type[Backbone]] = {"gmf": GMF, "neumf": NeuMF, "deepfm": DeepFM,
+                                   "wide": Wide}
 assert tuple(BACKBONES) == BACKBONE_NAMES, "learner.core.settings.BACKBONE_NAMES names them all"
 
 
@@ -27,4 +29,4 @@ def make_backbone(name: str, dim: int, feature_sizes: tuple[int, ...] = FEATURE_
     return cls(dim=dim, feature_sizes=feature_sizes)
 
 
-__all__ = ["BACKBONES", "Backbone", "DeepFM", "GMF", "NeuMF", "make_backbone"]
+__all__ = ["BACKBONES", "Backbone", "DeepFM", "GMF", "NeuMF", "Wide", "make_backbone"]

@@ -37,6 +37,9 @@ class Backbone(nn.Module):
 
     user_tables: tuple[str, ...] = ()
     item_tables: tuple[str, ...] = ()
+    #: buffers with a row per user / item that are counted, not trained (zeros when new)
+    user_buffers: tuple[str, ...] = ()
+    item_buffers: tuple[str, ...] = ()
 
     def forward(
         self, users: torch.Tensor, items: torch.Tensor, feats: torch.Tensor | None = None
@@ -44,6 +47,10 @@ class Backbone(nn.Module):
         """One logit per (user row, item row) pair; ``feats`` is an (n, F) int64 tensor of
         context feature ids (see :mod:`learner.core.features`), ignored by id-only models."""
         raise NotImplementedError
+
+    def observe(self, users: torch.Tensor, items: torch.Tensor, positive: torch.Tensor) -> None:
+        """Take note of scored genuine events (``positive`` 1.0 or 0.0 each), for a backbone
+        that counts (:attr:`user_buffers`); nothing here."""
 
     def fast_steps(self, kernel: str = "auto") -> FastSteps | None:
         """The compiled training steps this backbone offers with ``kernel`` (``auto``: where
