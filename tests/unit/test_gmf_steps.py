@@ -14,6 +14,13 @@ from learner.core.fast import make_inverse_gradient, make_loss_step
 from learner.core.losses import make_loss
 from learner.core.meta import InverseGradient, Pairs
 from learner.core.optim import MixedAdam, ensure_rows
+from learner.core.settings import PAPER_SETTINGS, LearnerSettings
+
+
+def gmf_settings(**settings) -> LearnerSettings:
+    """The settings these tests were written for: the paper's GMF (the default is wide)."""
+    return LearnerSettings(**{**PAPER_SETTINGS, **settings})
+
 
 
 def _pair(seed: int, users: int = 40, items: int = 30) -> tuple[GMF, GMF, MixedAdam, MixedAdam]:
@@ -221,9 +228,9 @@ def test_a_micro_batch_s_steps_in_one_call_are_its_steps_one_by_one(setup):
     call a step instead, the same batches give the same results and the same state."""
     import numpy as np
 
-    from learner.core.trainer import LearnerSettings, OnlineLearner
+    from learner.core.trainer import OnlineLearner
 
-    settings = LearnerSettings(dim=8, train_batch=16, **setup)
+    settings = gmf_settings(dim=8, train_batch=16, **setup)
     at_once, by_step = OnlineLearner(settings), OnlineLearner(settings)
     assert at_once._all_steps is not None
     by_step._all_steps = None  # the learner's step by step path
@@ -246,14 +253,14 @@ def test_training_in_the_background_is_training_in_the_foreground(monkeypatch):
     import numpy as np
 
     from learner.core import trainer
-    from learner.core.trainer import LearnerSettings, OnlineLearner
+    from learner.core.trainer import OnlineLearner
 
     small = next(_batches(seed=1))
-    learner = OnlineLearner(LearnerSettings(dim=8, loss="bce"))
+    learner = OnlineLearner(gmf_settings(dim=8, loss="bce"))
     assert learner.learn_many(small, background=True).steps > 0  # too small: foreground
     assert not learner.training
     monkeypatch.setattr(trainer, "BACKGROUND_MIN_PAIRS", 0)
-    settings = LearnerSettings(dim=8, train_batch=16, loss="idl", meta="ig", num_neg=1)
+    settings = gmf_settings(dim=8, train_batch=16, loss="idl", meta="ig", num_neg=1)
     fore, back = OnlineLearner(settings), OnlineLearner(settings)
     trained = []
     for batch in _batches():
@@ -277,10 +284,10 @@ def test_training_in_the_background_is_training_in_the_foreground(monkeypatch):
 
 def test_a_failure_of_the_background_training_is_raised_to_the_learner(monkeypatch):
     from learner.core import trainer
-    from learner.core.trainer import LearnerSettings, OnlineLearner
+    from learner.core.trainer import OnlineLearner
 
     monkeypatch.setattr(trainer, "BACKGROUND_MIN_PAIRS", 0)
-    learner = OnlineLearner(LearnerSettings(dim=8, loss="bce"))
+    learner = OnlineLearner(gmf_settings(dim=8, loss="bce"))
     batches = list(_batches(2))
     learner.learn_many(batches[0], background=True)
     learner.close()

@@ -13,12 +13,19 @@ from learner.core.errors import ConfigError
 from learner.core.ids.idmap import IdMap
 from learner.core.ids.intmap import IntMap
 from learner.core.sampling import NegativeSampler, Reservoir
+from learner.core.settings import PAPER_SETTINGS
 from learner.core.trainer import LearnerSettings, OnlineLearner
 from learner.service.checkpoint import Checkpointer
 from learner.service.config import Config
 from learner.service.daemon import Daemon
 from stream.event import decode_batch
 from stream.scan import IntIds
+
+
+def gmf_settings(**settings) -> LearnerSettings:
+    """The settings these tests were written for: the paper's GMF (the default is wide)."""
+    return LearnerSettings(**{**PAPER_SETTINGS, **settings})
+
 
 # -- the map on its own ---------------------------------------------------------------------
 
@@ -241,10 +248,10 @@ def _batches(seed=0, n=4000, size=500, users=2500, videos=1500):
 
 
 @pytest.mark.parametrize("settings", [
-    LearnerSettings(dim=8, max_users=600, max_videos=500),
-    LearnerSettings(dim=8, loss="idl", meta="ig", num_neg=1, meta_source="reservoir",
+    gmf_settings(dim=8, max_users=600, max_videos=500),
+    gmf_settings(dim=8, loss="idl", meta="ig", num_neg=1, meta_source="reservoir",
                     meta_size=800, max_users=700, max_videos=500),
-    LearnerSettings(dim=8, model="deepfm", loss="rce", num_neg=2, sampler="popularity",
+    gmf_settings(dim=8, model="deepfm", loss="rce", num_neg=2, sampler="popularity",
                     max_users=600, max_videos=600),
 ])
 def test_resume_with_a_capacity_gives_the_same_model(tmp_path, settings):
@@ -273,7 +280,7 @@ def test_resume_with_a_capacity_gives_the_same_model(tmp_path, settings):
 
 
 def test_recycled_rows_start_afresh():
-    settings = LearnerSettings(dim=4, num_neg=1, loss="idl", meta="ig",
+    settings = gmf_settings(dim=4, num_neg=1, loss="idl", meta="ig",
                                meta_source="reservoir", max_users=3, max_videos=3)
     learner = OnlineLearner(settings)
     first = decode_batch([orjson.dumps({"user_id": u, "video_id": v, "play_ms": 9000,
@@ -311,7 +318,7 @@ def test_recycled_rows_start_afresh():
 
 
 def test_the_unbounded_learner_counts_no_evictions():
-    learner = OnlineLearner(LearnerSettings(dim=4))
+    learner = OnlineLearner(gmf_settings(dim=4))
     for b in _batches(n=1000):
         assert learner.learn_many(b).evicted == {"user": 0, "video": 0}
     assert learner.users.capacity is None and learner.evictions == {"user": 0, "video": 0}

@@ -8,8 +8,15 @@ from learner.core.backbones import GMF
 from learner.core.ids.idmap import IdMap
 from learner.core.optim import MixedAdam, ensure_rows
 from learner.core.prequential import auc_score
+from learner.core.settings import PAPER_SETTINGS
 from learner.core.trainer import LearnerSettings, OnlineLearner
 from stream.event import decode_batch
+
+
+def gmf_settings(**settings) -> LearnerSettings:
+    """The settings these tests were written for: the paper's GMF (the default is wide)."""
+    return LearnerSettings(**{**PAPER_SETTINGS, **settings})
+
 
 
 def test_idmap_keeps_int_and_str_apart_and_round_trips():
@@ -57,7 +64,7 @@ def _events(n, rng):
 
 def test_learner_scores_before_training_and_learns_a_pattern():
     rng = np.random.default_rng(0)
-    learner = OnlineLearner(LearnerSettings(dim=8, lr=0.05, train_batch=32))
+    learner = OnlineLearner(gmf_settings(dim=8, lr=0.05, train_batch=32))
     first = decode_batch(_events(256, rng))
     before = learner.predict_many(first.user_id, first.video_id)
     result = learner.learn_many(first)
@@ -78,7 +85,7 @@ def test_vague_events_and_sampled_items_are_trained_with_ig():
     from learner.core.errors import ConfigError
 
     rng = np.random.default_rng(1)
-    learner = OnlineLearner(LearnerSettings(dim=8, loss="idl", meta="ig", num_neg=2,
+    learner = OnlineLearner(gmf_settings(dim=8, loss="idl", meta="ig", num_neg=2,
                                             train_batch=32))
     total = 0
     for _ in range(5):
@@ -91,12 +98,12 @@ def test_vague_events_and_sampled_items_are_trained_with_ig():
         assert result.scores.shape == (200,)
     assert total == learner.steps
     with _pytest.raises(ConfigError, match="loss=idl"):
-        OnlineLearner(LearnerSettings(meta="ig", loss="bce"))
+        OnlineLearner(gmf_settings(meta="ig", loss="bce"))
 
 
 def test_max_steps_trains_a_full_micro_batch_in_fewer_larger_steps():
     rng = np.random.default_rng(2)
-    capped = OnlineLearner(LearnerSettings(dim=8, lr=0.05, train_batch=32, max_steps=3))
+    capped = OnlineLearner(gmf_settings(dim=8, lr=0.05, train_batch=32, max_steps=3))
     assert capped.learn_many(decode_batch(_events(256, rng))).steps == 3  # not 8
     assert capped.learn_many(decode_batch(_events(40, rng))).steps == 2  # small: as before
     for _ in range(30):
@@ -145,7 +152,7 @@ def test_the_compiled_gmf_steps_learn_as_the_autograd_ones():
     from learner.core.meta import InverseGradient
 
     for setup in ({"loss": "bce"}, {"loss": "idl"}, {"loss": "idl", "meta": "ig", "num_neg": 1}):
-        learners = {k: OnlineLearner(LearnerSettings(dim=8, lr=0.05, train_batch=32, kernel=k,
+        learners = {k: OnlineLearner(gmf_settings(dim=8, lr=0.05, train_batch=32, kernel=k,
                                                      **setup)) for k in ("auto", "torch")}
         fast, slow = learners["auto"], learners["torch"]
         if "meta" in setup:

@@ -1,4 +1,4 @@
-"""A wide model for feeds: biases, context, crosses and running counts; no latent factors.
+"""A wide model for feeds: biases, context, a cross and running counts; no latent factors.
 
 The wide part of Wide & Deep (Cheng et al., DLRS 2016) over what a dwell event carries, with
 the id counters that beat every factor model on an unfiltered feed (issue 20, docs/RESULTS.md)
@@ -6,7 +6,6 @@ as two of its inputs::
 
     logit = b + b_u + b_i                                   global, user and video biases
           + w_hour + w_dur + w_tab + w_dur,tab             context and its cross
-          + w_u,dur                                        the user's taste for a length
           + a . [lg(r_u), lg(r_i), log1p(n_u), log1p(n_i)]  running counts (not trained)
 
 ``r_u`` is the user's running positive rate over genuine events, ``(pos + 1) / (n + 2)``,
@@ -15,7 +14,8 @@ tables, updated by :meth:`Wide.observe` after an event is scored: a prediction n
 its own label. Tables are sparse (SparseAdam per row), the context weights dense. Latent
 factors (a ``p_u . q_i`` term of ``dim`` factors) were measured and left out: on the
 unfiltered KuaiRand feed they changed neither AUC by more than 0.0002 and cost 2x the time
-(docs/RESULTS.md), so ``dim`` is not used.
+(docs/RESULTS.md), so ``dim`` is not used; nor did a user x duration-bucket cross, left
+out too.
 
 >>> import torch
 >>> model = Wide(users=4, items=4, feature_sizes=(24, 16, 16))
@@ -39,14 +39,14 @@ N_COUNT_FEATURES = 4
 
 
 class Wide(Backbone):
-    """Biases, context weights, a user x duration cross and running counts.
+    """Biases, context weights, a duration x tab cross and running counts.
 
     ``feature_sizes`` are (hour, duration bucket, tab, ...) as in
-    :mod:`learner.core.features`; the second is the duration bucket the user cross reads.
+    :mod:`learner.core.features`.
     """
 
-    user_tables = ("user_weights",)
-    item_tables = ("item_weights",)
+    user_tables = ("user_bias",)
+    item_tables = ("item_bias",)
     user_buffers = ("user_counts",)
     item_buffers = ("item_counts",)
     user_counts: torch.Tensor  # buffers (register_buffer), typed for the checker
@@ -62,9 +62,8 @@ class Wide(Backbone):
             raise ValueError("the wide model needs at least (hour, duration bucket) features")
         self.feature_sizes = tuple(feature_sizes)
         self.durations = self.feature_sizes[1]
-        # column 0: the bias; column 1 + d: the weight of duration bucket d
-        self.user_weights = sparse_table(users, 1 + self.durations)
-        self.item_weights = sparse_table(items, 1)
+        self.user_bias = sparse_table(users, 1)
+        self.item_bias = sparse_table(items, 1)
         offsets = [0]
         for size in self.feature_sizes:
             offsets.append(offsets[-1] + size)
@@ -80,18 +79,15 @@ class Wide(Backbone):
     def forward(
         self, users: torch.Tensor, items: torch.Tensor, feats: torch.Tensor | None = None
     ) -> torch.Tensor:
-        user_w = self.user_weights(users)
-        logit = self.bias + user_w[:, 0] + self.item_weights(items)[:, 0]
+        logit = self.bias + self.user_bias(users)[:, 0] + self.item_bias(items)[:, 0]
         if feats is not None:
             if feats.dim() != 2 or feats.shape[1] != len(self.feature_sizes):
                 raise ValueError(f"feats must have shape (n, {len(self.feature_sizes)}), "
                                  f"got {tuple(feats.shape)}")
-            duration = feats[:, 1]
             logit = logit + self.context[feats + self.offsets].sum(dim=1)
-            logit = logit + user_w.gather(1, (duration + 1).unsqueeze(1)).squeeze(1)
             if self.cross_tab:
                 at = self.offsets[-1] + self.feature_sizes[-1] + (
-                    duration * self.feature_sizes[2] + feats[:, 2])
+                    feats[:, 1] * self.feature_sizes[2] + feats[:, 2])
                 logit = logit + self.context[at]
         return logit + self.count_features(users, items) @ self.counts_weight
 
