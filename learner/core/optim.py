@@ -86,7 +86,9 @@ class MixedAdam:
     tensors, where the default runs a Python loop over them); ``lean=False`` takes torch's
     SparseAdam and Adam as they come (the benchmarks' baseline, ``dwell bench --suites
     steps``). Both keep torch's state layout, so checkpoints load into either. ``dense_lr``
-    (0: ``lr``) is the dense parameters' own learning rate.
+    is the dense parameters' own learning rate (0: the backbone's, :attr:`Backbone.dense_lr`,
+    or ``lr``). A backbone whose ``dense_optimizer`` is ``"adagrad"`` (the wide model) has
+    its dense parameters stepped by Adagrad, as the wide part of Wide & Deep.
     """
 
     def __init__(self, model: Backbone, lr: float, lean: bool = True,
@@ -95,8 +97,12 @@ class MixedAdam:
         sparse_ids = {id(p) for p in sparse}
         dense = [p for p in model.parameters() if id(p) not in sparse_ids and p.requires_grad]
         self.sparse = (RowSparseAdam if lean else torch.optim.SparseAdam)(sparse, lr=lr)
-        self.dense = (torch.optim.Adam(dense, lr=dense_lr or lr, fused=lean or None)
-                      if dense else None)
+        if not dense:
+            self.dense = None
+        elif model.dense_optimizer == "adagrad":
+            self.dense = torch.optim.Adagrad(dense, lr=dense_lr or model.dense_lr)
+        else:
+            self.dense = torch.optim.Adam(dense, lr=dense_lr or lr, fused=lean or None)
 
     @property
     def optimizers(self) -> list[torch.optim.Optimizer]:

@@ -36,7 +36,7 @@ DRIFT_CHUNK = 500
 
 #: The settings the MovieLens and KuaiRand like/hate results were measured with (the paper's
 #: GMF, its learning rate, steps of 64 events), where they differ from the defaults.
-PAPER_SETTINGS = {"model": "gmf", "lr": 0.01, "dense_lr": 0.0, "train_batch": 64}
+PAPER_SETTINGS = {"model": "gmf", "lr": 0.01, "train_batch": 64}
 
 
 def check_kernel(kernel: str) -> None:
@@ -54,9 +54,9 @@ class LearnerSettings:
     model: str = "wide"
     dim: int = 32
     lr: float = 0.003
-    dense_lr: float = 0.01  # the dense layers' learning rate; 0: lr
+    dense_lr: float = 0.0  # the dense layers' learning rate; 0: the backbone's, or lr
     loss: str = "bce"
-    train_batch: int = 1024
+    train_batch: int = 512
     max_steps: int = 0  # at most this many optimiser steps per micro-batch (0: no limit)
     seed: int = 0
     device: str = "cpu"

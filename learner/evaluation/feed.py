@@ -51,11 +51,11 @@ LEARNERS: dict[str, dict] = {
     "default_tce": {"loss": "tce", "num_neg": 1},
     "default_rce": {"loss": "rce", "num_neg": 1},
     "wide_no_tab": {"_no_tab": True},
-    "gmf": {"model": "gmf", "lr": 0.01, "dense_lr": 0.0, "train_batch": 64},
-    "gmf_idl_ig": {"model": "gmf", "lr": 0.01, "dense_lr": 0.0, "train_batch": 64,
+    "gmf": {"model": "gmf", "lr": 0.01, "train_batch": 64},
+    "gmf_idl_ig": {"model": "gmf", "lr": 0.01, "train_batch": 64,
                    "loss": "idl", "num_neg": 1, "meta": "ig"},
-    "deepfm": {"model": "deepfm", "lr": 0.01, "dense_lr": 0.0, "train_batch": 64},
-    "deepfm_idl_ig": {"model": "deepfm", "lr": 0.01, "dense_lr": 0.0, "train_batch": 64,
+    "deepfm": {"model": "deepfm", "lr": 0.01, "train_batch": 64},
+    "deepfm_idl_ig": {"model": "deepfm", "lr": 0.01, "train_batch": 64,
                       "loss": "idl", "num_neg": 1, "meta": "ig"},
 }
 

@@ -171,10 +171,11 @@ class Config:
                       Range(1, 65_536))
     lr: float = _model(0.003, "learning rate (Adam / SparseAdam)",
                        Range(0, 1e3, low_open=True))
-    dense_lr: float = _model(0.01, "learning rate of the dense layers and context weights "
-                             "(0: --lr)", Range(0, 1e3))
+    dense_lr: float = _model(0.0, "learning rate of the dense layers and context weights "
+                             "(0: the backbone's: 0.1 for the wide model's Adagrad, else --lr)",
+                             Range(0, 1e3))
     loss: str = _model("bce", "training loss", Choices(LOSS_NAMES))
-    train_batch: int = _model(1024, "events per optimiser step within a micro-batch",
+    train_batch: int = _model(512, "events per optimiser step within a micro-batch",
                               Range(1, 10_000_000))
     background_training: bool = _model(True, "train a micro-batch on a second thread while the "
                                        "next one is fetched and decoded, where its steps run "

@@ -7,6 +7,7 @@ gradients, table growth and determinism.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -60,13 +61,23 @@ def one_thread() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Problem:
-    """Every (user, item) pair once; label ``(u + i) % 2``; a third vague (label arbitrary)."""
+    """Every (user, item) pair once; label ``(u + i) % 2``; a third vague (label arbitrary).
+
+    :meth:`for_model` gives a model with no user x item interaction (``interactions``
+    False: the wide model, a sum of per-id and context terms) the label ``u % 2 or i % 2``
+    instead, which a sum can fit and ``(u + i) % 2`` is not."""
 
     users: torch.Tensor
     items: torch.Tensor
     feats: torch.Tensor
     labels: torch.Tensor
     vague: torch.Tensor
+
+    def for_model(self, model: Backbone) -> Problem:
+        if model.interactions:
+            return self
+        truth = ((self.users % 2) | (self.items % 2)).float()
+        return dataclasses.replace(self, labels=torch.where(self.vague, self.labels, truth))
 
     def genuine_bce(self, model: Backbone) -> float:
         genuine = ~self.vague
@@ -129,6 +140,7 @@ def test_every_loss_trains(name: str, loss_name: str, problem: Problem) -> None:
     model = build(name)
     opt = MixedAdam(model, lr=LR)
     loss_fn = LOSSES[loss_name]
+    problem = problem.for_model(model)
     before = problem.genuine_bce(model)
     gen = torch.Generator().manual_seed(7)
     n = problem.users.numel()

@@ -37,6 +37,12 @@ class Backbone(nn.Module):
 
     user_tables: tuple[str, ...] = ()
     item_tables: tuple[str, ...] = ()
+    #: the dense parameters' optimiser (``adam`` or ``adagrad``) and, for ``adagrad``, its
+    #: learning rate when the settings give none (:class:`~learner.core.optim.MixedAdam`)
+    #: whether the score has user x item interaction terms (the wide model's has none)
+    interactions: bool = True
+    dense_optimizer: str = "adam"
+    dense_lr: float = 0.0
     #: buffers with a row per user / item that are counted, not trained (zeros when new)
     user_buffers: tuple[str, ...] = ()
     item_buffers: tuple[str, ...] = ()
