@@ -97,6 +97,7 @@ class MixedAdam:
         sparse_ids = {id(p) for p in sparse}
         dense = [p for p in model.parameters() if id(p) not in sparse_ids and p.requires_grad]
         self.sparse = (RowSparseAdam if lean else torch.optim.SparseAdam)(sparse, lr=lr)
+        self.dense: torch.optim.Optimizer | None
         if not dense:
             self.dense = None
         elif model.dense_optimizer == "adagrad":

@@ -23,6 +23,7 @@ from learner.core.labels import LabelRule
 BACKBONE_NAMES = ("gmf", "neumf", "deepfm", "wide")
 LOSS_NAMES = ("bce", "bce_neg", "tce", "rce", "idl")
 SAMPLER_MODES = ("uniform", "popularity")
+LABEL_RULES = ("fixed", "quantile")
 #: The training steps: ``auto`` (a backbone's compiled steps where it offers them, on the CPU)
 #: or ``torch`` (autograd always).
 KERNELS = ("auto", "torch")
@@ -63,6 +64,9 @@ class LearnerSettings:
     auc_window: int = 5000
     auc_long_window: int = 50_000
     labels: LabelRule = field(default_factory=LabelRule)
+    # fixed: the thresholds of ``labels``; quantile: the play time's quantile among earlier
+    # watches of the same length (learner.core.quantile_labels; ``labels`` while cold)
+    label_rule: str = "fixed"
     num_neg: int = 0
     sampler: str = "uniform"
     meta: str = "none"

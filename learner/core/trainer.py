@@ -43,13 +43,14 @@ from learner.core.errors import ConfigError
 from learner.core.fast import CompiledStep, make_inverse_gradient, make_loss_step
 from learner.core.features import FEATURE_SIZES, event_features
 from learner.core.ids.idmap import IdMap
-from learner.core.labels import CLASS_NAMES, NEGATIVE, POSITIVE, VAGUE
+from learner.core.labels import CLASS_NAMES, NEGATIVE, POSITIVE, VAGUE, LabelRule
 from learner.core.losses import make_loss
 from learner.core.meta import BRANCHES, InverseGradient, Pairs
 from learner.core.optim import MixedAdam, ensure_rows, reset_rows
 from learner.core.prequential import Evaluator
+from learner.core.quantile_labels import DurationQuantileLabels
 from learner.core.sampling import NegativeSampler, Reservoir
-from learner.core.settings import LearnerSettings
+from learner.core.settings import LABEL_RULES, LearnerSettings
 from learner.core.updates import UpdateLog
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,11 @@ class OnlineLearner:
         for name in ("max_users", "max_videos"):
             if getattr(settings, name) < 0:
                 raise ConfigError(f"{name} must be 0 (unbounded) or positive")
+        if settings.label_rule not in LABEL_RULES:
+            raise ConfigError(f"label_rule must be one of {LABEL_RULES}: {settings.label_rule!r}")
+        self.labeler: LabelRule | DurationQuantileLabels = (
+            DurationQuantileLabels(fallback=settings.labels)
+            if settings.label_rule == "quantile" else settings.labels)
         self.users = IdMap(settings.max_users or None)
         self.videos = IdMap(settings.max_videos or None)
         # torch's draws (new rows) are the same on every rank, numpy's (shuffles, sampled
@@ -255,6 +261,8 @@ class OnlineLearner:
             "evaluator": self.evaluator.state_dict(),
             "baseline": self.baseline.state_dict(),
             "baseline_evaluator": self.baseline_evaluator.state_dict(),
+            **({"labeler": self.labeler.state_dict()}
+               if isinstance(self.labeler, DurationQuantileLabels) else {}),
             "steps": self.steps,
             "rng": self._rng.bit_generator.state,
             "sampler_rng": self.sampler.rng.bit_generator.state,
@@ -266,6 +274,8 @@ class OnlineLearner:
         self.sampler.load_state_dict(state["sampler"])
         self.reservoir.load_state_dict(state["reservoir"])
         self.evaluator.load_state_dict(state["evaluator"])
+        if isinstance(self.labeler, DurationQuantileLabels) and "labeler" in state:
+            self.labeler.load_state_dict(state["labeler"])
         if "baseline" in state:  # a checkpoint of before issue 20 has none: counted afresh
             self.baseline.load_state_dict(state["baseline"])
             self.baseline_evaluator.load_state_dict(state["baseline_evaluator"])
@@ -351,7 +361,7 @@ class OnlineLearner:
         """
         self._settle()
         if classes is None:
-            classes = self.settings.labels.classify(batch.play_ms, batch.duration_ms)
+            classes = self.labeler.classify(batch.play_ms, batch.duration_ms)
         counts = {name: int((classes == c).sum()) for c, name in CLASS_NAMES.items()}
         if not len(batch):
             return BatchResult(counts, 0, float("nan"), evicted={"user": 0, "video": 0})

@@ -57,6 +57,7 @@ from learner.core.settings import (
     BACKBONE_NAMES,
     DRIFT_CHUNK,
     KERNELS,
+    LABEL_RULES,
     LOSS_NAMES,
     MICRO_BATCH,
     SAMPLER_MODES,
@@ -218,6 +219,10 @@ class Config:
                            Range(0, INT32_MAX))
     neg_ratio: float = _labels(0.2, "negative when play/duration < this (and not positive)",
                                Range(0, 1e6))
+    label_rule: str = _labels("fixed", "fixed (the thresholds above) or quantile (the play "
+                              "time's quantile among earlier watches of videos of the same "
+                              "length: >= 0.7 positive, <= 0.3 negative; the thresholds "
+                              "while a length has few watches)", Choices(LABEL_RULES))
     # -- [checkpoint] --------------------------------------------------------------------------
     checkpoint_dir: str = _checkpoint("", "checkpoint folder ('': no checkpoints, commit after "
                                           "training)")

@@ -107,3 +107,26 @@ def test_a_parquet_log_is_read_through_the_mapping(tmp_path):
     with pytest.raises(Exception, match="no column"):
         read_log(path, mapping={"user_id": "uid", "video_id": "nope", "play_ms": "play",
                                 "duration_ms": "dur", "ts_ms": "t"})
+
+
+def test_quantile_labels_judge_a_watch_against_earlier_watches_of_the_same_length():
+    from learner.core.quantile_labels import DurationQuantileLabels
+
+    labels = DurationQuantileLabels(min_seen=100)
+    rng = np.random.default_rng(0)
+    short, long_ = np.full(400, 10_000), np.full(400, 300_000)
+    # short videos are watched 2-12 s, long ones 5-60 s: each length has its own scale
+    labels.classify(rng.integers(2_000, 12_000, 400), short)
+    labels.classify(rng.integers(5_000, 60_000, 400), long_)
+    got = labels.classify(np.array([11_500, 11_500, 2_500, 58_000]),
+                          np.array([10_000, 300_000, 10_000, 300_000]))
+    assert got.tolist() == [1, 0, 0, 1]  # 11.5 s: near the top for a short video, low for a long
+    cold = DurationQuantileLabels(min_seen=100)  # no history: the fixed thresholds
+    assert cold.classify(np.array([9_500]), np.array([10_000])).tolist() == [1]
+    learner = OnlineLearner(LearnerSettings(label_rule="quantile"))
+    learner.learn_many(_events([1, 2], [3, 4], [9_000, 100]))
+    twin = OnlineLearner(LearnerSettings(label_rule="quantile"))
+    twin.load_state_dict(learner.state_dict())
+    assert np.array_equal(twin.labeler.counts, learner.labeler.counts)
+    with pytest.raises(Exception, match="label_rule"):
+        OnlineLearner(LearnerSettings(label_rule="nope"))
