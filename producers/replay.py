@@ -39,6 +39,12 @@ DEFAULT_PRODUCER_CONFIG: dict[str, Any] = {
 _PROGRESS_EVERY = 1024  # events between progress-bar updates
 _LOG_FAILURES = 5  # delivery failures logged one by one, then only counted
 _ABORT_FLUSH_S = 10  # how long an interrupted replay waits for buffered deliveries
+#: A producer still holding records this long past its delivery timeout is stuck: kafka-python's
+#: idempotent producer, once it expired a batch while the broker was away, kept the next
+#: batches forever, neither sent nor expired (3.0.12; librdkafka keeps its timeout, give or
+#: take a request timeout). Those records are given up and sent again on a fresh producer.
+_STUCK_MARGIN_S = 90.0
+_DELIVERY_TIMEOUT_MS = 120_000  # both clients' default
 
 #: Rounds of sending again, on a fresh producer, what failed with a retriable error.
 RESEND_ROUNDS = 3
@@ -102,11 +108,13 @@ _Failure = tuple[int, bytes, "bytes | None", BaseException]
 
 class _Deliveries:
     """Counts acknowledgements and keeps failures; callbacks may run on the producer's own
-    thread. Per key it keeps the index of the last acknowledged event (the per-key order
-    check of a resend); a failure keeps the event's index, key and value until it is settled.
+    thread. An event in flight is in ``pending`` (index -> key, value) until its report; per
+    key it keeps the index of the last acknowledged event (the per-key order check of a
+    resend); a failure keeps the event's index, key and value until it is settled.
     """
 
     def __init__(self) -> None:
+        self.pending: dict[int, tuple[bytes, bytes | None]] = {}  # index -> key, value
         self._acks = itertools.count()  # next() is atomic: no lock on the hot path
         self.failures: list[_Failure] = []  # of the current round, not settled yet
         self.final: Counter[str] = Counter()  # settled failures by reason
@@ -114,16 +122,28 @@ class _Deliveries:
         self._reported = 0
         self._lock = threading.Lock()
 
-    def report(self, index: int, key: bytes, value: bytes | None,
-               error: ClientError | None) -> None:
-        """A delivery callback, bound to its event by ``functools.partial``."""
+    def report(self, index: int, error: ClientError | None) -> None:
+        """A delivery callback, bound to its event by ``functools.partial(report, index)``.
+        The report of an event already given up (a stuck producer's, late) is ignored."""
+        sent = self.pending.pop(index, None)
+        if sent is None:
+            return
         if error is None:
             next(self._acks)
+            key = sent[0]
             last = self.last_acked  # one thread reports a partition's acks, in order
             if last.get(key, -1) < index:
                 last[key] = index
         else:
+            self.fail(index, sent[0], sent[1], error)
+
+    def give_up(self, why: str) -> int:
+        """Every event still in flight fails (retriable): its producer is given up."""
+        left = [(index, *self.pending.pop(index)) for index in sorted(self.pending)]
+        error = ClientTimeoutError(why, "NoDeliveryReport")
+        for index, key, value in left:
             self.fail(index, key, value, error)
+        return len(left)
 
     @property
     def acked(self) -> int:
@@ -169,11 +189,24 @@ def _name(exc: BaseException) -> str:
     return exc.name if isinstance(exc, ClientError) else type(exc).__name__
 
 
-def _close(producer: Producer, finished: bool) -> None:
-    """Flush and close; after an error or Ctrl-C, without waiting long for the deliveries."""
-    if producer.flush(timeout=None if finished else _ABORT_FLUSH_S):
-        logger.warning("gave up waiting for deliveries after %d s", _ABORT_FLUSH_S)
-    producer.close(timeout=None if finished else _ABORT_FLUSH_S)
+def _close(producer: Producer, finished: bool, deliveries: _Deliveries, wait_s: float) -> None:
+    """Flush and close. Up to ``wait_s`` (the delivery timeout and a margin), or after an
+    error or Ctrl-C :data:`_ABORT_FLUSH_S`; what is still in flight then fails (retriable)."""
+    wait_s = wait_s if finished else _ABORT_FLUSH_S
+    left = producer.flush(timeout=wait_s)
+    if left:
+        logger.warning("%d deliveries not reported after %.0f s: the producer is given up",
+                       left, wait_s)
+    producer.close(timeout=_ABORT_FLUSH_S if left else None)
+    if deliveries.pending:  # a stuck producer: no report, not even an error, on close
+        deliveries.give_up(f"no delivery report {wait_s:.0f} s after the last send")
+
+
+def _flush_wait_s(config: dict) -> float:
+    """How long every record of a producer made with ``config`` may take to be reported."""
+    ms = next((config[k] for k in ("delivery_timeout_ms", "delivery.timeout.ms",
+                                   "message.timeout.ms") if k in config), _DELIVERY_TIMEOUT_MS)
+    return float(ms) / 1000 + _STUCK_MARGIN_S
 
 
 def replay(
@@ -196,7 +229,9 @@ def replay(
     sends (default: as fast as possible). ``client`` is the Kafka client (``stream.clients``:
     kafka-python or confluent). ``producer_config`` (kafka-python's option names) goes over
     ``DEFAULT_PRODUCER_CONFIG`` (SASL/TLS settings go there). Delivery results are
-    collected by callbacks, never by blocking per event; ``flush()`` at the end waits for all.
+    collected by callbacks, never by blocking per event; ``flush()`` at the end waits for all,
+    up to the delivery timeout and :data:`_STUCK_MARGIN_S`: a producer whose records are still
+    unreported then is stuck, and they fail as ``NoDeliveryReport`` (retriable: sent again).
     The Kafka record timestamp is the send time, not ``ts_ms``: historical event times would
     fall outside the topic's retention and be deleted at once.
 
@@ -242,7 +277,8 @@ def replay(
     except ClientError as exc:  # ClientTimeoutError: unable to bootstrap
         raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
     deliveries = _Deliveries()
-    report = deliveries.report
+    report, pending = deliveries.report, deliveries.pending
+    wait_s = _flush_wait_s(config)
     total = len(events) if isinstance(events, Sized) else None
     bar = tqdm(
         total=total, unit="ev", desc=f"replay {topic}", disable=not progress, mininterval=0.5
@@ -259,12 +295,15 @@ def replay(
                 value = None
                 try:
                     value = orjson.dumps(event)
+                    pending[count] = key, value  # before: the report may come at once
                     producer.produce(topic, value=value, key=key,
-                                     on_delivery=partial(report, count, key, value))
+                                     on_delivery=partial(report, count))
                 except ClientTimeoutError as exc:
+                    pending.pop(count, None)
                     deliveries.fail(count, key, value, exc)
                     raise BrokerError(f"Kafka at {bootstrap} stopped answering: {exc}") from exc
                 except (ClientError, TypeError, ValueError) as exc:  # too large, not serialisable
+                    pending.pop(count, None)
                     deliveries.fail(count, key, value, exc)
                     continue
                 if count % _PROGRESS_EVERY == 0:
@@ -272,7 +311,7 @@ def replay(
             bar.update(count % _PROGRESS_EVERY)
             finished = True
         finally:
-            _close(producer, finished)  # on an error or Ctrl-C, without waiting long
+            _close(producer, finished, deliveries, wait_s)  # after an error, not for long
         for round_ in range(1, resend_rounds + 1):
             again = deliveries.take_resendable()
             if not again:
@@ -284,7 +323,7 @@ def replay(
                 "have been written)", len(again), dict(Counter(_name(f[3]) for f in again)),
                 round_, resend_rounds, wait)
             time.sleep(wait)
-            _resend(again, factory, client, config, topic, deliveries)
+            _resend(again, factory, client, config, topic, deliveries, wait_s)
             resent.update(f[0] for f in again)
     finally:
         deliveries.settle()
@@ -318,7 +357,7 @@ def replay(
 
 
 def _resend(again: list[_Failure], factory: Callable[[str, dict], Producer], client: str,
-            config: dict, topic: str, deliveries: _Deliveries) -> None:
+            config: dict, topic: str, deliveries: _Deliveries, wait_s: float) -> None:
     """One round: ``again`` in order on a fresh producer, flushed and closed. A failure to
     make the producer, or a send that cannot be queued, fails the events left (retriable:
     the next round tries them again)."""
@@ -329,19 +368,21 @@ def _resend(again: list[_Failure], factory: Callable[[str, dict], Producer], cli
         for index, key, value, _exc in again:
             deliveries.fail(index, key, value, exc)
         return
-    report = deliveries.report
+    report, pending = deliveries.report, deliveries.pending
     finished = False
     try:
         for i, (index, key, value, _exc) in enumerate(again):
+            pending[index] = key, value
             try:
-                producer.produce(topic, value=value, key=key,
-                                 on_delivery=partial(report, index, key, value))
+                producer.produce(topic, value=value, key=key, on_delivery=partial(report, index))
             except ClientTimeoutError as exc:  # the queue stays full: the rest waits a round
+                pending.pop(index, None)
                 for index_, key_, value_, _ in again[i:]:
                     deliveries.fail(index_, key_, value_, exc)
                 break
             except ClientError as exc:
+                pending.pop(index, None)
                 deliveries.fail(index, key, value, exc)
         finished = True
     finally:
-        _close(producer, finished)
+        _close(producer, finished, deliveries, wait_s)

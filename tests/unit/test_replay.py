@@ -32,8 +32,10 @@ class Cluster:
     deliveries are reported at flush, on another thread (as kafka-python's IO thread does).
     """
 
-    def __init__(self, outcome=lambda round_, event: None, unreachable_rounds=()):
+    def __init__(self, outcome=lambda round_, event: None, unreachable_rounds=(),
+                 stuck=lambda round_, event: False):
         self.outcome = outcome
+        self.stuck = stuck  # records a producer never reports, not even on close
         self.unreachable_rounds = set(unreachable_rounds)
         self.topic: list[dict] = []
         self.producers: list[FakeProducer] = []
@@ -53,6 +55,7 @@ class FakeProducer:
     def __init__(self, cluster: Cluster, round_: int) -> None:
         self.cluster, self.round = cluster, round_
         self.queued: list = []
+        self.held: list = []
         self.produced: list[dict] = []
         self.closed = False
 
@@ -61,9 +64,14 @@ class FakeProducer:
         event = orjson.loads(value)
         assert key == str(event["user_id"]).encode()
         self.produced.append(event)
-        self.queued.append((event, on_delivery))
+        if self.cluster.stuck(self.round, event):
+            self.held.append((event, on_delivery))
+        else:
+            self.queued.append((event, on_delivery))
 
     def flush(self, timeout=None):
+        assert timeout is not None  # never waits for ever: a producer may be stuck
+
         def deliver():
             for event, report in self.queued:
                 error = self.cluster.outcome(self.round, event)
@@ -75,10 +83,10 @@ class FakeProducer:
         thread.start()
         thread.join()
         self.queued = []
-        return 0
+        return len(self.held)
 
     def close(self, timeout=None):
-        self.flush(timeout)
+        self.flush(0)
         self.closed = True
 
 
@@ -241,3 +249,37 @@ def test_a_stalled_broker_still_ends_the_replay_with_broker_error():
     with pytest.raises(BrokerError, match="stopped answering"):
         replay(events(2), bootstrap="b:1", topic="t", progress=False,
                producer_factory=lambda client, config: Stalled(cluster, 0))
+
+
+def test_a_stuck_producer_is_given_up_and_its_records_sent_again(monkeypatch):
+    # kafka-python 3.0.12's idempotent producer, once it expired a batch while the broker was
+    # away, kept the next batches for ever: no report, not even on close
+    monkeypatch.setattr(module, "_STUCK_MARGIN_S", 0.01)
+    log = events(12)
+    late = []
+
+    class LateCluster(Cluster):
+        def factory(self, client, config):
+            for producer in self.producers:  # the stuck producer wakes up: too late
+                late.extend(producer.held)
+                for _event, report in producer.held:
+                    report(None)
+                producer.held = []
+            return super().factory(client, config)
+
+    cluster = LateCluster(stuck=lambda round_, e: round_ == 0 and e["video_id"] >= 8)
+    stats = run(log, cluster, producer_config={"delivery_timeout_ms": 10})
+    assert len(late) == 4  # their late reports were ignored: each event counted once
+    assert (stats.events_sent, stats.failed, stats.resent) == (12, 0, 4)
+    assert [e["video_id"] for e in cluster.producers[1].produced] == [8, 9, 10, 11]
+    assert adds_up(stats)
+
+
+def test_a_producer_stuck_through_every_round_leaves_its_records_failed(monkeypatch):
+    monkeypatch.setattr(module, "_STUCK_MARGIN_S", 0.01)
+    cluster = Cluster(stuck=lambda round_, e: e["video_id"] >= 5)
+    stats = run(events(7), cluster, producer_config={"delivery_timeout_ms": 10},
+                resend_rounds=1)
+    assert (stats.events_sent, stats.failed, stats.resent) == (5, 2, 2)
+    assert stats.errors == Counter({"NoDeliveryReport": 2})
+    assert adds_up(stats)
