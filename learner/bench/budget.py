@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 from learner.bounds import csv, positive_int
 from learner.bridge import to_events
+from learner.core.settings import PAPER_SETTINGS
 from learner.core.trainer import OnlineLearner
 from learner.service.config import Config
 from stream.admin import create_topic
@@ -39,7 +40,7 @@ from stream.event import EventBatch, Reason, decode_batch
 from .kafka import CLIENTS, bench_events, local_broker
 
 SECTION = "bench:budget"
-LEARNER = {"loss": "idl", "meta": "ig", "num_neg": 1}
+LEARNER = {**PAPER_SETTINGS, "loss": "idl", "meta": "ig", "num_neg": 1}  # the paper's GMF
 BATCH = 1024
 COMMIT_INTERVAL_S = Config().commit_interval_s
 

@@ -87,8 +87,9 @@ def stream(users: int, videos: int, max_users: int = 0, max_videos: int = 0,
     from stream.event import EventBatch
 
     import_kib = _memory_kib("VmRSS")  # torch's libraries, mostly
-    config = Config(model="gmf", dim=dim, loss="idl", meta="ig", num_neg=1, batch_size=batch,
-                    max_users=max_users, max_videos=max_videos, seed=seed)
+    config = Config(model="gmf", lr=0.01, train_batch=64, dim=dim, loss="idl", meta="ig",
+                    num_neg=1, batch_size=batch, max_users=max_users, max_videos=max_videos,
+                    seed=seed)
     learner = OnlineLearner(config.learner_settings())
     rng = np.random.default_rng(seed)
     n = max(users, videos)

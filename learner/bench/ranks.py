@@ -42,7 +42,8 @@ from .kafka import bench_events, local_broker
 logger = logging.getLogger(__name__)
 
 SECTION = "bench:ranks"
-LEARNER = ("--model", "gmf", "--loss", "idl", "--meta", "ig", "--num-neg", "1")
+LEARNER = ("--model", "gmf", "--lr", "0.01", "--train-batch", "64", "--loss", "idl", "--meta",
+           "ig", "--num-neg", "1")  # the paper's GMF (the defaults are the wide model's)
 FLAGS = ("--until-end", "--metrics-port", "-1", "--checkpoint-dir", "",
          "--batch-timeout-s", "0.2", "--progress-interval-s", "30")
 DEFAULT_SYNC = (1, 16, 64)
