@@ -402,6 +402,8 @@ class OnlineLearner:
             # a counting backbone counts the batch once scored and trained on the counts it
             # was scored with (in a distributed job, once the update log has the rows' bases)
             self._settle()
+            if self.updates is not None:  # the counts' bases, for the ranks' next sum
+                self.updates.record(users[genuine], videos[genuine])
             self.model.observe(self._tensor(users[genuine]), self._tensor(videos[genuine]),
                                self._tensor(positive))
         if result is None:  # training in the background: its figures come from trained()
