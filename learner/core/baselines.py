@@ -40,18 +40,24 @@ class RunningRates:
         self.users = self._grown(self.users, int(users.max(initial=-1)) + 1)
         self.videos = self._grown(self.videos, int(videos.max(initial=-1)) + 1)
 
-    def score(self, users: np.ndarray, videos: np.ndarray) -> np.ndarray:
-        """The baseline's like probability of each (user row, video row) pair."""
+    def rates(self, users: np.ndarray, videos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The smoothed running positive rates ``(pos + 1) / (n + 2)`` of these user rows
+        and of these video rows."""
         self._ensure(users, videos)
         u, v = self.users[users], self.videos[videos]
-        return 0.5 * ((u[:, 0] + 1) / (u[:, 1] + 2) + (v[:, 0] + 1) / (v[:, 1] + 2))
+        return (u[:, 0] + 1) / (u[:, 1] + 2), (v[:, 0] + 1) / (v[:, 1] + 2)
+
+    def score(self, users: np.ndarray, videos: np.ndarray) -> np.ndarray:
+        """The baseline's like probability of each (user row, video row) pair."""
+        user_rate, video_rate = self.rates(users, videos)
+        return 0.5 * (user_rate + video_rate)
 
     def observe(self, users: np.ndarray, videos: np.ndarray, positive: np.ndarray) -> None:
         """Count genuine events (``positive`` 1.0 or 0.0 each)."""
         self._ensure(users, videos)
-        for table, rows in ((self.users, users), (self.videos, videos)):
-            np.add.at(table[:, 0], rows, positive)
-            np.add.at(table[:, 1], rows, 1.0)
+        counted = np.column_stack([positive, np.ones_like(positive)])
+        np.add.at(self.users, users, counted)
+        np.add.at(self.videos, videos, counted)
 
     def forget(self, users: np.ndarray, videos: np.ndarray) -> None:
         """Clear rows handed to new ids."""

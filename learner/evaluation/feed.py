@@ -32,6 +32,7 @@ import orjson
 from learner.bridge import to_events
 from learner.core.baselines import RunningRates
 from learner.core.batch import Events
+from learner.core.ids.idmap import IdMap
 from learner.core.labels import POSITIVE, VAGUE
 from learner.core.prequential import auc_score
 from learner.core.settings import LearnerSettings
@@ -113,10 +114,8 @@ def load_feed(path: str | Path, mapping: Mapping[str, str] | None = None,
 
 
 def _rows(ids: np.ndarray) -> np.ndarray:
-    """Each id's row, numbered in order of first appearance."""
-    rows: dict = {}
-    return np.fromiter((rows.setdefault(i, len(rows)) for i in ids.tolist()), np.int64,
-                       ids.size)
+    """Each id's row, numbered in order of first appearance (the learner's id map)."""
+    return IdMap().lookup(ids.tolist())
 
 
 def run_learner(feed: FeedLog, name: str, seed: int) -> tuple[np.ndarray, float]:
@@ -143,8 +142,9 @@ def _batched(feed: FeedLog, score: Callable[[slice], np.ndarray],
     return out
 
 
-def counters(feed: FeedLog, seed: int = 0) -> np.ndarray:
-    """The user's plus the video's running positive rate (the learner's own baseline)."""
+def _running_rates(feed: FeedLog, score: Callable[[RunningRates, slice], np.ndarray]
+                   ) -> np.ndarray:
+    """``score`` of the learner's own running rates (learner.core.baselines), batch by batch."""
     rates = RunningRates()
 
     def learn(part: slice) -> None:
@@ -152,21 +152,17 @@ def counters(feed: FeedLog, seed: int = 0) -> np.ndarray:
         rates.observe(feed.users[part][genuine], feed.videos[part][genuine],
                       (feed.classes[part][genuine] == POSITIVE).astype(float))
 
-    return _batched(feed, lambda p: rates.score(feed.users[p], feed.videos[p]), learn)
+    return _batched(feed, lambda p: score(rates, p), learn)
+
+
+def counters(feed: FeedLog, seed: int = 0) -> np.ndarray:
+    """The user's plus the video's running positive rate (the learner's own baseline)."""
+    return _running_rates(feed, lambda rates, p: rates.score(feed.users[p], feed.videos[p]))
 
 
 def video_rate(feed: FeedLog, seed: int = 0) -> np.ndarray:
     """The video's running positive rate alone."""
-    counts = np.zeros((int(feed.videos.max()) + 1, 2))
-
-    def learn(part: slice) -> None:
-        genuine = feed.classes[part] != VAGUE
-        videos = feed.videos[part][genuine]
-        np.add.at(counts[:, 0], videos, feed.classes[part][genuine] == POSITIVE)
-        np.add.at(counts[:, 1], videos, 1.0)
-
-    return _batched(feed, lambda p: (counts[feed.videos[p], 0] + 1)
-                    / (counts[feed.videos[p], 1] + 2), learn)
+    return _running_rates(feed, lambda rates, p: rates.rates(feed.users[p], feed.videos[p])[1])
 
 
 def video_watch_ratio(feed: FeedLog, seed: int = 0) -> np.ndarray:
