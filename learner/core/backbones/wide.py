@@ -69,16 +69,16 @@ class Wide(Backbone):
         if len(feature_sizes) < 2:
             raise ValueError("the wide model needs at least (hour, duration bucket) features")
         self.feature_sizes = tuple(feature_sizes)
-        self.durations = self.feature_sizes[1]
         self.user_bias = sparse_table(users, 1)
         self.item_bias = sparse_table(items, 1)
         offsets = [0]
         for size in self.feature_sizes:
             offsets.append(offsets[-1] + size)
         self.cross_tab = len(self.feature_sizes) > 2  # duration x tab, where there is a tab
-        cross = self.durations * self.feature_sizes[2] if self.cross_tab else 0
+        cross = self.feature_sizes[1] * self.feature_sizes[2] if self.cross_tab else 0
+        self.cross_start = offsets[-1]  # the cross's weights follow the single features'
         self.register_buffer("offsets", torch.tensor(offsets[:-1]), persistent=False)
-        self.context = nn.Parameter(torch.zeros(offsets[-1] + cross))
+        self.context = nn.Parameter(torch.zeros(self.cross_start + cross))
         self.counts_weight = nn.Parameter(torch.zeros(N_COUNT_FEATURES))
         self.bias = nn.Parameter(torch.zeros(1))
         self.register_buffer("user_counts", torch.zeros(users, 2))  # positives, genuine events
@@ -94,8 +94,7 @@ class Wide(Backbone):
                                  f"got {tuple(feats.shape)}")
             logit = logit + self.context[feats + self.offsets].sum(dim=1)
             if self.cross_tab:
-                at = self.offsets[-1] + self.feature_sizes[-1] + (
-                    feats[:, 1] * self.feature_sizes[2] + feats[:, 2])
+                at = self.cross_start + feats[:, 1] * self.feature_sizes[2] + feats[:, 2]
                 logit = logit + self.context[at]
         return logit + self.count_features(users, items) @ self.counts_weight
 
@@ -109,9 +108,9 @@ class Wide(Backbone):
     @torch.no_grad()
     def observe(self, users: torch.Tensor, items: torch.Tensor, positive: torch.Tensor) -> None:
         """Count these genuine events (``positive`` 1.0 or 0.0), once they are scored."""
-        ones = torch.ones_like(positive)
-        self.user_counts.index_add_(0, users, torch.stack([positive, ones], dim=1))
-        self.item_counts.index_add_(0, items, torch.stack([positive, ones], dim=1))
+        counted = torch.stack([positive, torch.ones_like(positive)], dim=1)
+        self.user_counts.index_add_(0, users, counted)
+        self.item_counts.index_add_(0, items, counted)
 
 
 def _log_odds(counts: torch.Tensor) -> torch.Tensor:
