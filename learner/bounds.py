@@ -139,6 +139,8 @@ GROUP = Pattern(r"[^\x00-\x1f\x7f]{1,255}", "1 to 255 printable characters", (""
 HOST = Pattern(_HOST, "a host name or IP address", ("", "a b", "host:1"))
 #: A host name or address, or empty for the default.
 HOST_OR_DEFAULT = Pattern(f"(?:{_HOST})?", "empty or a host name or IP address", ("a b",))
+#: A log's column mapping entry (``dwell replay --map``, ``dwell eval --map``).
+FIELD_COLUMN = Pattern(r"[A-Za-z_][\w.]*=.+", "FIELD=COLUMN", ("user_id", "=x", "a b=c"))
 #: Kafka bootstrap servers: host:port[,host:port].
 BOOTSTRAP = Pattern(rf"{_HOST}:\d{{1,5}}(?:,{_HOST}:\d{{1,5}})*",
                     "host:port[,host:port]", ("", "localhost", "a:b", "h:1,"))
@@ -204,3 +206,12 @@ def csv(kind: Callable[[str], object]) -> Callable[[str], tuple]:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parse
+
+
+def column_mapping(items: list[str] | None) -> dict[str, str] | None:
+    """``--map`` entries (checked by :data:`FIELD_COLUMN`) as a field -> column mapping.
+
+    >>> column_mapping(["user_id=uid", "context.tab=tab"])
+    {'user_id': 'uid', 'context.tab': 'tab'}
+    """
+    return dict(item.split("=", 1) for item in items) if items else None

@@ -19,7 +19,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
-from learner.bounds import MAX_PORT, Choices, Flag, Pattern, Range, positive_int
+from learner.bounds import (
+    FIELD_COLUMN,
+    MAX_PORT,
+    Choices,
+    Flag,
+    Range,
+    column_mapping,
+    positive_int,
+)
 from learner.core.errors import CoreError
 from learner.service.config import Config, add_config_args, config_from_args
 from learner.service.totals import format_totals, totals_add_up
@@ -109,8 +117,8 @@ def _replay(args: argparse.Namespace) -> int:
     from stream.admin import create_topic
 
     cfg = config_from_args(args)
-    mapping = dict(item.split("=", 1) for item in args.map) if args.map else None
-    result = read_log(args.file, args.format, mapping, time_unit=args.time_unit)
+    result = read_log(args.file, args.format, column_mapping(args.map),
+                      time_unit=args.time_unit)
     result.events = order_by_time(result.events)
     if args.limit is not None and args.limit < len(result.events):
         result.events = result.events[: args.limit]  # the earliest events by event time
@@ -230,8 +238,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     log.add_argument("--format", default="auto", type=Flag(str, Choices(("auto", *READERS))),
                      help=f"log format: auto or {', '.join(READERS)}")
     log.add_argument("--map", nargs="*", metavar="FIELD=COLUMN", help="column mapping (generic)",
-                     type=Flag(str, Pattern(r"[A-Za-z_][\w.]*=.+", "FIELD=COLUMN",
-                                            ("user_id", "=x", "a b=c"))))
+                     type=Flag(str, FIELD_COLUMN))
     log.add_argument("--time-unit", choices=["ms", "s"], default="ms",
                      help="unit of the time column (generic)")
     log.add_argument("--limit", type=Flag(int, Range(0)), help="send at most this many events")

@@ -14,11 +14,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from learner.bounds import Choices, Flag, Pattern, Range
+from learner.bounds import FIELD_COLUMN, Choices, Flag, Pattern, Range, column_mapping
 from learner.core.settings import BACKBONE_NAMES, SEED_MAX
 from learner.evaluation import feed as feed_eval
 from learner.evaluation import feed_page, protocol, results_page, tuning
 from learner.evaluation.store import RunStore
+from producers.readers import READERS
 
 logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
@@ -46,11 +47,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "scorer beside the counting baselines; instead of the settings above")
     feed.add_argument("--log", type=Path, help="the log file (CSV, TSV, JSONL or Parquet)")
     feed.add_argument("--name", help="the log's name in the report (default: the file's stem)")
-    feed.add_argument("--format", default="auto", help="log format, as dwell replay's")
+    feed.add_argument("--format", default="auto", type=Flag(str, Choices(("auto", *READERS))),
+                      help=f"log format: auto or {', '.join(READERS)}")
     feed.add_argument("--map", nargs="*", metavar="FIELD=COLUMN", help="column mapping, as "
                       "dwell replay's (context.tab=COLUMN gives the wide model its tab)",
-                      type=Flag(str, Pattern(r"[A-Za-z_][\w.]*=.+", "FIELD=COLUMN",
-                                             ("user_id", "=x", "a b=c"))))
+                      type=Flag(str, FIELD_COLUMN))
     feed.add_argument("--explicit", type=Flag(str, Pattern(r"[\w.]+", "COLUMN", ("a b",)),
                                               many=True), default=[],
                       help="comma list of 0/1 columns: engaged = any set (the truth no dwell "
@@ -70,8 +71,8 @@ def run_feed_eval(args: argparse.Namespace) -> int:
     jobs = [(scorer, seed) for scorer in args.scorers for seed in args.seeds
             if not store.has(name, scorer, "-", seed)]
     if jobs and not args.report_only:
-        mapping = dict(item.split("=", 1) for item in args.map) if args.map else None
-        feed = feed_eval.load_feed(args.log, mapping, args.explicit, args.format)
+        feed = feed_eval.load_feed(args.log, column_mapping(args.map), args.explicit,
+                                   args.format)
         logger.info("%s: %d events (%d invalid dropped)", args.log, len(feed), feed.dropped)
         for scorer, seed in tqdm(jobs, desc=f"eval {name}", unit="run"):
             row = feed_eval.evaluate(feed, scorer, seed)
