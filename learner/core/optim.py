@@ -142,10 +142,22 @@ def _grow_table(table: nn.Embedding, rows: int, opt: torch.optim.Optimizer) -> N
     if state:
         for key, value in state.items():
             if torch.is_tensor(value) and value.shape[:1] == old.shape[:1]:
-                padded = value.new_zeros((rows, *value.shape[1:]))
-                padded[: old.shape[0]] = value
-                state[key] = padded
+                state[key] = _zero_padded(value, rows)
         opt.state[param] = state
+
+
+def _zero_padded(value: torch.Tensor, rows: int) -> torch.Tensor:
+    """``value`` with zero rows added up to ``rows``."""
+    padded = value.new_zeros((rows, *value.shape[1:]))
+    padded[: value.shape[0]] = value
+    return padded
+
+
+def _doubled(rows: int, needed: int) -> int:
+    """``rows`` doubled until it holds ``needed``."""
+    while rows < needed:
+        rows *= 2
+    return rows
 
 
 def ensure_rows(model: Backbone, opt: MixedAdam, users: int, items: int) -> None:
@@ -153,23 +165,13 @@ def ensure_rows(model: Backbone, opt: MixedAdam, users: int, items: int) -> None
     for names, needed in ((model.user_tables, users), (model.item_tables, items)):
         for name in names:
             table = getattr(model, name)
-            rows = table.num_embeddings
-            if needed <= rows:
-                continue
-            while rows < needed:
-                rows *= 2
-            _grow_table(table, rows, opt.sparse)
+            if needed > table.num_embeddings:
+                _grow_table(table, _doubled(table.num_embeddings, needed), opt.sparse)
     for names, needed in ((model.user_buffers, users), (model.item_buffers, items)):
         for name in names:
             buffer = getattr(model, name)
-            rows = buffer.shape[0]
-            if needed <= rows:
-                continue
-            while rows < needed:
-                rows *= 2
-            grown = buffer.new_zeros((rows, *buffer.shape[1:]))
-            grown[: buffer.shape[0]] = buffer
-            setattr(model, name, grown)  # a registered buffer stays one
+            if needed > buffer.shape[0]:  # a registered buffer stays one when set again
+                setattr(model, name, _zero_padded(buffer, _doubled(buffer.shape[0], needed)))
 
 
 @torch.no_grad()
