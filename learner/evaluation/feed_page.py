@@ -12,15 +12,10 @@ True
 
 from __future__ import annotations
 
-import statistics
-
 from learner.evaluation.feed import BASELINES
+from learner.evaluation.results_page import mean_sd
 
 COLUMNS = ("dwell", "engaged", "user_dwell", "user_engaged", "tune_dwell")
-
-
-def _mean_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def section(name: str, rows: list[dict], about: dict) -> str:
@@ -28,7 +23,7 @@ def section(name: str, rows: list[dict], about: dict) -> str:
     by: dict[str, list[dict]] = {}
     for row in rows:
         by.setdefault(row["scorer"], []).append(row)
-    means = {s: {c: _mean_sd([r[c] for r in rs]) for c in (*COLUMNS, "events_per_s")}
+    means = {s: {c: mean_sd([r[c] for r in rs]) for c in (*COLUMNS, "events_per_s")}
              for s, rs in by.items()}
     lines = [
         f"### `{name}`: every scorer, prequential, reported after the first 30%",

@@ -44,6 +44,16 @@ def test_counts_grow_with_the_tables_and_new_rows_start_at_zero():
     assert model.user_counts.sum() == 0 and model.item_counts.sum() == 0
 
 
+def test_the_rates_are_smoothed_by_a_prior_of_ten_events_at_one_half():
+    """A new id's rate is one half (log-odds 0); one positive moves it to 6/11, not to the
+    2/3 a prior of two events would give: a few events move a score a little."""
+    model = Wide(users=2, items=2)
+    assert model.count_features(torch.tensor([0]), torch.tensor([0])).tolist() == [[0.0, 0.0]]
+    model.observe(torch.tensor([1]), torch.tensor([1]), torch.tensor([1.0]))
+    features = model.count_features(torch.tensor([1]), torch.tensor([1]))[0]
+    assert torch.allclose(features, torch.log(torch.tensor([6 / 5, 6 / 5])))
+
+
 def test_a_score_never_sees_its_own_label():
     """Every event of a batch is scored before the model or the baseline counts it: the same
     batch with all labels flipped gets the same scores."""
