@@ -38,8 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=Flag(int, Range(0, SEED_MAX), many=True), default=[0, 1, 2])
     p.add_argument("--tune", action=argparse.BooleanOptionalAction, default=True,
                    help="tune on the first part of each stream first (cached)")
-    p.add_argument("--runs", type=Path, default=REPO / "runs/eval",
-                   help="folder of the resumable run results")
+    p.add_argument("--runs", type=Path, default=REPO / "docs/results",
+                   help="folder of the resumable per-run results (committed: --report-only "
+                   "rebuilds the page from them)")
     p.add_argument("--out", type=Path, default=REPO / "docs", help="where RESULTS.md goes")
     p.add_argument("--report-only", action="store_true", help="only rewrite the report")
     feed = p.add_argument_group(

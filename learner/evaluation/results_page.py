@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from learner.doc_sections import write_section
 from learner.evaluation.protocol import METHODS
 
 BASELINE = "bce_neg"
@@ -134,7 +135,9 @@ def plot(agg: dict, setting: str, model: str, path: Path, ylabel: str) -> bool:
 
 
 def write_results(rows: list[dict], out_dir: Path, extras: dict) -> Path:
-    """Write ``RESULTS.md`` and ``img/*.png`` under ``out_dir``; return the markdown path."""
+    """Write the settings' part of ``RESULTS.md`` (its ``eval:settings`` section: the feed
+    logs' sections beside it are kept) and ``img/*.png`` under ``out_dir``; return the
+    markdown path."""
     agg = aggregate(rows)
     models = sorted({k[1] for k in agg}, key=["gmf", "neumf", "deepfm"].index)
     parts = [
@@ -194,5 +197,5 @@ def write_results(rows: list[dict], out_dir: Path, extras: dict) -> Path:
             if plot(agg, setting, model, image, ylabel):
                 parts.append(f"![{setting} {model}](img/{image.name})")
     path = out_dir / "RESULTS.md"
-    path.write_text("\n".join(parts) + "\n")
+    write_section(path, "\n".join(parts), "eval:settings")
     return path

@@ -37,10 +37,15 @@ def test_report_aggregates_seeds_and_draws(tmp_path):
                "auc": 0.0})  # tuning rows stay out of the tables
     agg = report.aggregate(store.rows())
     mean, std, n = agg[("ml1m", "gmf", "idl")]["auc"]
-    assert (round(mean, 4), n) == (0.82, 3) and std == pytest.approx(np.std([0.8, 0.82, 0.84]))
+    # the sample standard deviation (n - 1), as the issue's spreads are
+    assert (round(mean, 4), n) == (0.82, 3) and std == pytest.approx(np.std([0.8, 0.82, 0.84],
+                                                                             ddof=1))
+    feed = "<!-- feed:log -->\nthe feed log's section\n<!-- /feed:log -->\n"
+    (tmp_path / "RESULTS.md").write_text(feed)
     path = report.write_results(store.rows(), tmp_path, {"tuned": {}, "machine": "test box"})
     text = path.read_text()
-    assert "| idl | gmf | 0.8200 ± 0.0163 + |" in text
+    assert "| idl | gmf | 0.8200 ± 0.0200 + |" in text
+    assert feed in text  # the feed logs' sections are kept
     assert (tmp_path / "img" / "ml1m-gmf.png").stat().st_size > 1000
 
 
