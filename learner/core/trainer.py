@@ -330,6 +330,25 @@ class OnlineLearner:
             feats = np.stack([none, self._item_duration[videos], none], axis=1)
         return self.score_rows(users, videos, feats)
 
+    def user_logits(self, user_ids: Sequence[Hashable]) -> np.ndarray:
+        """Each user's terms of the logit that are the same for every video
+        (:meth:`~learner.core.backbones.base.Backbone.user_logit`), 0 for an unknown user: what
+        a ranking of candidates for one user at one moment never sees. A pure query: no
+        row is added, nothing is trained.
+
+        >>> learner = OnlineLearner(LearnerSettings(model="wide"))
+        >>> learner.user_logits(["never seen"]).tolist()
+        [0.0]
+        """
+        self._settle()
+        rows = self.users.lookup(user_ids, add=False)
+        out = np.zeros(rows.size)
+        known = rows >= 0
+        if known.any():
+            with torch.no_grad():
+                out[known] = self.model.user_logit(self._tensor(rows[known])).cpu().numpy()
+        return out
+
     def planned_steps(self, events: int) -> int:
         """Optimiser steps :meth:`learn_many` takes for a batch of ``events`` real events."""
         if not events:

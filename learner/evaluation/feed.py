@@ -9,7 +9,12 @@ The first ``TUNE_SHARE`` of the stream is for tuning; figures are reported on th
 - ``dwell``: AUC against the dwell labels of genuine events (what the learner trains on);
 - ``engaged``: AUC of every event against explicit engagement (``--explicit``: any of the
   named columns set; the truth no dwell label sees);
-- ``user_dwell``, ``user_engaged``: the mean per-user AUC over users with both classes.
+- ``user_dwell``, ``user_engaged``: the mean per-user AUC over users with both classes;
+- ``served_dwell``, ``served_engaged``: the same of the order a ranker serves, the score less
+  its terms that depend on the user alone (:class:`Scored`). A per-user AUC pools a user's
+  events over the whole log: a user's own terms, which move as the user is counted, shift
+  every score of the user over time, while a ranking of candidates for one user at one moment
+  never sees them (they are a constant there).
 
 Scorers: learners (named settings over the defaults, :data:`LEARNERS`) and baselines
 (:data:`BASELINES`): running counters and river's ``BiasedMF``, scored the same way.
@@ -25,6 +30,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import orjson
@@ -118,18 +124,32 @@ def _rows(ids: np.ndarray) -> np.ndarray:
     return IdMap().lookup(ids.tolist())
 
 
-def run_learner(feed: FeedLog, name: str, seed: int) -> tuple[np.ndarray, float]:
-    """Prequential scores of the learner ``name`` (:data:`LEARNERS`), and its events/s."""
+class Scored(NamedTuple):
+    """A scorer's prequential output: each event's score, and the order a ranker serves."""
+
+    scores: np.ndarray
+    #: the scores less the terms that depend on the user alone (any monotone transform)
+    served: np.ndarray
+
+
+def run_learner(feed: FeedLog, name: str, seed: int) -> tuple[Scored, float]:
+    """Prequential scores of the learner ``name`` (:data:`LEARNERS`), and its events/s.
+
+    The served order is the logit less :meth:`~learner.core.trainer.OnlineLearner.user_logits`,
+    taken before the batch (the events/s include that query)."""
     overrides = dict(LEARNERS[name])
     no_tab = overrides.pop("_no_tab", False)
     learner = OnlineLearner(dataclasses.replace(LearnerSettings(seed=seed), **overrides))
-    scores = []
+    scores, user_logits = [], []
     started = time.perf_counter()
     for batch in feed.batches:
         if no_tab:
             batch = dataclasses.replace(batch, tab=None)
+        user_logits.append(learner.user_logits(batch.user_id))
         scores.append(learner.learn_many(batch).scores)
-    return np.concatenate(scores), len(feed) / (time.perf_counter() - started)
+    rate = len(feed) / (time.perf_counter() - started)
+    p = np.clip(np.concatenate(scores).astype(np.float64), 1e-12, 1 - 1e-12)
+    return Scored(p, np.log(p) - np.log1p(-p) - np.concatenate(user_logits)), rate
 
 
 def _batched(feed: FeedLog, score: Callable[[slice], np.ndarray],
@@ -155,17 +175,21 @@ def _running_rates(feed: FeedLog, score: Callable[[RunningRates, slice], np.ndar
     return _batched(feed, lambda p: score(rates, p), learn)
 
 
-def counters(feed: FeedLog, seed: int = 0) -> np.ndarray:
-    """The user's plus the video's running positive rate (the learner's own baseline)."""
-    return _running_rates(feed, lambda rates, p: rates.score(feed.users[p], feed.videos[p]))
+def counters(feed: FeedLog, seed: int = 0) -> Scored:
+    """The user's plus the video's running positive rate (the learner's own baseline); it
+    serves the video's rate."""
+    return Scored(_running_rates(feed, lambda rates, p: rates.score(feed.users[p],
+                                                                    feed.videos[p])),
+                  video_rate(feed, seed).served)
 
 
-def video_rate(feed: FeedLog, seed: int = 0) -> np.ndarray:
+def video_rate(feed: FeedLog, seed: int = 0) -> Scored:
     """The video's running positive rate alone."""
-    return _running_rates(feed, lambda rates, p: rates.rates(feed.users[p], feed.videos[p])[1])
+    rate = _running_rates(feed, lambda rates, p: rates.rates(feed.users[p], feed.videos[p])[1])
+    return Scored(rate, rate)
 
 
-def video_watch_ratio(feed: FeedLog, seed: int = 0) -> np.ndarray:
+def video_watch_ratio(feed: FeedLog, seed: int = 0) -> Scored:
     """The video's running mean watch ratio (play / duration, capped at 5), every event."""
     sums = np.zeros((int(feed.videos.max()) + 1, 2))
 
@@ -173,19 +197,24 @@ def video_watch_ratio(feed: FeedLog, seed: int = 0) -> np.ndarray:
         np.add.at(sums[:, 0], feed.videos[part], feed.watch_ratio[part])
         np.add.at(sums[:, 1], feed.videos[part], 1.0)
 
-    return _batched(feed, lambda p: (sums[feed.videos[p], 0] + 0.5)
-                    / (sums[feed.videos[p], 1] + 1), learn)
+    ratio = _batched(feed, lambda p: (sums[feed.videos[p], 0] + 0.5)
+                     / (sums[feed.videos[p], 1] + 1), learn)
+    return Scored(ratio, ratio)
 
 
-def biased_mf(feed: FeedLog, seed: int = 0) -> np.ndarray:
-    """river's ``reco.BiasedMF`` (16 factors, SGD 0.05), ``learn_one`` on genuine events."""
+def biased_mf(feed: FeedLog, seed: int = 0) -> Scored:
+    """river's ``reco.BiasedMF`` (16 factors, SGD 0.05), ``learn_one`` on genuine events; it
+    serves its prediction less the user's bias."""
     from river import optim, reco  # late: only this baseline needs river
 
     model = reco.BiasedMF(n_factors=16, latent_optimizer=optim.SGD(0.05),
                           bias_optimizer=optim.SGD(0.05), seed=seed)
     users, videos = feed.users.tolist(), feed.videos.tolist()
+    user_bias = np.zeros(len(feed))
 
     def score(part: slice) -> np.ndarray:
+        user_bias[part] = [model.u_biases.get(users[i], 0.0)
+                           for i in range(part.start, part.stop)]
         return np.array([model.predict_one(users[i], videos[i])
                          for i in range(part.start, part.stop)])
 
@@ -194,18 +223,20 @@ def biased_mf(feed: FeedLog, seed: int = 0) -> np.ndarray:
             if feed.classes[i] != VAGUE:
                 model.learn_one(users[i], videos[i], float(feed.classes[i] == POSITIVE))
 
-    return _batched(feed, score, learn)
+    scores = _batched(feed, score, learn)
+    return Scored(scores, scores - user_bias)
 
 
-BASELINES: dict[str, Callable[[FeedLog, int], np.ndarray]] = {
+BASELINES: dict[str, Callable[[FeedLog, int], Scored]] = {
     "counters": counters, "video_rate": video_rate, "video_watch_ratio": video_watch_ratio,
     "biased_mf": biased_mf,
 }
 
 
-def figures(feed: FeedLog, scores: np.ndarray) -> dict[str, float]:
-    """AUCs of ``scores`` on the reported part (after the first ``TUNE_SHARE``), and the
+def figures(feed: FeedLog, scored: Scored) -> dict[str, float]:
+    """AUCs of ``scored`` on the reported part (after the first ``TUNE_SHARE``), and the
     dwell AUC of the tuning part."""
+    scores, served = scored
     report = np.arange(len(feed)) >= int(TUNE_SHARE * len(feed))
     genuine = feed.classes != VAGUE
     known = ~np.isnan(feed.engaged)
@@ -219,6 +250,10 @@ def figures(feed: FeedLog, scores: np.ndarray) -> dict[str, float]:
             out["user_dwell"] = per_user_auc(feed.users[dwell], scores[dwell], positive[dwell])
             out["user_engaged"] = per_user_auc(feed.users[engaged], scores[engaged],
                                                feed.engaged[engaged])
+            out["served_dwell"] = per_user_auc(feed.users[dwell], served[dwell],
+                                               positive[dwell])
+            out["served_engaged"] = per_user_auc(feed.users[engaged], served[engaged],
+                                                 feed.engaged[engaged])
     return out
 
 
@@ -226,11 +261,11 @@ def evaluate(feed: FeedLog, scorer: str, seed: int) -> dict:
     """One run: ``scorer`` (a learner or a baseline) on ``feed``; a JSON-able dict."""
     started = time.perf_counter()
     if scorer in LEARNERS:
-        scores, rate = run_learner(feed, scorer, seed)
+        scored, rate = run_learner(feed, scorer, seed)
     elif scorer in BASELINES:
-        scores = BASELINES[scorer](feed, seed)
+        scored = BASELINES[scorer](feed, seed)
         rate = len(feed) / (time.perf_counter() - started)
     else:
         raise ConfigError(f"unknown scorer {scorer!r}: a learner ({', '.join(LEARNERS)}) or a "
                           f"baseline ({', '.join(BASELINES)})")
-    return {"scorer": scorer, "seed": seed, **figures(feed, scores), "events_per_s": rate}
+    return {"scorer": scorer, "seed": seed, **figures(feed, scored), "events_per_s": rate}

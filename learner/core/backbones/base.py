@@ -54,6 +54,12 @@ class Backbone(nn.Module):
         context feature ids (see :mod:`learner.core.features`), ignored by id-only models."""
         raise NotImplementedError
 
+    def user_logit(self, users: torch.Tensor) -> torch.Tensor:
+        """The terms of a user's logit that depend on the user alone, the same for every video
+        (a constant when ranking candidates for one user): zeros here, for a backbone whose
+        every term involves the video."""
+        return torch.zeros(users.shape[0])
+
     def observe(self, users: torch.Tensor, items: torch.Tensor, positive: torch.Tensor) -> None:
         """Take note of scored genuine events (``positive`` 1.0 or 0.0 each), for a backbone
         that counts (:attr:`user_buffers`); nothing here."""

@@ -113,6 +113,12 @@ class Wide(Backbone):
         return torch.stack([_log_odds(self.user_counts[users]),
                             _log_odds(self.item_counts[items])], dim=1)
 
+    def user_logit(self, users: torch.Tensor) -> torch.Tensor:
+        """The user's bias and running-rate term: what ranking one user's candidates never
+        sees."""
+        return (self.user_bias(users)[:, 0]
+                + _log_odds(self.user_counts[users]) * self.counts_weight[0])
+
     @torch.no_grad()
     def observe(self, users: torch.Tensor, items: torch.Tensor, positive: torch.Tensor) -> None:
         """Count these genuine events (``positive`` 1.0 or 0.0), once they are scored."""
