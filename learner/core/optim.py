@@ -193,7 +193,6 @@ def reset_rows(model: Backbone, opt: MixedAdam, users: np.ndarray, items: np.nda
             for value in opt.sparse.state.get(weight, {}).values():
                 if torch.is_tensor(value) and value.shape[:1] == weight.shape[:1]:
                     value[index] = 0
-    for names, rows in ((model.user_buffers, users), (model.item_buffers, items)):
-        for name in names:
-            buffer = getattr(model, name)
-            buffer[torch.as_tensor(rows, dtype=torch.int64, device=buffer.device)] = 0
+    device = next(model.parameters()).device
+    model.forget(torch.as_tensor(users, dtype=torch.int64, device=device),
+                 torch.as_tensor(items, dtype=torch.int64, device=device))

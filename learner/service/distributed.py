@@ -221,6 +221,7 @@ class Ranks:
                 tensor.data.copy_(new.reshape(tensor.shape))
             elif rows.numel():
                 tensor.data[rows] = new.reshape(rows.numel(), -1)
+        model.counts_changed()  # the counted buffers hold every rank's counts now
         updates.reset()
 
     def _agree(self, rows: dict[str, np.ndarray], moments: list[bool], device

@@ -16,6 +16,7 @@ import torch
 
 from learner.bridge import to_events
 from learner.core.backbones import Wide
+from learner.core.backbones.wide import PRIOR_EVENTS_START
 from learner.core.batch import Events
 from learner.core.features import event_features
 from learner.core.optim import MixedAdam, ensure_rows, reset_rows
@@ -44,14 +45,48 @@ def test_counts_grow_with_the_tables_and_new_rows_start_at_zero():
     assert model.user_counts.sum() == 0 and model.item_counts.sum() == 0
 
 
-def test_the_rates_are_smoothed_by_a_prior_of_ten_events_at_one_half():
-    """A new id's rate is one half (log-odds 0); one positive moves it to 6/11, not to the
-    2/3 a prior of two events would give: a few events move a score a little."""
-    model = Wide(users=2, items=2)
+def test_the_rates_prior_is_estimated_from_the_counts():
+    """A new id's rate is one half (log-odds 0). Until enough events are counted the prior is
+    two events; then it is re-estimated from how much the ids' rates vary: weak where
+    videos differ, strong where they are alike, and a score's count feature follows it."""
+    model = Wide(users=2, items=512)
     assert model.count_features(torch.tensor([0]), torch.tensor([0])).tolist() == [[0.0, 0.0]]
     model.observe(torch.tensor([1]), torch.tensor([1]), torch.tensor([1.0]))
+    assert model.prior.tolist() == [PRIOR_EVENTS_START] * 2
     features = model.count_features(torch.tensor([1]), torch.tensor([1]))[0]
-    assert torch.allclose(features, torch.log(torch.tensor([6 / 5, 6 / 5])))
+    assert torch.allclose(features, torch.log(torch.tensor([2 / 1, 2 / 1])))  # (1 + 1) / 1
+    strengths = []
+    for rates in ((0.9, 0.1), (0.55, 0.45)):  # videos 0-255 at the first, 256-511 the second
+        model = Wide(users=2, items=512)
+        items = torch.arange(512).repeat_interleave(40)
+        rate = torch.where(items < 256, rates[0], rates[1])
+        positive = (torch.rand(items.shape, generator=torch.Generator().manual_seed(0))
+                    < rate).float()
+        model.observe(torch.zeros_like(items), items, positive)
+        strengths.append(float(model.prior[1]))
+        k = model.prior[1]
+        pos, n = model.item_counts[3]
+        expected = torch.log(pos + k / 2) - torch.log(n - pos + k / 2)
+        assert torch.isclose(model.count_features(torch.tensor([0]), torch.tensor([3]))[0, 1],
+                             expected)
+    apart, alike = strengths
+    assert apart < 3 < 20 < alike
+
+
+def test_the_counts_moments_kept_row_by_row_equal_a_full_recount():
+    model = Wide(users=64, items=64)
+    opt = MixedAdam(model, lr=0.01)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        users, items = torch.randint(0, 64, (50,), generator=gen), torch.randint(0, 64, (50,),
+                                                                                   generator=gen)
+        model.observe(users, items, (torch.rand(50, generator=gen) < 0.6).float())
+    reset_rows(model, opt, np.array([3, 5, 5]), np.array([7]))  # evicted ids' rows
+    assert model.user_counts[5].sum() == 0
+    kept = model.moments.clone()
+    model.counts_changed()
+    assert torch.allclose(kept, model.moments, rtol=1e-12)
+    assert model.prior.tolist() != [PRIOR_EVENTS_START] * 2  # 1,000 events: estimated
 
 
 def test_a_score_never_sees_its_own_label():

@@ -64,6 +64,19 @@ class Backbone(nn.Module):
         """Take note of scored genuine events (``positive`` 1.0 or 0.0 each), for a backbone
         that counts (:attr:`user_buffers`); nothing here."""
 
+    @torch.no_grad()
+    def forget(self, users: torch.Tensor, items: torch.Tensor) -> None:
+        """Zero the counted buffers' rows of these user and item rows (their ids were
+        evicted: the rows start afresh)."""
+        for names, rows in ((self.user_buffers, users), (self.item_buffers, items)):
+            for name in names:
+                getattr(self, name)[rows] = 0
+
+    def counts_changed(self) -> None:
+        """The counted buffers (:attr:`user_buffers`) were changed other than by
+        :meth:`observe` (a distributed synchronisation): refresh what derives from them;
+        nothing here."""
+
     def fast_steps(self, kernel: str = "auto") -> FastSteps | None:
         """The compiled training steps this backbone offers with ``kernel`` (``auto``: where
         they apply; ``torch``: never), or None: autograd then. None here; a backbone with
