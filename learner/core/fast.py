@@ -2,11 +2,13 @@
 backbone.
 
 A backbone that has compiled training steps returns a :class:`FastSteps` from
-:meth:`~learner.core.backbones.base.Backbone.fast_steps` (GMF on the CPU:
-:mod:`learner.core.backbones.gmf.steps`); the others return None and train through autograd.
-The steps it makes take table rows as numpy arrays (:class:`CompiledStep`), and can run every
-step of a micro-batch in one call (``plan``). :func:`make_inverse_gradient` and
-:func:`make_loss_step` are the learner's choice between them and the autograd steps; a next
+:meth:`~learner.core.backbones.base.Backbone.fast_steps` (on the CPU, GMF:
+:mod:`learner.core.backbones.gmf.steps`, and the wide model:
+:mod:`learner.core.backbones.wide.steps`); the others return None and train through autograd.
+The steps it makes take table rows and the pairs' context features (an (n, F) int64 array,
+:mod:`learner.core.features`; a backbone without context ignores them) as numpy arrays
+(:class:`CompiledStep`), and can run every step of a micro-batch in one call (``plan``).
+:func:`make_inverse_gradient` and :func:`make_loss_step` are the learner's choice between them and the autograd steps; a next
 fast backbone needs no change here nor in the trainer.
 """
 
@@ -29,11 +31,12 @@ class CompiledStep(Protocol):
     """A compiled step over table rows (numpy arrays): scores, and a whole micro-batch planned
     as one call."""
 
-    def scores(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """Like probabilities (float32) of the pairs of table rows ``users``, ``items``."""
+    def scores(self, users: np.ndarray, items: np.ndarray, feats: np.ndarray) -> np.ndarray:
+        """Like probabilities (float32) of the pairs of table rows ``users``, ``items`` with
+        context ``feats``."""
         ...
 
-    def plan(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray,
+    def plan(self, users: np.ndarray, items: np.ndarray, feats: np.ndarray, labels: np.ndarray,
              vague: np.ndarray, order: np.ndarray, bounds: np.ndarray) -> Planned:
         """Every step of a micro-batch as one call: step ``c`` trains the pairs
         ``order[bounds[c]:bounds[c + 1]]``."""
@@ -43,7 +46,7 @@ class CompiledStep(Protocol):
 class CompiledLossStep(CompiledStep, Protocol):
     """The learner's plain step (a loss, ``MixedAdam``), compiled."""
 
-    def step(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray,
+    def step(self, users: np.ndarray, items: np.ndarray, feats: np.ndarray, labels: np.ndarray,
              vague: np.ndarray) -> tuple[float, int]:
         """One step; the loss and the number of vague events leaned positive on."""
         ...
@@ -56,7 +59,8 @@ class CompiledInverseGradient(CompiledStep, Protocol):
     last_vague_positive: int
 
     def step_rows(self, vague_users: np.ndarray, vague_items: np.ndarray,
-                  meta_users: np.ndarray, meta_items: np.ndarray, meta_labels: np.ndarray,
+                  vague_feats: np.ndarray, meta_users: np.ndarray, meta_items: np.ndarray,
+                  meta_feats: np.ndarray, meta_labels: np.ndarray,
                   branch: str | None = None) -> tuple[str, dict[str, float], float]:
         """One IG step on table rows: the branch kept, the three meta losses, the loss."""
         ...
@@ -66,8 +70,8 @@ class FastSteps(Protocol):
     """The compiled steps a backbone offers (:meth:`Backbone.fast_steps`)."""
 
     def inverse_gradient(self, optimizer: MixedAdam, sample_lr: float,
-                         lookahead: str) -> CompiledInverseGradient:
-        """The compiled IG step over ``optimizer``'s state."""
+                         lookahead: str) -> CompiledInverseGradient | None:
+        """The compiled IG step over ``optimizer``'s state, or None where it has none."""
         ...
 
     def loss_step(self, optimizer: MixedAdam, loss: str) -> CompiledLossStep | None:
@@ -83,8 +87,9 @@ def make_inverse_gradient(
     else :class:`~learner.core.meta.InverseGradient`. Both keep the same state in ``model`` and
     ``optimizer``."""
     fast = model.fast_steps(kernel)
-    if fast is not None:
-        return fast.inverse_gradient(optimizer, sample_lr, lookahead)
+    compiled = fast.inverse_gradient(optimizer, sample_lr, lookahead) if fast else None
+    if compiled is not None:
+        return compiled
     return InverseGradient(model, optimizer, sample_lr, lookahead)
 
 

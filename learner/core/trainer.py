@@ -25,6 +25,7 @@ and their rows handed to new ids, started afresh (see :meth:`OnlineLearner._recy
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections import Counter, deque
@@ -309,8 +310,8 @@ class OnlineLearner:
     def score_rows(self, users: np.ndarray, items: np.ndarray, feats: np.ndarray) -> np.ndarray:
         """Like probabilities for (user row, item row, features) triples."""
         self._settle()
-        if self._all_steps is not None:  # GMF's compiled steps apply: its compiled scores
-            return self._all_steps.scores(users, items)
+        if self._all_steps is not None:  # the compiled steps apply: their compiled scores
+            return self._all_steps.scores(users, items, feats)
         with torch.no_grad():  # not around the compiled scores: ~25 us a call
             p = self._pairs(users, items, feats)
             return torch.sigmoid(self.model(p.users, p.items, p.feats)).cpu().numpy()
@@ -415,16 +416,17 @@ class OnlineLearner:
         if self.settings.meta_source == "reservoir":
             self.reservoir.add(users[genuine], videos[genuine], feats[genuine],
                                labels[: len(batch)][genuine])
-        result = self._train(all_users, all_items, all_feats, labels, vague, counts, steps,
-                             after_step, background)
+        count = None
         if self.model.user_buffers or self.model.item_buffers:
             # a counting backbone counts the batch once scored and trained on the counts it
-            # was scored with (in a distributed job, once the update log has the rows' bases)
-            self._settle()
+            # was scored with: after the training, on the training's thread (in a distributed
+            # job, once the update log has the rows' bases)
             if self.updates is not None:  # the counts' bases, for the ranks' next sum
                 self.updates.record(users[genuine], videos[genuine])
-            self.model.observe(self._tensor(users[genuine]), self._tensor(videos[genuine]),
-                               self._tensor(positive))
+            count = functools.partial(self.model.observe, self._tensor(users[genuine]),
+                                      self._tensor(videos[genuine]), self._tensor(positive))
+        result = self._train(all_users, all_items, all_feats, labels, vague, counts, steps,
+                             after_step, background, count)
         if result is None:  # training in the background: its figures come from trained()
             result = BatchResult(counts, 0, float("nan"), sampled=int(s_items.size),
                                  step_seconds=np.empty(0))
@@ -433,7 +435,9 @@ class OnlineLearner:
 
     # -- training --------------------------------------------------------------------------
     def _train(self, users, items, feats, labels, vague, counts, steps=None,
-               after_step=None, background=False) -> BatchResult | None:
+               after_step=None, background=False, count=None) -> BatchResult | None:
+        """Train on the pairs in ``steps`` steps, then call ``count`` (if any) on the same
+        thread; None when that runs in the background."""
         order = self._rng.permutation(users.size)
         if steps is None:
             steps = max(1, -(-users.size // self.settings.train_batch))
@@ -443,7 +447,8 @@ class OnlineLearner:
             # np.array_split's chunk sizes: the first n % steps one larger
             base, larger = divmod(users.size, steps)
             sizes = [base + 1] * larger + [base] * (steps - larger)
-            run, finish = self._plan_at_once(users, items, labels, vague, counts, order, sizes)
+            run, finish = self._plan_at_once(users, items, feats, labels, vague, counts, order,
+                                             sizes, count)
             if not (background and self.updates is None and users.size >= BACKGROUND_MIN_PAIRS):
                 return finish(_timed(run))
             if self._worker is None:
@@ -469,6 +474,8 @@ class OnlineLearner:
                 seconds.append(time.perf_counter() - started)
             if after_step is not None:
                 after_step()
+        if count is not None:
+            count()
         real = sum(counts.values())
         return BatchResult(
             counts, len(losses), float(np.mean(losses)), sampled=int(users.size - real),
@@ -476,18 +483,23 @@ class OnlineLearner:
             step_seconds=np.array(seconds),
         )
 
-    def _plan_at_once(self, users, items, labels, vague, counts, order, sizes,
-                      ) -> tuple[Callable[[], None], Callable[[float], BatchResult]]:
-        """:meth:`_train`'s steps as one call of the compiled GMF steps (the same steps, in
-        the same order), and what makes the batch's result of it once it ran, given its time
-        (each step's time is the call's, shared out evenly)."""
+    def _plan_at_once(self, users, items, feats, labels, vague, counts, order, sizes,
+                      count=None) -> tuple[Callable[[], None], Callable[[float], BatchResult]]:
+        """:meth:`_train`'s steps as one call of the compiled steps (the same steps, in the
+        same order), then ``count`` if any, and what makes the batch's result of it once it
+        ran, given its time (each step's time is the call's, shared out evenly)."""
         if self.updates is not None:  # the rows of every step, recorded before any trains
             self.updates.record(users, items)
         bounds = np.concatenate([[0], np.cumsum([size for size in sizes if size])])
         assert self._all_steps is not None  # the caller's condition
-        run, (branch_index, losses, leans) = self._all_steps.plan(users, items, labels, vague,
-                                                                  order, bounds)
+        steps, (branch_index, losses, leans) = self._all_steps.plan(
+            users, items, feats, labels, vague, order, bounds)
         n = bounds.size - 1
+
+        def run() -> None:
+            steps()
+            if count is not None:
+                count()
 
         def finish(seconds: float) -> BatchResult:
             self.steps += n
@@ -504,7 +516,8 @@ class OnlineLearner:
 
     def _loss_step(self, users, items, feats, labels, vague, chunk) -> tuple[float, int]:
         if self.compiled_step is not None:
-            return self.compiled_step.step(users[chunk], items[chunk], labels[chunk], vague[chunk])
+            return self.compiled_step.step(users[chunk], items[chunk], feats[chunk],
+                                           labels[chunk], vague[chunk])
         p = self._pairs(users, items, feats, chunk)
         target, mask = self._tensor(labels[chunk]), self._tensor(vague[chunk])
         self.optimizer.zero_grad()
@@ -533,8 +546,8 @@ class OnlineLearner:
         assert ig is not None  # _train takes the IG step only with one
         if not isinstance(ig, InverseGradient):  # the compiled step takes the arrays
             branch, _meta_losses, loss = ig.step_rows(
-                users[v_idx], items[v_idx], m_users[meta_index], m_items[meta_index],
-                m_labels[meta_index])
+                users[v_idx], items[v_idx], feats[v_idx], m_users[meta_index],
+                m_items[meta_index], m_feats[meta_index], m_labels[meta_index])
         else:
             branch, _meta_losses, loss = ig.step(
                 self._pairs(users, items, feats, v_idx),

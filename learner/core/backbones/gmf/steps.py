@@ -96,9 +96,10 @@ class _CompiledStep:
         states, (p, q, w, b, moments, steps) = self._cached()
         return p, q, w, b, moments, self._hyper(states, steps, n)
 
-    def scores(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """Like probabilities (float32) of the pairs (table rows ``users``, ``items``): the
-        model's own, without torch's per-call overhead."""
+    def scores(self, users: np.ndarray, items: np.ndarray,
+               feats: np.ndarray | None = None) -> np.ndarray:
+        """Like probabilities (float32) of the pairs (table rows ``users``, ``items``; GMF
+        takes no context ``feats``): the model's own, without torch's per-call overhead."""
         _states, (p, q, w, b, _moments, _steps) = self._cached()
         out = np.empty(len(users), np.float32)
         kernels.scores(p, q, w, b, _index(users), _index(items), out)
@@ -212,14 +213,16 @@ class GMFInverseGradient(_CompiledStep):
         self, vague: Pairs, meta: Pairs, meta_labels: torch.Tensor, branch: str | None = None
     ) -> tuple[str, dict[str, float], float]:
         """One IG step; returns the branch kept, the three meta losses and the final loss."""
-        return self.step_rows(vague.users.numpy(), vague.items.numpy(), meta.users.numpy(),
-                              meta.items.numpy(), meta_labels.numpy(), branch)
+        return self.step_rows(vague.users.numpy(), vague.items.numpy(), None, meta.users.numpy(),
+                              meta.items.numpy(), None, meta_labels.numpy(), branch)
 
     def step_rows(
-        self, vague_users: np.ndarray, vague_items: np.ndarray, meta_users: np.ndarray,
-        meta_items: np.ndarray, meta_labels: np.ndarray, branch: str | None = None,
+        self, vague_users: np.ndarray, vague_items: np.ndarray, vague_feats: np.ndarray | None,
+        meta_users: np.ndarray, meta_items: np.ndarray, meta_feats: np.ndarray | None,
+        meta_labels: np.ndarray, branch: str | None = None,
     ) -> tuple[str, dict[str, float], float]:
-        """:meth:`step` on the table rows of the pairs, as arrays (the learner's call)."""
+        """:meth:`step` on the table rows of the pairs, as arrays (the learner's call; GMF
+        takes no context features)."""
         p, q, w, b, moments, hyper = self._arrays()
         losses = np.empty(len(BRANCHES))
         chosen, lean, loss = kernels.ig_step(
@@ -229,8 +232,8 @@ class GMFInverseGradient(_CompiledStep):
         self.last_vague_positive = lean
         return BRANCHES[chosen], dict(zip(BRANCHES, losses.tolist(), strict=True)), loss
 
-    def plan(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray,
-             vague: np.ndarray, order: np.ndarray, bounds: np.ndarray,
+    def plan(self, users: np.ndarray, items: np.ndarray, feats: np.ndarray | None,
+             labels: np.ndarray, vague: np.ndarray, order: np.ndarray, bounds: np.ndarray,
              ) -> tuple[Callable[[], None], tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Every step of a micro-batch as one call, to make, as the learner takes them one by
         one: step ``c`` trains the pairs ``order[bounds[c]:bounds[c + 1]]``, by
@@ -254,9 +257,10 @@ class GMFLossStep(_CompiledStep):
             raise ConfigError(f"the compiled step trains bce or idl, not {loss!r}")
         self.loss = loss
 
-    def step(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray,
-             vague: np.ndarray) -> tuple[float, int]:
-        """One step on the pairs (table rows ``users``, ``items``); ``labels`` 1/0 for the
+    def step(self, users: np.ndarray, items: np.ndarray, feats: np.ndarray | None,
+             labels: np.ndarray, vague: np.ndarray) -> tuple[float, int]:
+        """One step on the pairs (table rows ``users``, ``items``; no context ``feats`` in
+        GMF); ``labels`` 1/0 for the
         genuine events, ``vague`` marks the others. Returns the loss and the number of vague
         events the model leaned positive on (before the step)."""
         p, q, w, b, moments, hyper = self._arrays()
@@ -264,8 +268,8 @@ class GMFLossStep(_CompiledStep):
                                  np.asarray(labels, np.float32), np.asarray(vague, bool),
                                  self.loss == "idl", hyper[0])
 
-    def plan(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray,
-             vague: np.ndarray, order: np.ndarray, bounds: np.ndarray,
+    def plan(self, users: np.ndarray, items: np.ndarray, feats: np.ndarray | None,
+             labels: np.ndarray, vague: np.ndarray, order: np.ndarray, bounds: np.ndarray,
              ) -> tuple[Callable[[], None], tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Every step of a micro-batch as one call, to make: step ``c`` is :meth:`step` on the
         pairs ``order[bounds[c]:bounds[c + 1]]``. Returns the call and the arrays it fills:

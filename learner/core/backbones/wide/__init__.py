@@ -33,6 +33,9 @@ neither AUC by more than 0.0002 and cost 2x the time (a one-off check, with the 
 counts; not a scorer of docs/RESULTS.md), so ``dim`` is not used; nor did a user x
 duration-bucket cross, left out too.
 
+Its compiled training steps (no autograd, numba) are :mod:`.steps` over the arithmetic of
+:mod:`.kernels`, offered to the learner by :meth:`Wide.fast_steps`.
+
 >>> import torch
 >>> model = Wide(users=4, items=4, feature_sizes=(24, 16, 16))
 >>> users, items = torch.tensor([0, 1]), torch.tensor([2, 3])
@@ -45,11 +48,16 @@ torch.Size([2])
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from learner.core.backbones.base import Backbone, sparse_table
 from learner.core.features import FEATURE_SIZES
+
+if TYPE_CHECKING:
+    from learner.core.fast import FastSteps
 
 N_COUNT_FEATURES = 2
 #: the bounds of the prior's estimated strength, in events; and its value before any
@@ -167,6 +175,13 @@ class Wide(Backbone):
 
     def _estimate_priors(self) -> None:
         self.prior.copy_(torch.tensor([prior_strength(m) for m in self.moments]))
+
+    def fast_steps(self, kernel: str = "auto") -> FastSteps | None:
+        """The compiled steps (:mod:`learner.core.backbones.wide.steps`) with ``kernel="auto"``
+        on the CPU, numba importable; else None."""
+        from learner.core.backbones.wide import steps  # late: numba, and steps imports Wide
+
+        return steps.WideFastSteps(self) if steps.compiled_applies(self, kernel) else None
 
 
 def count_moments(counts: torch.Tensor) -> torch.Tensor:

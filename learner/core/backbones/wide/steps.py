@@ -1,0 +1,240 @@
+"""The wide model's training steps on the CPU, compiled: no autograd, no sparse tensors, one call.
+
+Through autograd a step of the wide model at the learner's train batch of 512 is some fifty
+small PyTorch operations (the forward's lookups and count features, the backward, the sparse
+gradients' coalescing, SparseAdam on two tables and Adagrad on three dense tensors), each
+paying PyTorch's per-operation overhead: about 1.2 ms, two thirds of the learner's time per
+micro-batch offline. The model is linear in its parameters, so every gradient has a closed
+form (:mod:`learner.core.backbones.wide.kernels`) and a whole micro-batch's steps are one
+compiled call.
+
+:class:`WideLossStep` is the learner's plain step (``bce`` or ``idl``: SparseAdam on the bias
+rows, Adagrad on the context, cross and count weights and the global bias), done in place on
+numpy views of the model's tensors, its count buffers and the optimiser's own state, so
+checkpoints, the distributed update log and the autograd path see the same state. The views
+are made again whenever a tensor is replaced (tables grow, a checkpoint loads); the step
+counters are read from the optimiser's state at each call and written back after it.
+:meth:`Wide.fast_steps` offers it (:class:`WideFastSteps`) on the CPU unless
+``kernel="torch"``; the IG step stays autograd's.
+
+>>> import numpy as np
+>>> from learner.core.backbones import Wide
+>>> from learner.core.optim import MixedAdam
+>>> model = Wide(users=4, items=4)
+>>> step = WideLossStep(model, MixedAdam(model, lr=0.01), "bce")
+>>> rows, feats = np.array([0, 1]), np.array([[5, 3, 0], [23, 15, 2]])
+>>> loss, lean = step.step(rows, rows, feats, np.array([1.0, 0.0], np.float32),
+...                        np.array([False, False]))
+>>> round(loss, 2), lean, step.scores(rows, rows, feats).shape
+(0.69, 0, (2,))
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, cast
+
+import numpy as np
+import torch
+
+from learner.core.backbones.base import Backbone
+from learner.core.backbones.gmf.steps import _index, _state
+from learner.core.backbones.wide import Wide
+from learner.core.errors import ConfigError
+from learner.core.optim import MixedAdam
+from learner.core.settings import check_kernel
+
+try:  # numba is a dependency; where it cannot be imported, the model trains through autograd
+    from learner.core.backbones.wide import kernels
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    kernels, NO_KERNELS = cast(Any, None), f"{type(exc).__name__}: {exc}"
+else:
+    NO_KERNELS = ""
+
+logger = logging.getLogger(__name__)
+
+#: the branch of a step that is not an IG step (as the GMF kernels mark it)
+NO_BRANCH = -1
+_DENSE = ("context", "counts_weight", "bias")
+
+
+class WideLossStep:
+    """The learner's plain step (``MixedAdam`` on ``bce`` or ``idl`` of
+    :mod:`learner.core.losses`) for the wide model on the CPU, compiled."""
+
+    LOSSES = ("bce", "idl")
+
+    def __init__(self, model: Wide, optimizer: MixedAdam, loss: str) -> None:
+        if type(model) is not Wide:
+            raise ConfigError(f"the compiled wide steps are for Wide, not {type(model).__name__}")
+        if loss not in self.LOSSES:
+            raise ConfigError(f"the compiled step trains bce or idl, not {loss!r}")
+        if model.user_bias.weight.device.type != "cpu":
+            raise ConfigError("the compiled steps run on the CPU only")
+        if not isinstance(optimizer.dense, torch.optim.Adagrad):
+            raise ConfigError("the compiled wide steps take Adagrad on the dense weights")
+        for opt in optimizer.optimizers:
+            group = opt.param_groups[0]
+            if len(opt.param_groups) > 1 or group.get("maximize") or group.get("weight_decay"):
+                raise ConfigError("the compiled steps take one parameter group per optimiser, "
+                                  "no maximize, no weight decay")
+        if kernels is None:
+            raise ConfigError(f"the compiled steps need numba ({NO_KERNELS})")
+        self.model, self.optimizer, self.idl = model, optimizer, loss == "idl"
+        sizes = model.feature_sizes
+        self._sizes = np.array(sizes, np.int64)
+        self._layout = (model.offsets.numpy().astype(np.int64),
+                        model.cross_start if model.cross_tab else -1,
+                        sizes[2] if model.cross_tab else 1)
+        self._cache: tuple | None = None  # (tensors, state tensors, views): _views
+        kernels.warm_up()
+
+    # -- the state, as numpy views ---------------------------------------------------------
+    def _views(self) -> tuple:
+        """(model, sparse, dense) tuples of numpy views as the kernels take them, and the
+        states of the five parameters (b_u, b_i, c, a, b). Made again only when a tensor or
+        a state is replaced (tables grow, a checkpoint loads): never a stale view."""
+        model = self.model
+        modules, params, buffers = model._modules, model._parameters, model._buffers
+        tensors = (
+            cast(torch.nn.Module, modules["user_bias"])._parameters["weight"],
+            cast(torch.nn.Module, modules["item_bias"])._parameters["weight"],
+            buffers["user_counts"], buffers["item_counts"],
+            *(params[name] for name in _DENSE),
+            self.optimizer.sparse.state, cast(torch.optim.Optimizer, self.optimizer.dense).state)
+        cache = self._cache
+        if (cache is None or any(a is not b for a, b in zip(tensors, cache[0], strict=True))
+                or any(state[k] is not t for state, k, t in cache[1])):
+            cache = self._cache = (tensors, *self._made(tensors))
+        return cache[2]
+
+    def _made(self, tensors: tuple) -> tuple:
+        sparse, dense = self.optimizer.sparse, self.optimizer.dense
+        assert dense is not None  # checked: Adagrad
+        states = (*(_state(sparse, p, False) for p in tensors[:2]),
+                  *(dense.state[p] for p in tensors[4:7]))
+        watched = [(state, k, t) for state in states for k, t in state.items()
+                   if torch.is_tensor(t)]
+
+        def view(t: torch.Tensor) -> np.ndarray:
+            return t.detach().numpy()
+
+        model = tuple(view(t) for t in tensors[:7])
+        moments = tuple(view(state[k]) for state in states[:2]
+                        for k in ("exp_avg", "exp_avg_sq"))
+        sums = tuple(view(state["sum"]) for state in states[2:])
+        steps = tuple(view(state["step"]).reshape(1) for state in states[2:])
+        return watched, (model, moments, sums, states, steps)
+
+    def _hyper(self) -> np.ndarray:
+        s_group = self.optimizer.sparse.param_groups[0]
+        d_group = cast(torch.optim.Optimizer, self.optimizer.dense).param_groups[0]
+        hyper = np.empty(kernels.HYPER_SIZE)
+        hyper[kernels.LR_S], hyper[kernels.EPS_S] = s_group["lr"], s_group["eps"]
+        hyper[kernels.BETA1], hyper[kernels.BETA2] = s_group["betas"]
+        hyper[kernels.LR_D], hyper[kernels.EPS_D] = d_group["lr"], d_group["eps"]
+        hyper[kernels.LR_DECAY] = d_group["lr_decay"]
+        return hyper
+
+    @staticmethod
+    def _counters(states: tuple, steps: tuple) -> np.ndarray:
+        """The five step counts: SparseAdam's ints, Adagrad's float32 scalars."""
+        return np.array([states[0]["step"], states[1]["step"], *(float(s[0]) for s in steps)],
+                        np.int64)
+
+    @staticmethod
+    def _write_back(states: tuple, steps: tuple, counters: np.ndarray) -> None:
+        states[0]["step"], states[1]["step"] = int(counters[0]), int(counters[1])
+        for view, count in zip(steps, counters[2:].tolist(), strict=True):
+            view[0] = count
+
+    def _feats(self, feats: np.ndarray, n: int) -> np.ndarray:
+        """The pairs' context features, checked: (n, F) ids within the features' sizes."""
+        feats = np.ascontiguousarray(feats, dtype=np.int64)
+        if feats.shape != (n, self._sizes.size):
+            raise ValueError(f"feats must have shape ({n}, {self._sizes.size}), "
+                             f"got {feats.shape}")
+        if n and (feats.min() < 0 or (feats.max(axis=0) >= self._sizes).any()):
+            raise ValueError(f"feature ids must lie within the sizes {tuple(self._sizes)}")
+        return feats
+
+    # -- the steps -------------------------------------------------------------------------
+    def scores(self, users: np.ndarray, items: np.ndarray, feats: np.ndarray) -> np.ndarray:
+        """Like probabilities (float32) of the pairs (table rows ``users``, ``items``, context
+        ``feats``): the model's own, without torch's per-call overhead."""
+        model = self._views()[0]
+        out = np.empty(len(users), np.float32)
+        kernels.scores(model, self._layout, _index(users), _index(items),
+                       self._feats(feats, len(users)), out)
+        return out
+
+    def step(self, users: np.ndarray, items: np.ndarray, feats: np.ndarray,
+             labels: np.ndarray, vague: np.ndarray) -> tuple[float, int]:
+        """One step on the pairs; ``labels`` 1/0 for the genuine events, ``vague`` marks the
+        others. Returns the loss and the number of vague events the model leaned positive on
+        (before the step)."""
+        model, moments, sums, states, steps = self._views()
+        counters = self._counters(states, steps)
+        loss, lean = kernels.loss_step(
+            model, self._layout, moments, sums, counters, _index(users), _index(items),
+            self._feats(feats, len(users)), np.asarray(labels, np.float32),
+            np.asarray(vague, bool), self.idl, self._hyper())
+        self._write_back(states, steps, counters)
+        return loss, lean
+
+    def plan(self, users: np.ndarray, items: np.ndarray, feats: np.ndarray,
+             labels: np.ndarray, vague: np.ndarray, order: np.ndarray, bounds: np.ndarray,
+             ) -> tuple[Callable[[], None], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Every step of a micro-batch as one call, to make: step ``c`` is :meth:`step` on the
+        pairs ``order[bounds[c]:bounds[c + 1]]``. Returns the call and the arrays it fills:
+        each step's branch (always ``NO_BRANCH``), loss and leaning. The call holds the
+        interpreter lock only to start and to return."""
+        n = bounds.size - 1
+        model, moments, sums, states, steps = self._views()
+        counters = self._counters(states, steps)
+        leans, losses = np.empty(n, np.int64), np.empty(n)
+        train = functools.partial(
+            kernels.train_steps, model, self._layout, moments, sums, counters, _index(users),
+            _index(items), self._feats(feats, len(users)), np.asarray(labels, np.float32),
+            np.asarray(vague, bool), _index(order), _index(bounds), self.idl, self._hyper(),
+            leans, losses)
+
+        def run() -> None:
+            train()
+            self._write_back(states, steps, counters)
+
+        return run, (np.full(n, NO_BRANCH), losses, leans)
+
+
+def compiled_applies(model: Backbone, kernel: str) -> bool:
+    """Whether the learner takes the compiled steps: ``kernel="auto"`` and a Wide on the CPU."""
+    check_kernel(kernel)
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    applies = kernel == "auto" and type(model) is Wide and on_cpu
+    if applies and kernels is None:
+        _warn_no_kernels(NO_KERNELS)
+    return applies and kernels is not None
+
+
+@functools.cache
+def _warn_no_kernels(why: str) -> None:
+    logger.warning("numba cannot be imported (%s): the wide model trains through autograd",
+                   why)
+
+
+class WideFastSteps:
+    """What :meth:`Wide.fast_steps` offers (:class:`learner.core.fast.FastSteps`)."""
+
+    def __init__(self, model: Wide) -> None:
+        self.model = model
+
+    def inverse_gradient(self, optimizer: MixedAdam, sample_lr: float = 1e-3,
+                         lookahead: str = "adam") -> None:
+        """None: the wide model's IG step is autograd's."""
+        return None
+
+    def loss_step(self, optimizer: MixedAdam, loss: str) -> WideLossStep | None:
+        """The compiled plain step for ``bce`` or ``idl``, else None."""
+        return WideLossStep(self.model, optimizer, loss) if loss in WideLossStep.LOSSES else None
