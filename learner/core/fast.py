@@ -8,8 +8,8 @@ A backbone that has compiled training steps returns a :class:`FastSteps` from
 The steps it makes take table rows and the pairs' context features (an (n, F) int64 array,
 :mod:`learner.core.features`; a backbone without context ignores them) as numpy arrays
 (:class:`CompiledStep`), and can run every step of a micro-batch in one call (``plan``).
-:func:`make_inverse_gradient` and :func:`make_loss_step` are the learner's choice between them and the autograd steps; a next
-fast backbone needs no change here nor in the trainer.
+:func:`make_inverse_gradient` and :func:`make_loss_step` are the learner's choice between
+them and the autograd steps; a next fast backbone needs no change here nor in the trainer.
 """
 
 from __future__ import annotations

@@ -149,7 +149,8 @@ def test_compiled_loss_step_is_the_autograd_step(loss_name):
         expected = loss_fn(logits, labels, vague, k)
         expected.backward()
         opt.step()
-        loss, lean = fast.step(users.numpy(), items.numpy(), labels.numpy(), vague.numpy())
+        loss, lean = fast.step(users.numpy(), items.numpy(), None, labels.numpy(),
+                               vague.numpy())
         assert loss == pytest.approx(float(expected.detach()), rel=1e-5, abs=1e-7)
         assert lean == int(((logits.detach() > 0) & vague).sum())
     _assert_same_state(model, twin, opt, opt_twin)

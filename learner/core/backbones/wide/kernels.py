@@ -129,10 +129,10 @@ def mixed_step(model, layout, sparse, dense, counters, users, items, feats, coun
                                              (ib, sparse[2], sparse[3], i_rows, g_i, counters[1])):
         size = hyper[LR_S] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
         _adam_rows(table, avg, sq, rows, grad, size, beta1, beta2, hyper[EPS_S])
-    for param, total, grad, step in ((ctx, dense[0], g_c, counters[2]),
-                                     (cw, dense[1], g_a, counters[3]),
-                                     (b, dense[2], g_b, counters[4])):
-        _adagrad(param, total, grad, hyper[LR_D] / (1 + (step - 1) * hyper[LR_DECAY]),
+    for param, total, g_dense, step in ((ctx, dense[0], g_c, counters[2]),
+                                        (cw, dense[1], g_a, counters[3]),
+                                        (b, dense[2], g_b, counters[4])):
+        _adagrad(param, total, g_dense, hyper[LR_D] / (1 + (step - 1) * hyper[LR_DECAY]),
                  hyper[EPS_D])
 
 
