@@ -14,6 +14,8 @@ them and the autograd steps; a next fast backbone needs no change here nor in th
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Callable
 from typing import Protocol
 
@@ -22,6 +24,9 @@ import numpy as np
 from learner.core.backbones.base import Backbone
 from learner.core.meta import InverseGradient
 from learner.core.optim import MixedAdam
+from learner.core.settings import check_kernel
+
+logger = logging.getLogger(__name__)
 
 #: What a planned micro-batch fills: each step's branch, loss and leaning.
 Planned = tuple[Callable[[], None], tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -99,3 +104,21 @@ def make_loss_step(model: Backbone, optimizer: MixedAdam, loss: str,
     learner's autograd step then."""
     fast = model.fast_steps(kernel)
     return fast.loss_step(optimizer, loss) if fast is not None else None
+
+
+def compiled_applies(model: Backbone, kernel: str, backbone: type[Backbone],
+                     missing: str) -> bool:
+    """Whether the learner takes ``backbone``'s compiled steps for ``model``:
+    ``kernel="auto"``, ``model`` a ``backbone`` (not a subclass) on the CPU, and the kernels
+    importable (``missing``: why not, empty where they are; warned once)."""
+    check_kernel(kernel)
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    applies = kernel == "auto" and type(model) is backbone and on_cpu
+    if applies and missing:
+        _warn_no_kernels(backbone.__name__, missing)
+    return applies and not missing
+
+
+@functools.cache
+def _warn_no_kernels(backbone: str, why: str) -> None:
+    logger.warning("numba cannot be imported (%s): %s trains through autograd", why, backbone)

@@ -24,6 +24,7 @@ from learner.core.optim import MixedAdam, ensure_rows
 from learner.core.settings import LearnerSettings
 from learner.core.trainer import OnlineLearner
 from stream.event import EventBatch
+from tests.unit.test_gmf_steps import _assert_same_state as same_parameters_and_optimiser_state
 
 SIZES = (24, 16, 16)
 
@@ -36,21 +37,10 @@ def _pair(seed: int, users: int = 40, items: int = 30):
 
 
 def _assert_same_state(a: Wide, b: Wide, opt_a: MixedAdam, opt_b: MixedAdam) -> None:
-    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
-        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-5, msg=name)
+    """GMF's comparison of parameters and optimiser state, and the count buffers."""
+    same_parameters_and_optimiser_state(a, b, opt_a, opt_b)
     for (name, p), q in zip(a.named_buffers(), b.buffers(), strict=True):
         torch.testing.assert_close(p, q, msg=name)
-    for o_a, o_b in zip(opt_a.optimizers, opt_b.optimizers, strict=True):
-        for p_a, p_b in zip(o_a.param_groups[0]["params"], o_b.param_groups[0]["params"],
-                            strict=True):
-            s_a, s_b = o_a.state[p_a], o_b.state[p_b]
-            assert s_a.keys() == s_b.keys()
-            for key in s_a:
-                if torch.is_tensor(s_a[key]):
-                    assert s_a[key].dtype == s_b[key].dtype, key
-                    torch.testing.assert_close(s_a[key], s_b[key], atol=1e-5, rtol=1e-5)
-                else:
-                    assert type(s_a[key]) is type(s_b[key]) and s_a[key] == s_b[key], key
 
 
 def _pairs(gen: torch.Generator, users: int, items: int, n: int = 48):

@@ -40,19 +40,18 @@ parameters within 1e-6 after many steps). :class:`GMFLossStep` is the learner's 
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Callable
 from typing import Any, cast
 
 import numpy as np
 import torch
 
+from learner.core import fast
 from learner.core.backbones.base import Backbone
 from learner.core.backbones.gmf import GMF
 from learner.core.errors import ConfigError
 from learner.core.meta import BRANCHES, Pairs
 from learner.core.optim import MixedAdam
-from learner.core.settings import check_kernel
 
 try:  # numba is a dependency; where it cannot be imported, GMF trains through autograd
     from learner.core.backbones.gmf import kernels
@@ -62,8 +61,6 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     kernels, NO_KERNELS = cast(Any, None), f"{type(exc).__name__}: {exc}"
 else:
     NO_KERNELS = ""
-
-logger = logging.getLogger(__name__)
 
 
 def _index(rows: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -279,19 +276,9 @@ class GMFLossStep(_CompiledStep):
 
 
 def compiled_applies(model: Backbone, kernel: str) -> bool:
-    """Whether the learner takes the compiled steps: ``kernel="auto"`` and a GMF on the CPU."""
-    check_kernel(kernel)
-    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-    applies = kernel == "auto" and type(model) is GMF and on_cpu
-    if applies and kernels is None:
-        _warn_no_kernels(NO_KERNELS)
-    return applies and kernels is not None
-
-
-@functools.cache
-def _warn_no_kernels(why: str) -> None:
-    logger.warning("numba cannot be imported (%s): GMF trains through autograd, ~3x slower",
-                   why)
+    """Whether the learner takes the compiled steps: ``kernel="auto"`` and a GMF on the CPU
+    (:func:`learner.core.fast.compiled_applies`)."""
+    return fast.compiled_applies(model, kernel, GMF, NO_KERNELS if kernels is None else "")
 
 
 class GMFFastSteps:
