@@ -15,7 +15,7 @@ primitives the GMF kernels have (SparseAdam on rows, the sigmoid, IDL's weight) 
 PyTorch; sums are accumulated in float64.
 
 The arguments come in tuples of numpy views (:mod:`~learner.core.backbones.wide.steps`):
-``model = (b_u table, b_i table, user counts, item counts, c, a, b)``, ``layout =
+``model = (b_u table, b_i table, user counts, item counts, the rates' priors, c, a, b)``, ``layout =
 (offsets, cross start or -1, tab size)``, ``sparse = (b_u avg, b_u sq, b_i avg, b_i sq)``,
 ``dense = (c's Adagrad sum, a's, b's)``; ``counters`` the optimiser's step counts
 ``[b_u, b_i, c, a, b]``, advanced by each step; ``hyper`` :data:`HYPER_SIZE` numbers (see
@@ -23,7 +23,8 @@ The arguments come in tuples of numpy views (:mod:`~learner.core.backbones.wide.
 
 >>> import numpy as np
 >>> out = np.empty(2)
->>> count_features(np.array([3.0, 4.0], np.float32), np.zeros(2, np.float32), out)
+>>> prior = np.array([10.0, 10.0], np.float32)
+>>> count_features(np.array([3.0, 4.0], np.float32), np.zeros(2, np.float32), prior, out)
 >>> np.round(out, 4).tolist()  # log(8 / 6), and no events: even odds
 [0.2877, 0.0]
 """
@@ -44,7 +45,7 @@ from learner.core.backbones.gmf.kernels import (
     _softplus,
     unique_rows,
 )
-from learner.core.backbones.wide import N_COUNT_FEATURES, PRIOR_EVENTS
+from learner.core.backbones.wide import N_COUNT_FEATURES
 
 #: ``hyper``: SparseAdam's lr, betas and eps; Adagrad's lr, lr decay and eps
 LR_S, BETA1, BETA2, EPS_S, LR_D, LR_DECAY, EPS_D = range(7)
@@ -52,22 +53,23 @@ HYPER_SIZE = 7
 
 
 @njit(**JIT)
-def count_features(user: np.ndarray, item: np.ndarray, out: np.ndarray) -> None:
+def count_features(user: np.ndarray, item: np.ndarray, prior: np.ndarray, out: np.ndarray) -> None:
     """The count features of a pair from its user's and video's (positives, events) rows, into
-    ``out``: the log-odds of their running rates with the prior (as ``Wide.count_features``)."""
-    prior = PRIOR_EVENTS / 2
-    out[0] = math.log(user[0] + prior) - math.log(user[1] - user[0] + prior)
-    out[1] = math.log(item[0] + prior) - math.log(item[1] - item[0] + prior)
+    ``out``: the log-odds of their running rates under the priors of ``prior`` (user's,
+    video's) events at one half (as ``Wide.count_features``)."""
+    half_u, half_i = prior[0] / np.float32(2), prior[1] / np.float32(2)
+    out[0] = math.log(user[0] + half_u) - math.log(user[1] - user[0] + half_u)
+    out[1] = math.log(item[0] + half_i) - math.log(item[1] - item[0] + half_i)
 
 
 @njit(**JIT)
 def logits(model, layout, users, items, feats, counted, z) -> None:
     """The logits of the pairs into ``z``, their count features into ``counted`` (n, 4)."""
-    ub, ib, uc, ic, ctx, cw, b = model
+    ub, ib, uc, ic, prior, ctx, cw, b = model
     offsets, cross_start, tab_size = layout
     for k in range(users.size):
         u, i = users[k], items[k]
-        count_features(uc[u], ic[i], counted[k])
+        count_features(uc[u], ic[i], prior, counted[k])
         t = b[0] + ub[u, 0] + ib[i, 0]
         for f in range(offsets.size):
             t += ctx[feats[k, f] + offsets[f]]
@@ -105,7 +107,7 @@ def mixed_step(model, layout, sparse, dense, counters, users, items, feats, coun
                hyper) -> None:
     """One step of the learner's optimiser from ``dL/dz`` of the pairs: SparseAdam on the bias
     rows of the pairs, Adagrad on ``c``, ``a`` and ``b``; the step counters advanced."""
-    ub, ib, _uc, _ic, ctx, cw, b = model
+    ub, ib, _uc, _ic, _prior, ctx, cw, b = model
     offsets, cross_start, tab_size = layout
     u_rows, u_inv = unique_rows(users)
     i_rows, i_inv = unique_rows(items)
@@ -189,7 +191,8 @@ def warm_up() -> None:
     counts = [np.zeros((2, 2), np.float32) for _ in range(2)]
     dense = [np.zeros(size, np.float32) for size in (3, N_COUNT_FEATURES, 1)]
     sums = [np.zeros_like(d) for d in dense]
-    model = (tables[0], tables[1], counts[0], counts[1], dense[0], dense[1], dense[2])
+    model = (tables[0], tables[1], counts[0], counts[1], np.full(2, 2.0, np.float32), dense[0],
+             dense[1], dense[2])
     layout = (np.array([0, 1, 2]), -1, 1)
     sparse = (tables[2], tables[3], tables[4], tables[5])
     feats, labels = np.zeros((2, 3), np.int64), np.ones(2, np.float32)

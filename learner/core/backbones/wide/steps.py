@@ -98,7 +98,7 @@ class WideLossStep:
         tensors = (
             cast(torch.nn.Module, modules["user_bias"])._parameters["weight"],
             cast(torch.nn.Module, modules["item_bias"])._parameters["weight"],
-            buffers["user_counts"], buffers["item_counts"],
+            buffers["user_counts"], buffers["item_counts"], buffers["prior"],
             *(params[name] for name in _DENSE),
             self.optimizer.sparse.state, cast(torch.optim.Optimizer, self.optimizer.dense).state)
         cache = self._cache
@@ -111,14 +111,14 @@ class WideLossStep:
         sparse, dense = self.optimizer.sparse, self.optimizer.dense
         assert dense is not None  # checked: Adagrad
         states = (*(_state(sparse, p, False) for p in tensors[:2]),
-                  *(dense.state[p] for p in tensors[4:7]))
+                  *(dense.state[p] for p in tensors[5:8]))
         watched = [(state, k, t) for state in states for k, t in state.items()
                    if torch.is_tensor(t)]
 
         def view(t: torch.Tensor) -> np.ndarray:
             return t.detach().numpy()
 
-        model = tuple(view(t) for t in tensors[:7])
+        model = tuple(view(t) for t in tensors[:8])
         moments = tuple(view(state[k]) for state in states[:2]
                         for k in ("exp_avg", "exp_avg_sq"))
         sums = tuple(view(state["sum"]) for state in states[2:])
