@@ -119,6 +119,10 @@ def _check_id(value: Any, name: str) -> str | int:
     return value
 
 
+#: The id rule, for whoever else takes user and video ids (the serving API's requests).
+check_id = _check_id
+
+
 def _check_int(value: Any, name: str, low: int, high: int) -> int:
     if not _is_int(value):
         raise InvalidEvent(Reason.WRONG_TYPE, f"{name} must be an integer")

@@ -1,7 +1,8 @@
 """A real Prometheus server (Debian's ``prometheus``) for the monitoring tests.
 
 It runs the shipped ``deploy/prometheus/prometheus.yml`` with the shipped alert rules, changed
-only where a test must: the learner's address, and scrape and rule evaluation every second.
+only where a test must: one of its jobs (the learner's, ``dwell``, or the server's,
+``dwell-serve``) and its target's address, and scrape and rule evaluation every second.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from tests.deploy_files import ALERTS, PROMETHEUS_CONFIG
 class PrometheusServer:
     """Start with :meth:`start`, query with :meth:`query`, stop with :meth:`stop`."""
 
-    def __init__(self, workdir: Path, target: str, interval: str = "1s") -> None:
-        self.workdir, self.target, self.interval = workdir, target, interval
+    def __init__(self, workdir: Path, target: str, interval: str = "1s",
+                 job: str = "dwell") -> None:
+        self.workdir, self.target, self.interval, self.job = workdir, target, interval, job
         self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
         self._proc: subprocess.Popen | None = None
@@ -38,8 +40,9 @@ class PrometheusServer:
         config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
         config["global"].update(scrape_interval=self.interval, evaluation_interval=self.interval)
         config["rule_files"] = [str(ALERTS)]
-        (job,) = config["scrape_configs"]
+        (job,) = [j for j in config["scrape_configs"] if j["job_name"] == self.job]
         job["static_configs"] = [{"targets": [self.target]}]
+        config["scrape_configs"] = [job]  # the one scraped here
         self.workdir.mkdir(parents=True, exist_ok=True)
         path = self.workdir / "prometheus.yml"
         path.write_text(yaml.safe_dump(config))

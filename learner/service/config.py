@@ -6,7 +6,7 @@ for ``batch_size``), the TOML file (``--config`` or ``DWELL_CONFIG``), then the 
 below. Every field is a flag ``--batch-size``.
 
 Each setting belongs to one concern (:data:`CONCERNS`: ``kafka``, ``consumer``, ``model``,
-``labels``, ``checkpoint``, ``metrics``, ``distributed``, ``runtime``): its block of
+``labels``, ``checkpoint``, ``metrics``, ``distributed``, ``runtime``, ``serve``): its block of
 :class:`Config`, its group in ``--help``, its table in the TOML file. The TOML file takes a
 table per concern, flat keys, or flat keys under ``[dwell]``::
 
@@ -84,6 +84,7 @@ CONCERNS = {
     "metrics": "metrics and monitoring",
     "distributed": "distributed job (torch.distributed ranks)",
     "runtime": "interpreter tuning while the daemon runs",
+    "serve": "HTTP serving (dwell serve)",
 }
 
 
@@ -100,8 +101,8 @@ def _setting(concern: str) -> Callable[..., Any]:
     return make
 
 
-_kafka, _consumer, _model, _labels, _checkpoint, _metrics, _distributed, _runtime = (
-    map(_setting, CONCERNS))
+(_kafka, _consumer, _model, _labels, _checkpoint, _metrics, _distributed, _runtime,
+ _serve) = map(_setting, CONCERNS)
 
 
 def flag_name(name: str) -> str:
@@ -273,6 +274,24 @@ class Config:
                                         "interval: how long a thread waits for the interpreter "
                                         "lock held by another (its default, 0.005, would hold the "
                                         "background training back; 0: leave it)", Range(0, 1.0))
+    # -- [serve] -------------------------------------------------------------------------------
+    serve_addr: str = _serve("127.0.0.1", "address dwell serve listens on", HOST)
+    serve_port: int = _serve(8080, "port of dwell serve's HTTP API and its /metrics (0: any "
+                             "free port)", Range(0, MAX_PORT))
+    serve_max_k: int = _serve(1000, "largest k a /rank request may ask for", Range(1, 1_000_000))
+    serve_max_candidates: int = _serve(10_000, "most candidate videos in one /rank request, and "
+                                       "most pairs in one /score request", Range(1, 10_000_000))
+    serve_max_body_bytes: int = _serve(1 << 20, "larger request bodies are refused (413)",
+                                       Range(64, INT32_MAX))
+    pool_size: int = _serve(500, "videos in the popular pool that /rank ranks when a request "
+                            "names no candidates", Range(1, 1_000_000))
+    pool_half_life_s: float = _serve(3600.0, "half-life of a view's weight in the popular pool, "
+                                     "in event time", SECONDS_POSITIVE)
+    pool_tracked: int = _serve(100_000, "videos whose decayed view counts the pool keeps (the "
+                               "least recently viewed forgotten beyond)", Range(1, INT32_MAX))
+    pool_lookback: int = _serve(100_000, "records per partition of the events topic read back "
+                                "at start to fill the pool (then it tails the topic)",
+                                Range(0, INT32_MAX))
 
     def __post_init__(self) -> None:
         """Check every setting against its declared rule, then those that go together:
@@ -281,6 +300,9 @@ class Config:
             problem = _problem(f, getattr(self, f.name))
             if problem:
                 raise ConfigError(f"{flag_name(f.name)} {problem}")
+        if self.pool_tracked < max(self.pool_size, self.batch_size):
+            raise ConfigError(f"--pool-tracked must be at least --pool-size ({self.pool_size}) "
+                              f"and --batch-size ({self.batch_size}) (got {self.pool_tracked})")
         for name in ("max_users", "max_videos"):
             cap = getattr(self, name)
             if 0 < cap < self.batch_size:
