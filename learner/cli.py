@@ -29,7 +29,7 @@ from learner.bounds import (
     positive_int,
 )
 from learner.core.errors import CoreError
-from learner.service.config import Config, add_config_args, config_from_args
+from learner.service.config import CONCERN_OF, Config, add_config_args, config_from_args
 from learner.service.totals import format_totals, totals_add_up
 from producers.readers.registry import READERS
 from stream import redact
@@ -47,8 +47,11 @@ LAZY_COMMANDS = {
     "bench": "learner.bench",
     "report": "learner.service.metrics_figure",
     "drift-eval": "learner.evaluation.drift_drill",
+    "serve": "learner.serving.command",
 }
 
+#: The settings of ``dwell learn``: all but those of ``dwell serve``.
+LEARN_FLAGS = tuple(name for name, concern in CONCERN_OF.items() if concern != "serve")
 KAFKA_FLAGS = ("bootstrap", "topic", "partitions", "kafka_options", "kafka_options_file",
                "client", "connect_timeout_s")
 DEFAULT_DATA = (
@@ -264,7 +267,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         f"{DWELL_HOME}/checkpoints/GROUP unless --checkpoint-dir says otherwise "
         "(--checkpoint-dir '' turns checkpoints off; DWELL_HOME moves the default).",
     )
-    add_config_args(p)
+    add_config_args(p, LEARN_FLAGS)
     p.set_defaults(func=_learn)
 
     for name, module in LAZY_COMMANDS.items():
@@ -332,7 +335,7 @@ def _check_before_start(args: argparse.Namespace) -> None:
         from learner.core.devices import resolve_device
 
         resolve_device(cfg.device)  # cuda where torch sees no GPU: ConfigError
-    if args.command in ("learn", "replay") or getattr(args, "external", False):
+    if args.command in ("learn", "replay", "serve") or getattr(args, "external", False):
         from stream.admin import check_connection
 
         with _quiet(redact.KAFKA_LOGGERS, unless=args.verbose):  # the error says it all

@@ -1,5 +1,5 @@
-"""uvicorn around the serving app: in the foreground (``dwell serve``) or on a thread (the
-demo, the benchmark, the tests).
+"""uvicorn around the serving app, on a thread of its own (``dwell serve``'s main thread waits
+for SIGINT or SIGTERM; the demo, the benchmark and the tests go on with their work).
 
 The listening socket is bound before uvicorn starts, so port 0 gives a free port that is
 known at once (:attr:`HttpServer.port`).
@@ -42,8 +42,7 @@ class HttpServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
-    def run(self) -> None:
-        """Serve in this thread until :meth:`stop` (or, on the main thread, SIGINT/SIGTERM)."""
+    def _run(self) -> None:
         try:
             self._server.run(sockets=[self._socket])
         finally:
@@ -51,7 +50,7 @@ class HttpServer:
 
     def start(self, timeout: float = 30.0) -> HttpServer:
         """Serve on a thread of its own; return once it accepts connections."""
-        self._thread = threading.Thread(target=self.run, name="dwell-serve", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="dwell-serve", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._server.started:
