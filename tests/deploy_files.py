@@ -27,7 +27,7 @@ DOCKERFILE = DEPLOY / "docker/Dockerfile"
 SYSTEMD_UNIT = DEPLOY / "systemd/dwell-learner.service"
 SYSTEMD_ENV = DEPLOY / "systemd/dwell.env"
 
-# Every metric the learner exports (histograms by their base name). The dashboard and the
+# Every metric the learner and dwell serve export (histograms by their base name). The dashboard and the
 # alert rules may use these and no other dwell_* name.
 EXPORTED_METRICS = frozenset({
     "dwell_learner_info",
@@ -66,6 +66,16 @@ EXPORTED_METRICS = frozenset({
     "dwell_sync_duration_seconds",
     "dwell_rank_lag_records",
     "dwell_rank_events_per_second",
+    # dwell serve (learner.serving.metrics)
+    "dwell_serving_requests_total",
+    "dwell_serving_request_duration_seconds",
+    "dwell_serving_errors_total",
+    "dwell_serving_rankings_total",
+    "dwell_serving_candidates",
+    "dwell_serving_model_version",
+    "dwell_serving_model_age_seconds",
+    "dwell_serving_pool_videos",
+    "dwell_serving_pool_events_total",
 })
 
 # The metrics that only have samples in a distributed job (``dwell learn`` as one rank of

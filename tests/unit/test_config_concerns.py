@@ -161,7 +161,7 @@ def test_consumer_client_settings_sit_under_the_connections_options():
         KafkaConnection())["heartbeat_interval_ms"] == 100
 
 
-@pytest.mark.parametrize("command", ["learn", "demo", "replay"])
+@pytest.mark.parametrize("command", ["learn", "demo", "replay", "serve"])
 def test_help_groups_the_settings_by_concern(command):
     from learner.cli import build_parser
     from learner.service.config import flag_name
@@ -170,12 +170,17 @@ def test_help_groups_the_settings_by_concern(command):
     sub = next(a for a in parser._actions if a.dest == "command").choices[command]
     groups = {g.title: {o for a in g._group_actions for o in a.option_strings}
               for g in sub._action_groups}
-    from learner.cli import KAFKA_FLAGS
+    from learner.cli import KAFKA_FLAGS, LEARN_FLAGS
+    from learner.serving.command import SERVE_FLAGS
 
-    names = KAFKA_FLAGS if command == "replay" else CONCERN_OF  # replay: the Kafka settings
+    # replay: the Kafka settings; learn: all but dwell serve's; serve: its own and Kafka's
+    names = {"replay": KAFKA_FLAGS, "learn": LEARN_FLAGS, "serve": SERVE_FLAGS}.get(
+        command, CONCERN_OF)
     for name in names:
         assert flag_name(name) in groups[CONCERNS[CONCERN_OF[name]]], name
     if command == "replay":
         assert CONCERNS["model"] not in groups
+    if command == "learn":
+        assert CONCERNS["serve"] not in groups
     help_text = sub.format_help()
     assert "(--config table [kafka])" in help_text

@@ -42,13 +42,14 @@ from tests.deploy_files import (
 )
 
 ROWS = ["Learning quality", "Drift", "Throughput and lag", "Reliability",
-        "Ranks (distributed jobs)"]
+        "Ranks (distributed jobs)", "Serving"]
 ALERT_NAMES = {
     "DwellAucLow", "DwellDriftDetected", "DwellAucDrop", "DwellConsumerLagGrowing",
     "DwellNoProgress", "DwellLearnerDown", "DwellCheckpointStale", "DwellDeadLetterRateHigh",
     "DwellDeadLetterWritesFailing", "DwellRankFallingBehind", "DwellModelBelowBaseline",
+    "DwellServingModelStale",
 }
-SERVICES = {"kafka", "learner", "replay", "prometheus", "grafana"}
+SERVICES = {"kafka", "learner", "replay", "serve", "prometheus", "grafana"}
 # Variables that are not Config fields but that dwell reads.
 EXTRA_ENV = {"DWELL_CONFIG", "DWELL_HOME"}
 
@@ -91,6 +92,8 @@ def test_prometheus_config_scrapes_the_learner_and_loads_the_alerts() -> None:
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "dwell"]
     targets = [t for sc in job["static_configs"] for t in sc["targets"]]
     assert targets == ["learner:9464"]
+    (serve,) = [j for j in config["scrape_configs"] if j["job_name"] == "dwell-serve"]
+    assert [t for sc in serve["static_configs"] for t in sc["targets"]] == ["serve:8080"]
     compose = yaml.safe_load(COMPOSE.read_text())
     assert "learner" in compose["services"]
     assert "9464:9464" in compose["services"]["learner"]["ports"]
@@ -144,7 +147,27 @@ def test_dashboard_expressions_parse(promtool: str, tmp_path: Path) -> None:
 # Synthetic series and the alerts they must raise (promtool test rules). Times are minutes
 # from the Unix epoch, which is also what time() returns there.
 _L = 'instance="learner:9464",job="dwell"'
+_S = 'instance="serve:8080",job="dwell-serve"'
 ALERT_CASES = [
+    {   # the model's newest event ages past 15 minutes; then a server with no model (NaN)
+        "input_series": [
+            {"series": f"dwell_serving_model_age_seconds{{{_S}}}",
+             "values": "60+60x30"},
+            {"series": 'dwell_serving_model_age_seconds{instance="serve2:8080",'
+                       'job="dwell-serve"}', "values": " ".join(["NaN"] * 31)},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "4m", "alertname": "DwellServingModelStale", "exp_alerts": []},
+            {"eval_time": "16m", "alertname": "DwellServingModelStale",
+             "exp_alerts": [{"exp_labels": {"severity": "warning",
+                                            "instance": "serve2:8080", "job": "dwell-serve"}}]},
+            {"eval_time": "25m", "alertname": "DwellServingModelStale",
+             "exp_alerts": [{"exp_labels": {"severity": "warning",
+                                            "instance": "serve:8080", "job": "dwell-serve"}},
+                            {"exp_labels": {"severity": "warning",
+                                            "instance": "serve2:8080", "job": "dwell-serve"}}]},
+        ],
+    },
     {
         "input_series": [{"series": f'dwell_drift_detections_total{{{_L},signal="auc"}}',
                           "values": "0 0 1 1 1 1"}],
@@ -526,6 +549,9 @@ def test_dashboard_covers_the_metrics() -> None:
         "dwell_checkpoint_failures_total", "dwell_dead_letter_failures_total",
         "dwell_offset_commits_total", "dwell_learner_info",
         "dwell_rank_lag_records", "dwell_rank_events_per_second", "dwell_sync_duration_seconds",
+        "dwell_serving_requests_total", "dwell_serving_request_duration_seconds",
+        "dwell_serving_errors_total", "dwell_serving_model_version",
+        "dwell_serving_model_age_seconds", "dwell_serving_rankings_total",
     }
     assert expected <= used, sorted(expected - used)
 
@@ -593,6 +619,9 @@ def test_compose_commands_parse() -> None:
     assert (learn.command, learn.bootstrap, learn.metrics_addr) == ("learn", "kafka:9092",
                                                                     "0.0.0.0")
     assert learn.checkpoint_dir.startswith("/var/lib/dwell/")
+    serve = parser.parse_args(compose["services"]["serve"]["command"])
+    assert (serve.command, serve.bootstrap, serve.serve_addr) == ("serve", "kafka:9092", "0.0.0.0")
+    assert (REPO / serve.train_log.removeprefix("/opt/dwell/")).is_file()
     replay = parser.parse_args(compose["services"]["replay"]["command"])
     assert (replay.command, replay.speed) == ("replay", 3600)
     # The image's WORKDIR is /opt/dwell, holding the repository's data/ folder.

@@ -266,3 +266,20 @@ def test_learner_pods_expose_metrics_and_keep_checkpoints() -> None:
 def test_learner_image_is_the_dwell_image() -> None:
     compose = yaml.safe_load(COMPOSE.read_text())
     assert _container()["image"] == compose["services"]["learner"]["image"]
+
+
+def test_serve_deployment_command_and_settings() -> None:
+    """The serve Deployment's command parses with ``dwell serve``'s parser, its ConfigMap holds
+    only dwell settings, and its readiness is the server's /healthz."""
+    from learner.cli import build_parser
+
+    deployment = _one("Deployment", "dwell-serve")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["dwell"]
+    args = _parse(build_parser("serve"), container["args"], "dwell serve")
+    assert args.command == "serve" and args.train_log.startswith("/opt/dwell/data/")
+    env = _one("ConfigMap", "dwell-serve")["data"]
+    Config.load(env=env)  # every key a setting, every value valid
+    assert set(env) <= {f"DWELL_{name.upper()}" for name in Config.__dataclass_fields__}
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["ports"][0]["containerPort"] == int(env["DWELL_SERVE_PORT"])
