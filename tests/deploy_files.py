@@ -27,8 +27,8 @@ DOCKERFILE = DEPLOY / "docker/Dockerfile"
 SYSTEMD_UNIT = DEPLOY / "systemd/dwell-learner.service"
 SYSTEMD_ENV = DEPLOY / "systemd/dwell.env"
 
-# Every metric the learner and dwell serve export (histograms by their base name). The dashboard and the
-# alert rules may use these and no other dwell_* name.
+# Every metric the learner and dwell serve export (histograms by their base name). The
+# dashboard and the alert rules may use these and no other dwell_* name.
 EXPORTED_METRICS = frozenset({
     "dwell_learner_info",
     "dwell_events_consumed_total",

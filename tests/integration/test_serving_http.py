@@ -281,8 +281,9 @@ def test_prometheus_scrapes_the_server_and_the_stale_model_alert_fires(served, t
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
+            # pending: its condition holds (it fires once it has held for the rule's 5 min)
             firing = {a["labels"]["alertname"] for a in prometheus.api("alerts")["alerts"]
-                      if a["state"] == "firing"}
+                      if a["state"] in ("pending", "firing")}
             if "DwellServingModelStale" in firing:
                 break
             time.sleep(1)
@@ -290,7 +291,12 @@ def test_prometheus_scrapes_the_server_and_the_stale_model_alert_fires(served, t
         serving = [e for e in dashboard_expressions()
                    if any(n.startswith("dwell_serving_") for n in metric_names(e))]
         assert len(serving) >= 5
-        for expr in serving:
+        for expr in serving:  # rates need two scrapes: keep asking while Prometheus scrapes
+            deadline = time.monotonic() + 60
+            while not prometheus.query(expr) and time.monotonic() < deadline:
+                served.http.post("/rank", json={"user_id": "x", "k": 3})
+                served.http.post("/rank", content=b"{")  # an error, for the errors panel
+                time.sleep(0.5)
             assert prometheus.query(expr), f"no data for {expr}"
     finally:
         prometheus.stop()
