@@ -16,8 +16,10 @@ rates vary beyond the noise of their counts. Where they vary little (an unfilter
 about 7 events for users and videos alike), a few events move a score little; where they
 vary a lot (the filtered like/hate log: about 3), a few events say much. A fixed prior has
 to pick one: 10 events scored 0.6261 against engagement on the unfiltered KuaiRand feed but
-0.7600 on the like/hate log (below river's BiasedMF, 0.7652); 2 events, 0.6120 and 0.7660;
-the estimate, 0.6259 and 0.7684 (seed 0). The estimate is refreshed from the counts after
+0.7600 against the dwell labels of the like/hate log (below river's BiasedMF, 0.7652); 2
+events and the counts as inputs (this model's first version), 0.6120 and 0.7660; the
+estimate, 0.6259 and 0.7684 (seed 0, one-off checks; the 3 seeds of the estimate are in
+docs/RESULTS.md). The estimate is refreshed from the counts after
 each batch is counted (:meth:`Wide.observe`) and whenever they change otherwise
 (:meth:`Wide.counts_changed`: a distributed synchronisation); it is a buffer, in
 checkpoints and in the served model. Centring the prior on the pooled rate rather than one
