@@ -192,10 +192,11 @@ class OnlineLearner:
         """
         return self._rows(user_ids, video_ids)
 
-    def log_updates(self) -> UpdateLog:
-        """From now on, log what training changes (for :meth:`Ranks.synchronise`)."""
+    def log_updates(self, bases: bool = True) -> UpdateLog:
+        """From now on, log what training changes (for :meth:`Ranks.synchronise`; with
+        ``bases=False`` the rows only, for a publisher of the changed rows)."""
         self._settle()
-        self.updates = UpdateLog(self.model, self.optimizer)
+        self.updates = UpdateLog(self.model, self.optimizer, bases)
         return self.updates
 
     def _rows(self, user_ids: Sequence[Hashable], video_ids: Sequence[Hashable]):
@@ -449,7 +450,9 @@ class OnlineLearner:
             sizes = [base + 1] * larger + [base] * (steps - larger)
             run, finish = self._plan_at_once(users, items, feats, labels, vague, counts, order,
                                              sizes, count)
-            if not (background and self.updates is None and users.size >= BACKGROUND_MIN_PAIRS):
+            # a log of rows only has them all already; one of bases is read at every step
+            alone = self.updates is None or not self.updates.bases
+            if not (background and alone and users.size >= BACKGROUND_MIN_PAIRS):
                 return finish(_timed(run))
             if self._worker is None:
                 self._worker = ThreadPoolExecutor(1, thread_name_prefix="dwell-train")

@@ -26,8 +26,10 @@ class UpdateLog:
     kept whole at every :meth:`reset`.
     """
 
-    def __init__(self, model: Backbone, optimizer: MixedAdam) -> None:
-        self.model, self.optimizer = model, optimizer
+    def __init__(self, model: Backbone, optimizer: MixedAdam, bases: bool = True) -> None:
+        """``bases=False``: record the rows only, not their values (what a publisher of the
+        changed rows needs, :mod:`learner.serving.publisher`)."""
+        self.model, self.optimizer, self.bases = model, optimizer, bases
         self.reset()
 
     def tensors(self) -> list[tuple[str, str, torch.Tensor, Any]]:
@@ -51,6 +53,9 @@ class UpdateLog:
         self._recorded: dict[str, np.ndarray] = {"user": np.zeros(0, bool),
                                                  "item": np.zeros(0, bool)}
         self._base: dict[tuple[str, int], list[torch.Tensor]] = {}
+        if not self.bases:
+            self._steps, self._dense = {}, {}
+            return
         self._steps = {name: optimizer_step(p, opt) for name, _, p, opt in self.tensors()}
         self._dense = {
             (name, slot): t.detach().clone()
@@ -72,6 +77,8 @@ class UpdateLog:
             fresh[kind] = rows[~seen[rows]]
             seen[fresh[kind]] = True
             self._rows[kind].append(fresh[kind])
+        if not self.bases:
+            return
         for name, kind, param, opt in self.tensors():
             if kind == "dense" or not fresh[kind].size:
                 continue

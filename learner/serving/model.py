@@ -145,7 +145,7 @@ class ServedModel:
         """A model from its rows: ``user_rows`` (n_users, layout.width("user")) float32, the
         tables of the layout side by side, row ``users[id]`` for each id; the same for the
         videos, with ``durations`` (n_videos,); ``dense`` every dense tensor of the layout.
-        The arrays are used as they are (not copied): the caller must not change them."""
+        The arrays are copied; the dicts are kept: the caller must not change them."""
         backbone = make_backbone(layout.model, layout.dim, layout.feature_sizes)
         for side, rows in (("user", user_rows), ("item", video_rows)):
             padded = np.concatenate([rows.reshape(-1, layout.width(side)),

@@ -238,6 +238,35 @@ class IdMap:
         pick = np.argpartition(age, need - 1)[:need] if need < age.size else np.arange(age.size)
         return pick[np.lexsort((pick, age[pick]))].astype(np.int64)
 
+    def ids_at(self, rows: np.ndarray) -> list[Hashable]:
+        """The id each of ``rows`` holds now (None for a row no id holds), without scanning
+        the ids one by one in Python (only those of ``rows`` and the non-integer ids).
+
+        >>> m = IdMap()
+        >>> _ = m.lookup([5, "x", 9])
+        >>> m.ids_at(np.array([2, 1, 0, 7]))
+        [9, 'x', 5, None]
+        """
+        rows = np.asarray(rows, np.int64)
+        if self.capacity is not None:
+            held = len(self._ids)
+            return [self._ids[r] if r < held else None for r in rows.tolist()]
+        n = len(self)
+        keys, values = self._ints.items()
+        by_row = np.zeros(n, np.int64)
+        is_int = np.zeros(n, bool)
+        by_row[values], is_int[values] = keys, True
+        inside = rows < n
+        out: list[Hashable] = [None] * rows.size
+        ints = np.flatnonzero(inside)[is_int[rows[inside]]]
+        for at, key in zip(ints.tolist(), by_row[rows[ints]].tolist(), strict=True):
+            out[at] = key
+        if self._others and ints.size < rows.size:
+            others = {row: key for key, row in self._others.items()}
+            for at in np.setdiff1d(np.arange(rows.size), ints).tolist():
+                out[at] = others.get(int(rows[at]))
+        return out
+
     def _row_ids(self) -> list[Hashable]:
         """Every id, in row order."""
         ids: list[Hashable] = [None] * len(self)
