@@ -6,9 +6,9 @@ for ``batch_size``), the TOML file (``--config`` or ``DWELL_CONFIG``), then the 
 below. Every field is a flag ``--batch-size``.
 
 Each setting belongs to one concern (:data:`CONCERNS`: ``kafka``, ``consumer``, ``model``,
-``labels``, ``checkpoint``, ``metrics``, ``distributed``, ``runtime``, ``serve``): its block of
-:class:`Config`, its group in ``--help``, its table in the TOML file. The TOML file takes a
-table per concern, flat keys, or flat keys under ``[dwell]``::
+``labels``, ``checkpoint``, ``metrics``, ``distributed``, ``runtime``, ``serve``,
+``publish``): its block of :class:`Config`, its group in ``--help``, its table in the TOML
+file. The TOML file takes a table per concern, flat keys, or flat keys under ``[dwell]``::
 
     [kafka]
     bootstrap = "broker1:9092"
@@ -85,6 +85,7 @@ CONCERNS = {
     "distributed": "distributed job (torch.distributed ranks)",
     "runtime": "interpreter tuning while the daemon runs",
     "serve": "HTTP serving (dwell serve)",
+    "publish": "model publishing (the model topic servers read)",
 }
 
 
@@ -102,7 +103,7 @@ def _setting(concern: str) -> Callable[..., Any]:
 
 
 (_kafka, _consumer, _model, _labels, _checkpoint, _metrics, _distributed, _runtime,
- _serve) = map(_setting, CONCERNS)
+ _serve, _publish) = map(_setting, CONCERNS)
 
 
 def flag_name(name: str) -> str:
@@ -292,6 +293,12 @@ class Config:
     pool_lookback: int = _serve(100_000, "records per partition of the events topic read back "
                                 "at start to fill the pool (then it tails the topic)",
                                 Range(0, INT32_MAX))
+    # -- [publish] -----------------------------------------------------------------------------
+    publish_interval_s: float = _publish(
+        1.0, "publish the rows changed since the last version, the dense weights and a "
+        "version number to the model topic this often, for dwell serve (0: never)", SECONDS)
+    model_topic: str = _publish("", "model topic, compacted, one partition (default: "
+                                "<topic>.model)", TOPIC_OR_DEFAULT)
 
     def __post_init__(self) -> None:
         """Check every setting against its declared rule, then those that go together:
@@ -343,6 +350,11 @@ class Config:
     @property
     def dead_letter_topic(self) -> str:
         return self.dlq_topic or f"{self.topic}.dlq"
+
+    @property
+    def model_topic_name(self) -> str:
+        """The model topic: ``model_topic``, or ``<topic>.model``."""
+        return self.model_topic or f"{self.topic}.model"
 
     @property
     def connection(self) -> KafkaConnection:

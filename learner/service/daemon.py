@@ -45,6 +45,7 @@ from learner.service.commit import CommitProtocol
 from learner.service.config import Config
 from learner.service.monitoring import AUC_WINDOWS, TARGETS, WINDOWS, Metrics
 from learner.service.runtime_tuning import tuned
+from learner.serving.publisher import Publisher
 from stream.clients import BatchConsumer, make_consumer
 from stream.clients import Record as ConsumerRecord
 from stream.dlq import DeadLetterQueue, create_dead_letter_topic
@@ -96,6 +97,7 @@ class Daemon:
         self._last_records = time.monotonic()
         self._decode_seconds = 0.0
         self._training: tuple[float, np.ndarray | None] = (0.0, None)  # of the batch training
+        self.publisher: Publisher | None = None  # of the model topic (publish_interval_s)
 
     @property
     def consumer(self) -> BatchConsumer | None:
@@ -167,7 +169,25 @@ class Daemon:
             on_revoke=self.commits.on_revoke, on_assign=self.commits.on_assign)
         if cfg.until_end:
             self.finish_at(self.consumer.end_offsets())
+        self._open_publisher()
         self._last_records = time.monotonic()
+
+    def _open_publisher(self, track: bool = True) -> None:
+        """Publish the model (the whole of it first) to the model topic, if configured."""
+        cfg = self.config
+        if cfg.publish_interval_s > 0:
+            from learner.serving.topic import open_publisher
+
+            self.publisher = open_publisher(
+                cfg.connection, cfg.model_topic_name, self.learner, cfg.publish_interval_s,
+                track=track, process=cfg.uses_client_process())
+            self.publisher.publish(self.commits.offsets())
+
+    def _publish_due(self, now: float) -> None:
+        """Publish a version of the model when one is due."""
+        if self.publisher is not None and self.publisher.due(now):
+            self.settle()
+            self.publisher.publish(self.commits.offsets())
 
     def _iterate(self) -> bool:
         """One micro-batch: poll, process, commit and report when due; False to stop."""
@@ -179,6 +199,7 @@ class Daemon:
             self.process(records)
         if self._commit_due(now):
             self.commit()
+        self._publish_due(now)
         if now - self._last_progress >= self.config.progress_interval_s:
             self._progress(now)
         if self._done(full_batch=len(records) >= self.config.batch_size):
@@ -195,6 +216,8 @@ class Daemon:
 
     def _close(self) -> None:
         self.settle()
+        if self.publisher is not None:  # the last version: the model as it stops
+            self.publisher.close(self.commits.offsets() if self.consumer is not None else None)
         self.learner.close()
         if self.consumer is not None:
             self.consumer.close()
@@ -244,6 +267,8 @@ class Daemon:
         else:
             self._publish_training(result, seconds, record_ms)
         m.events_consumed.inc(len(records))
+        if self.publisher is not None:
+            self.publisher.saw(batch.ts_ms)
         if len(batch):
             m.freshness.set(time.time() - batch.ts_ms.max() / 1000.0)
             self._watch_drift(result.scores, result.classes)

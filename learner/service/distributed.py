@@ -174,7 +174,7 @@ class Ranks:
         return all(self.exchange(bool(ok)))
 
     # -- one model ------------------------------------------------------------------------
-    def synchronise(self, updates: UpdateLog) -> None:
+    def synchronise(self, updates: UpdateLog) -> dict[str, np.ndarray]:
         """Apply every rank's update since the last synchronisation on every rank.
 
         For each tensor (a parameter or an Adam moment; embedding tables row by row, over
@@ -182,7 +182,8 @@ class Ranks:
         base_r)``: each rank's change is kept whole, as if the ranks' updates had been
         applied one after another (to first order). It is computed from two sums, of the
         values and of the bases, taken in one flat all-reduce, so every rank ends with the
-        very same parameters. Moments take part once every rank has them.
+        very same parameters. Moments take part once every rank has them. Returns the rows
+        written, per kind ("user", "item"): what any rank trained.
         """
         model, n = updates.model, self.world_size
         tensors = updates.tensors()  # (name, kind, param, optimizer) in a fixed order
@@ -223,6 +224,7 @@ class Ranks:
                 tensor.data[rows] = new.reshape(rows.numel(), -1)
         model.counts_changed()  # the counted buffers hold every rank's counts now
         updates.reset()
+        return union
 
     def _agree(self, rows: dict[str, np.ndarray], moments: list[bool], device
                ) -> tuple[dict[str, np.ndarray], list[bool]]:

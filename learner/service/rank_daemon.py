@@ -214,8 +214,15 @@ class RankDaemon(Daemon):
 
     def _sync(self) -> None:
         started = time.perf_counter()
-        self.ranks.synchronise(self.updates)
+        union = self.ranks.synchronise(self.updates)
         self.metrics.sync_duration.observe(time.perf_counter() - started)
+        if self.publisher is not None:  # rank 0: the one model, once the ranks hold it
+            self.publisher.touch(union)
+            self._publish_due(time.monotonic())
+
+    def _open_publisher(self, track: bool = True) -> None:
+        if self.spec.rank == 0:  # the rows each synchronisation wrote: touch() in _sync
+            super()._open_publisher(track=False)
 
     # -- the job's view ----------------------------------------------------------------------
     def _job_view(self) -> None:

@@ -15,9 +15,12 @@ import threading
 import time
 from collections.abc import Callable
 
+from kafka.errors import KafkaError
+
 from learner.serving.builder import ModelBuilder
 from learner.serving.model import ServedModel
 from learner.serving.publisher import TopicState
+from stream.admin import topic_partitions
 from stream.clients import BatchConsumer, ConsumerSettings, KafkaConnection, make_consumer
 from stream.errors import ClientError
 
@@ -74,7 +77,7 @@ class Replica:
 
     def __init__(self, connection: KafkaConnection, topic: str,
                  on_version: Callable[[ServedModel, float], None] | None = None,
-                 wait_s: float = POLL_WAIT_S, retry_s: float = 1.0) -> None:
+                 wait_s: float = POLL_WAIT_S, retry_s: float = 0.5) -> None:
         """Tail ``topic`` (a model topic) through ``connection``; ``on_version(model, at)``
         is called on the replica's thread with every version swapped in and the time
         (``time.time()``) it became current."""
@@ -134,14 +137,18 @@ class Replica:
         while not self._stop.is_set():
             try:
                 if consumer is None:
+                    # not before the learner made it: a consumer would have the broker
+                    # create it, uncompacted
+                    topic_partitions(self.connection.bootstrap, self.topic, self.retry_s,
+                                     self.connection.options)
                     consumer = model_consumer(self.connection, self.topic, self.wait_s)
                     end = consumer.end_offsets().get(0, 0)
                 self._apply(consumer.poll_batch())
                 if not self.caught_up.is_set() and consumer.positions().get(0, -1) >= (end or 0):
                     self.caught_up.set()
-            except ClientError as exc:
+            except (ClientError, KafkaError) as exc:
                 self.failures += 1
-                logger.warning("model topic %s: %s; retrying in %.1f s", self.topic, exc,
+                logger.warning("model topic %s: %r; retrying in %.1f s", self.topic, exc,
                                self.retry_s)
                 self._stop.wait(self.retry_s)
         if consumer is not None:
