@@ -12,6 +12,7 @@ Suites (``--suites``, comma list; default all), each writing its own section of
 ``ranks``    one learner against a job of two ranks (torchrun), sync every 1, 16, 64 steps
 ``budget``   where a record's time goes: fetch, decode, dead letters, train; fetch beside train
 ``serve``    dwell serve under load: p50/p99 of /rank with 500 candidates, requests/s on one core
+``publish``  the model synced through Kafka: the learner with and without publishing, freshness
 ===========  ===============================================================================
 """
 
@@ -29,7 +30,7 @@ from learner.machine import machine_description
 
 logger = logging.getLogger(__name__)
 
-SUITES = ("steps", "decode", "peer", "kafka", "memory", "ranks", "budget", "serve")
+SUITES = ("steps", "decode", "peer", "kafka", "memory", "ranks", "budget", "serve", "publish")
 
 
 def kafka_clients() -> str:

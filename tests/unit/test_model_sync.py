@@ -78,6 +78,14 @@ def _publisher(learner: OnlineLearner, topic: FakeTopic, **kw) -> Publisher:
     return Publisher(learner, topic, "t.model", interval_s=0.0, **kw)
 
 
+def _version(learner: OnlineLearner, publisher: Publisher, events: Events) -> int | None:
+    """Train on ``events``, publish a version and wait for it; its number."""
+    learner.learn_many(events)
+    version = publisher.publish()
+    assert publisher.wait(5)
+    return version
+
+
 def _rebuild(records) -> ModelBuilder:
     builder = ModelBuilder()
     for key, value in records:
@@ -152,17 +160,13 @@ def test_rows_wait_for_their_versions_completion() -> None:
     rng = np.random.default_rng(1)
     learner, topic = _learner(), FakeTopic()
     publisher = _publisher(learner, topic)
-    learner.learn_many(_events(rng, 10, 10))
-    publisher.publish()
-    publisher.wait(5)
+    _version(learner, publisher, _events(rng, 10, 10))
     builder = _rebuild(topic.records)
     before = builder.current()
     assert before is not None
     scores = before.score(list(range(10)), ["v1"] * 10)
     mark = len(topic.records)
-    learner.learn_many(_events(rng, 20, 10))
-    publisher.publish()
-    publisher.wait(5)
+    _version(learner, publisher, _events(rng, 20, 10))
     for key, value in topic.records[mark:-1]:  # all of version 2 but its completion
         assert not builder.add(key, value)
     assert builder.current() is before and builder.version == 1
@@ -196,16 +200,12 @@ def test_a_restarted_learner_numbers_on_and_replaces_a_half_written_version() ->
     rng = np.random.default_rng(3)
     learner, topic = _learner(), FakeTopic()
     publisher = _publisher(learner, topic)
-    learner.learn_many(_events(rng, 20, 10))
-    publisher.publish()
-    publisher.wait(5)
+    _version(learner, publisher, _events(rng, 20, 10))
     checkpoint = learner.state_dict()
     learner.learn_many(_events(rng, 40, 10))  # users 20..39 are new
     publisher.publish()
     publisher.wait(5)
-    learner.learn_many(_events(rng, 60, 10))
-    publisher.publish()
-    publisher.wait(5)
+    _version(learner, publisher, _events(rng, 60, 10))
     del topic.records[-1]  # version 3 half written: the learner died before its completion
     state = topic_state(_rebuild(topic.records))
     assert state.version == 3 and state.layout is not None
@@ -260,9 +260,7 @@ def test_a_version_not_written_whole_is_never_complete() -> None:
 def test_stale_and_broken_records_are_refused_and_counted() -> None:
     learner, topic = _learner(), FakeTopic()
     publisher = _publisher(learner, topic)
-    learner.learn_many(_events(np.random.default_rng(5), 5, 5))
-    publisher.publish()
-    publisher.wait(5)
+    _version(learner, publisher, _events(np.random.default_rng(5), 5, 5))
     builder = _rebuild(topic.records)
     served = builder.current()
     layout = Layout.of(learner.model, "wide", 4).as_dict()
