@@ -7,12 +7,18 @@ makes that version current. So a version is served whole or not at all, and a ve
 replaces a newer one: a completion record of a version not above the current one is
 refused (counted, its staged records dropped).
 
-The same rule rebuilds a compacted topic read from its start: compaction keeps the latest
-value of each key, and every record of a version precedes its completion record, so the
-records before the last surviving completion record make that version. Records after it
-(a version a learner was writing when it stopped) stay staged until a completion record
-comes; a learner that starts publishes its whole model, with tombstones for every id of the
-topic it does not hold, so what such a version left behind is overwritten or removed.
+A compacted topic read from its start rebuilds the same way, with one more rule. Compaction
+keeps the latest value of each key and only removes records, and every record of a version
+precedes its completion record; but the cleaner may have removed, before a completion record
+it kept, values that a later version wrote again further on. The tables at that completion
+record then lack those keys (they never hold a wrong value): a version is served only when
+its tables are whole, every dense tensor there and as many users and videos as its learner
+held (the completion record says how many); otherwise its records stay applied and the next
+completion record, after the newer values, makes a whole version. Records after the last
+completion record (a version a learner was writing when it stopped) stay staged until a
+completion record comes; a learner that starts publishes its whole model, with tombstones
+for every id of the topic it does not hold, so what such a version left behind is
+overwritten or removed.
 
 >>> from learner.serving.wire import encode_rows
 >>> builder = ModelBuilder()
@@ -97,14 +103,17 @@ class ModelBuilder:
     """
 
     def __init__(self) -> None:
-        self.layout: Layout | None = None
-        self.version = 0  # the last complete version applied (0: none yet)
+        self.layout: Layout | None = None  # of the records applied
+        self.version = 0  # the last version served whole (0: none yet)
         self.info: dict[str, Any] = {}  # its completion record
+        self.applied = 0  # the last version whose records were applied
+        self.incomplete = 0  # completion records that did not make a whole version (yet)
         self.staged: dict[bytes, bytes | None] = {}
         self.errors: Counter[str] = Counter()  # records refused, by cause
         self._sides: dict[str, _Side] = {}
         self._dense: dict[str, bytes] = {}
         self._model: ServedModel | None = None
+        self._served: Layout | None = None  # the layout of the version served
         self._built = 0  # the version self._model holds
 
     def add(self, key: bytes | None, value: bytes | None) -> bool:
@@ -120,7 +129,7 @@ class ModelBuilder:
     def current(self) -> ServedModel | None:
         """The last complete version as a :class:`ServedModel` (built once per version), or
         None before the first."""
-        if self.layout is None:
+        if self._served is None:
             return None
         if self._built != self.version:
             self._model = self._build()
@@ -131,7 +140,7 @@ class ModelBuilder:
         """The newest version any record read so far belongs to, complete or not."""
         staged = [int.from_bytes(v[1:9], "little", signed=True) for v in self.staged.values()
                   if v is not None and len(v) >= HEADER_BYTES]
-        return max([self.version, *staged])
+        return max([self.applied, *staged])
 
     def keys(self) -> set[bytes]:
         """The keys the topic holds a value for, as read so far (complete or staged)."""
@@ -158,11 +167,11 @@ class ModelBuilder:
                          exc)
             return False
         version = int(info["version"])
-        if version <= self.version:
+        if version <= self.applied:
             self.errors["stale_version"] += 1
             logger.error("model topic: version %d completes after version %d: refused, with "
                          "the %d records staged (is a second learner publishing to this "
-                         "topic?)", version, self.version, len(self.staged))
+                         "topic?)", version, self.applied, len(self.staged))
             self.staged.clear()
             return False
         if layout != self.layout:  # the first version, or a model of another layout
@@ -171,8 +180,22 @@ class ModelBuilder:
                                "rebuilt from its own records", version, layout.model)
             self._sides = {side: _Side(layout.width(side)) for side in SIDE_OF_PREFIX.values()}
             self._dense = {}
+            self.layout = layout
+        self._apply_staged(version)
+        self.applied = version
+        whole = self._whole(info)
+        if whole:
+            self.version, self.info, self._served = version, info, layout
+        else:
+            self.incomplete += 1
+            logger.info("model topic: version %d is not whole here yet (a compacted topic "
+                        "holds newer values of some of its keys further on): not served",
+                        version)
+        return whole
+
+    def _apply_staged(self, version: int) -> None:
+        """Apply every staged record to the tables and dense tensors."""
         staged, self.staged = self.staged, {}
-        dense = dict(self._dense)
         by_side: dict[str, tuple[list, list, list]] = {
             side: ([], [], []) for side in SIDE_OF_PREFIX.values()}
         for key, raw in staged.items():
@@ -182,30 +205,29 @@ class ModelBuilder:
                 self.errors["bad_key"] += 1
                 continue
             if prefix == DENSE:
-                if raw is not None:
-                    dense[str(name)] = raw
+                if raw is None:
+                    self._dense.pop(str(name), None)
+                else:
+                    self._dense[str(name)] = raw
             elif prefix in SIDE_OF_PREFIX:
                 gone, keys, values = by_side[SIDE_OF_PREFIX[prefix]]
                 (gone if raw is None else keys).append(name)
                 if raw is not None:
                     values.append(raw)
-        shapes = dict(layout.dense)
-        missing = [name for name in shapes if name not in dense]
-        if missing:
-            self.errors["incomplete_version"] += 1
-            logger.error("model topic: version %d lacks dense tensors %s: not applied",
-                         version, missing)
-            return False
         for side, (gone, keys, values) in by_side.items():
             self._apply(self._sides[side], gone, keys, values, version)
-        self._dense = {name: dense[name] for name in shapes}
-        self.layout, self.version, self.info = layout, version, info
-        for side, count in (("user", info.get("users")), ("item", info.get("videos"))):
-            if count is not None and count != len(self._sides[side].ids):
-                self.errors["count_mismatch"] += 1
-                logger.warning("model topic: version %d holds %d %s rows, its learner %d",
-                               version, len(self._sides[side].ids), side, count)
-        return True
+
+    def _whole(self, info: dict[str, Any]) -> bool:
+        """Whether the tables hold the whole of the version ``info`` completes: every dense
+        tensor of its layout, as many users and videos as its learner held. Compaction only
+        removes records, and only those with a newer value further on, so a version is whole
+        or lacks keys; it lacks none when the counts agree."""
+        assert self.layout is not None
+        if any(name not in self._dense for name, _ in self.layout.dense):
+            return False
+        return all(count is None or count == len(self._sides[side].ids)
+                   for side, count in (("user", info.get("users")),
+                                       ("item", info.get("videos"))))
 
     def _apply(self, side: _Side, gone: list, keys: list, values: list, version: int) -> None:
         side.remove(gone)
@@ -220,8 +242,10 @@ class ModelBuilder:
             rows = decode_rows(values, side.width)
             side.put(keys, rows.values, rows.aux)
 
-    def _build(self) -> ServedModel:
-        layout = self.layout
+    def _build(self) -> ServedModel | None:
+        layout = self._served
+        if layout != self.layout:  # records of another layout applied since: not this one
+            return self._model
         assert layout is not None
         users, videos = self._sides["user"], self._sides["item"]
         dense = {name: decode_dense(self._dense[name], shape) for name, shape in layout.dense}

@@ -11,7 +11,7 @@ from learner.core.batch import Events
 from learner.core.errors import ConfigError
 from learner.core.trainer import LearnerSettings, OnlineLearner
 from learner.serving.builder import ModelBuilder
-from learner.serving.model import Layout
+from learner.serving.model import Layout, ServedModel
 from learner.serving.publisher import Publisher, TopicState
 from learner.serving.replica import topic_state
 from learner.serving.wire import (
@@ -55,11 +55,13 @@ class FakeTopic:
     def close(self, timeout=None) -> None:
         self.flush()
 
-    def compacted(self) -> list[tuple[bytes, bytes | None]]:
-        """The latest record of each key, in offset order; tombstones kept (as before
-        delete.retention.ms passes)."""
-        last = {key: at for at, (key, _) in enumerate(self.records)}
-        return [r for at, r in enumerate(self.records) if last[r[0]] == at]
+    def compacted(self, upto: int | None = None) -> list[tuple[bytes, bytes | None]]:
+        """The records as Kafka's cleaner leaves them once it cleaned the first ``upto``
+        (all by default): there, the latest record of each key within them, in offset order
+        (tombstones kept, as before delete.retention.ms passes); after, every record."""
+        upto = len(self.records) if upto is None else upto
+        last = {key: at for at, (key, _) in enumerate(self.records[:upto])}
+        return [r for at, r in enumerate(self.records) if at >= upto or last[r[0]] == at]
 
 
 def _events(rng: np.random.Generator, users: int, videos: int, n: int = 400,
@@ -286,3 +288,29 @@ def test_unchanged_models_publish_nothing_and_start_state_is_read() -> None:
     assert publisher.publish() == 9
     publisher.close()
     assert decode_version(topic.records[-1][1])["newest_event_ms"] == 99
+
+
+def test_a_partly_compacted_topic_serves_only_whole_versions() -> None:
+    """The cleaner kept version 3's completion record but removed values before it that
+    version 4 wrote again after it: the tables at version 3 lack keys, so version 3 is not
+    served; version 4, once complete, is, whole."""
+    rng = np.random.default_rng(7)
+    learner, topic = _learner(), FakeTopic()
+    publisher = _publisher(learner, topic)
+    copies = {}
+    for step in range(4):
+        version = _version(learner, publisher, _events(rng, 20 + 10 * step, 10 + 5 * step))
+        copies[version] = ServedModel.from_learner(learner, version, 0)
+    completions = [at for at, (key, _) in enumerate(topic.records) if key == VERSION_KEY]
+    upto = completions[-1] - 2  # cleaned up to within version 4's records
+    kept = topic.compacted(upto)
+    assert sum(key == VERSION_KEY for key, _ in kept) == 2  # version 3's and version 4's
+    builder, served = ModelBuilder(), []
+    for key, value in kept:
+        if builder.add(key, value):
+            served.append(builder.current())
+    assert [m.version for m in served] == [4] and builder.incomplete == 1
+    users, videos = list(range(50)), [f"v{i}" for i in range(25)] * 2
+    np.testing.assert_allclose(served[0].score(users, videos), copies[4].score(users, videos),
+                               atol=1e-6)
+    _assert_same(learner, builder, 50, 25)
