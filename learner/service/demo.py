@@ -3,8 +3,10 @@
 Starts Apache Kafka in a temporary folder (or uses ``--external`` ``--bootstrap``), creates
 the topic, runs the learner daemon in a thread with ``/metrics`` served, replays the log
 through the producer, waits until the learner has processed every offset, prints the totals
-and the final AUCs, and stops the broker. ``--keep-serving`` keeps everything up until
-Ctrl-C or SIGTERM.
+and the final AUCs, then serves the learned model over HTTP in-process (the serving app, its
+popular pool tailing the topic: :mod:`learner.serving.showcase`) and prints a few
+recommendations for one user from ``POST /rank``, and stops the broker. ``--keep-serving``
+keeps everything up until Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -105,4 +107,8 @@ def _run(cfg, args: argparse.Namespace) -> int:
     print(f"rows read     {stats.rows_read:,}  (not an event: {sum(stats.rejected.values()):,})")
     print(format_totals(totals, daemon.learner.evaluator.values(), sent=stats.events_sent,
                         baseline=daemon.learner.baseline_evaluator.values()))
+    if not args.keep_serving:  # the model served over HTTP, as dwell serve does
+        from learner.serving.showcase import recommend
+
+        print(recommend(cfg, daemon.learner, result.events))
     return 0 if totals_add_up(totals, sent=stats.events_sent) else 1

@@ -14,6 +14,7 @@ import collections
 import logging
 import threading
 
+from learner.bridge import to_ids
 from learner.serving.metrics import ServeMetrics
 from learner.serving.pool import PopularityPool
 from stream.admin import topic_partitions
@@ -63,19 +64,18 @@ class PoolFeed:
         while not self._stop.is_set():
             try:
                 records = self._consumer.poll_batch()
-                if not self.caught_up.is_set() and self._reached_ends():
-                    self.caught_up.set()
             except ClientError as exc:  # the client reconnects by itself; say so and go on
                 logger.warning("popular pool: reading %s failed (%s); retrying", self.topic, exc)
                 self._stop.wait(1.0)
                 continue
-            if not records:
-                continue
-            batch = decode_batch([r.value for r in records], self.max_value_bytes)
-            self.pool.add(batch.video_id, batch.ts_ms)
-            counts.labels("counted").inc(len(batch))
-            for reason, n in collections.Counter(r.reason.value for r in batch.rejected).items():
-                counts.labels(reason).inc(n)
+            if records:
+                batch = decode_batch([r.value for r in records], self.max_value_bytes)
+                self.pool.add(to_ids(batch.video_id), batch.ts_ms)
+                counts.labels("counted").inc(len(batch))
+                for reason, n in collections.Counter(
+                        r.reason.value for r in batch.rejected).items():
+                    counts.labels(reason).inc(n)
+            # after the records polled are counted: caught up means in the pool
             if not self.caught_up.is_set() and self._reached_ends():
                 self.caught_up.set()
 

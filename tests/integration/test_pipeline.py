@@ -126,6 +126,11 @@ def test_demo_command_runs_to_completion_and_adds_up(kafka_client):
     assert numbers["sent"] == numbers["consumed"] == 41_828
     assert numbers["accepted"] + numbers["dead-lettered"] == numbers["sent"]
     assert "totals add up: yes" in out
+    # it ends with a running server's answer: the top 5 of the most active user, by the model
+    head, *items = out[out.index("top 5 for user"):].strip().splitlines()
+    assert "model version 1, ranked by model, among the 500 most popular videos" in head
+    scores = [float(line.rsplit("score", 1)[1]) for line in items]
+    assert len(scores) == 5 and scores == sorted(scores, reverse=True)
 
 
 def test_inverse_learning_in_the_daemon(kafka_bootstrap, topic, kafka_client):

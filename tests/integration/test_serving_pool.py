@@ -47,7 +47,7 @@ def _wait(condition, timeout: float = 60.0) -> None:
         time.sleep(0.1)
 
 
-def test_the_pool_reads_back_then_tails_the_events_topic(kafka_bootstrap, topic):
+def test_the_pool_reads_back_then_tails_the_events_topic(kafka_bootstrap, topic, kafka_client):
     t0 = 1_700_000_000_000
     # "old" was viewed most, but a day before the others: with a 1-hour half-life it decays
     old = [_event("old", t0) for _ in range(50)]
@@ -56,8 +56,8 @@ def test_the_pool_reads_back_then_tails_the_events_topic(kafka_bootstrap, topic)
     _send(kafka_bootstrap, topic, old + recent + [b"not json", b'{"user_id": 1}'])
     pool = PopularityPool(size=3, half_life_s=3600.0, tracked=100)
     metrics = ServeMetrics(CollectorRegistry(), LatestModel(), pool)
-    feed = PoolFeed(KafkaConnection(kafka_bootstrap), topic, pool, metrics, lookback=1000,
-                    batch=64).start()
+    feed = PoolFeed(KafkaConnection(kafka_bootstrap, kafka_client), topic, pool, metrics,
+                    lookback=1000, batch=64).start()
     try:
         _wait(feed.caught_up.is_set)
         assert pool.top()[0] == ["b", 3, "a"]
@@ -75,10 +75,10 @@ def test_the_pool_reads_back_then_tails_the_events_topic(kafka_bootstrap, topic)
         feed.stop()
 
 
-def test_the_pool_reads_back_only_the_lookback(kafka_bootstrap, topic):
+def test_the_pool_reads_back_only_the_lookback(kafka_bootstrap, topic, kafka_client):
     _send(kafka_bootstrap, topic, [_event(f"v{i}", 1_000 + i) for i in range(400)])
     pool = PopularityPool(size=10, half_life_s=60.0, tracked=1000)
-    feed = PoolFeed(KafkaConnection(kafka_bootstrap), topic, pool,
+    feed = PoolFeed(KafkaConnection(kafka_bootstrap, kafka_client), topic, pool,
                     ServeMetrics(CollectorRegistry(), LatestModel(), pool), lookback=10).start()
     try:
         _wait(feed.caught_up.is_set)
