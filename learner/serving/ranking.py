@@ -53,6 +53,8 @@ def distinct(ids: Sequence[Hashable]) -> list[Hashable]:
     >>> distinct(["a", 7, "a", "7"])
     ['a', 7, '7']
     """
+    if len(set(map(type, ids))) == 1:  # one kind of id (most often): no (type, id) keys
+        return list(dict.fromkeys(ids))
     return [v for _, v in dict.fromkeys((type(v), v) for v in ids)]
 
 
