@@ -1,9 +1,10 @@
 """The HTTP API of ``dwell serve``: a Starlette (ASGI) application.
 
 =================  ==============================================================================
-``POST /rank``     ``{"user_id", "candidates"?, "k"?}`` -> the top k videos with their scores,
-                   what ordered them and the model version
-``POST /score``    ``{"pairs": [[user_id, video_id], ...]}`` -> a score per pair, the version
+``POST /rank``     ``{"user_id", "candidates"?, "k"?, "hour"?}`` -> the top k videos with their
+                   scores, what ordered them, the model version and the hour scored for
+``POST /score``    ``{"pairs": [[user_id, video_id], ...], "hour"?}`` -> a score per pair, the
+                   version, the hour (the model's hour-of-day feature; default: now, UTC)
 ``GET /healthz``   200 once a model is loaded, 503 before
 ``GET /metrics``   Prometheus text (:mod:`learner.serving.metrics`)
 =================  ==============================================================================
@@ -44,6 +45,12 @@ _HTTP_CAUSES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status,
                     media_type="application/json")
+
+
+def _hour(asked: int | None) -> int:
+    """The hour of day a request scores for: the one it names, else the hour now (UTC), as
+    the learner's ``hour`` feature of an event now would be."""
+    return asked if asked is not None else int(time.time() // 3600 % 24)
 
 
 def _error(status: int, cause: str, message: str) -> Response:
@@ -94,14 +101,15 @@ class ServeApp:
         else:
             candidates = distinct(asked.candidates)
         self.metrics.candidates.labels("rank").observe(len(candidates))
-        ranking = top_k(model, asked.user_id, candidates, asked.k, self.pool, views)
+        hour = _hour(asked.hour)
+        ranking = top_k(model, asked.user_id, candidates, asked.k, self.pool, views, hour)
         self.metrics.rankings.labels(ranking.basis).inc()
         items = [{"video_id": v, "score": s}
                  for v, s in zip(ranking.video_ids, ranking.scores.tolist(), strict=True)]
         if ranking.views is not None:
             for item, seen in zip(items, ranking.views.tolist(), strict=True):
                 item["views"] = seen
-        return _json({"user_id": asked.user_id, "model_version": model.version,
+        return _json({"user_id": asked.user_id, "model_version": model.version, "hour": hour,
                       "ranked_by": ranking.basis, "items": items})
 
     async def score(self, request: Request) -> Response:
@@ -110,8 +118,9 @@ class ServeApp:
         users = [u for u, _ in asked.pairs]
         videos = [v for _, v in asked.pairs]
         self.metrics.candidates.labels("score").observe(len(users))
-        return _json({"model_version": model.version,
-                      "scores": model.score(users, videos).tolist()})
+        hour = _hour(asked.hour)
+        return _json({"model_version": model.version, "hour": hour,
+                      "scores": model.score(users, videos, hour=hour).tolist()})
 
     async def healthz(self, request: Request) -> Response:
         model = self.source.current()

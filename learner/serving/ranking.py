@@ -30,13 +30,15 @@ class Ranking:
 
 
 def top_k(model: ServedModel, user_id: Hashable, candidates: Sequence[Hashable], k: int,
-          pool: PopularityPool | None, views: np.ndarray | None = None) -> Ranking:
-    """The ``k`` best of ``candidates`` (distinct) for ``user_id``; ``views``: the candidates'
-    decayed views when the caller has them (the pool's own top), else read from ``pool``."""
+          pool: PopularityPool | None, views: np.ndarray | None = None, hour: int = 0,
+          ) -> Ranking:
+    """The ``k`` best of ``candidates`` (distinct) for ``user_id`` at ``hour`` (UTC, the
+    model's hour feature); ``views``: the candidates' decayed views when the caller has them
+    (the pool's own top), else read from ``pool``."""
     n = len(candidates)
     k = min(k, n)
     known = bool(model.known_users([user_id])[0])
-    scores = model.score([user_id] * n, candidates)
+    scores = model.score([user_id] * n, candidates, hour=hour)
     if known:
         best = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
         best = best[np.argsort(-scores[best], kind="stable")]

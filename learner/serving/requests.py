@@ -11,8 +11,8 @@ bounded cause (a metric label) and a message for the client.
 
 >>> limits = Limits(max_k=100, max_candidates=1000)
 >>> asked = parse_rank(b'{"user_id": "u1", "k": 3}', limits)
->>> asked.user_id, asked.candidates, asked.k
-('u1', None, 3)
+>>> asked.user_id, asked.candidates, asked.k, asked.hour
+('u1', None, 3, None)
 >>> parse_rank(b'{"user_id": "u1", "k": 1000}', limits)
 Traceback (most recent call last):
 ...
@@ -54,18 +54,25 @@ class Limits:
     max_candidates: int
 
 
+#: The hour of day (UTC) a request scores for: the model's ``hour`` feature.
+Hour = Annotated[int, msgspec.Meta(ge=0, le=23)]
+
+
 class RankRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """``{"user_id": ..., "candidates": [...] (optional), "k": 10 (optional)}``."""
+    """``{"user_id": ..., "candidates": [...] (optional), "k": 10 (optional), "hour": 0..23
+    (optional: the hour now, UTC)}``."""
 
     user_id: Id
     candidates: list[Id] | None = None
     k: int = 10
+    hour: Hour | None = None
 
 
 class ScoreRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """``{"pairs": [[user_id, video_id], ...]}``."""
+    """``{"pairs": [[user_id, video_id], ...], "hour": 0..23 (optional: the hour now, UTC)}``."""
 
     pairs: list[tuple[Id, Id]]
+    hour: Hour | None = None
 
 
 class _ShortRank(RankRequest, forbid_unknown_fields=True, frozen=True):

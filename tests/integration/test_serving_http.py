@@ -83,12 +83,14 @@ def test_rank_a_known_user_by_the_model(served, trained):
     model, batches = trained
     user = _known_user(batches)
     candidates = list(dict.fromkeys(batches[-1].video_id))[:300]
-    r = served.http.post("/rank", json={"user_id": user, "candidates": candidates, "k": 10})
+    r = served.http.post("/rank", json={"user_id": user, "candidates": candidates, "k": 10,
+                                        "hour": 5})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["ranked_by"] == "model" and body["model_version"] == model.version
+    assert body["hour"] == 5
     got = [item["video_id"] for item in body["items"]]
-    scores = model.score([user] * len(candidates), candidates)
+    scores = model.score([user] * len(candidates), candidates, hour=5)
     expected = [candidates[i] for i in np.argsort(-scores, kind="stable")[:10]]
     assert got == expected
     assert [item["score"] for item in body["items"]] == pytest.approx(
@@ -124,11 +126,18 @@ def test_score_pairs_equals_the_model_and_unknown_ids_get_biases(served, trained
     model, batches = trained
     users = list(batches[-1].user_id[:20]) + ["new-user"]
     videos = list(batches[-1].video_id[:20]) + ["new-video"]
-    r = served.http.post("/score", json={"pairs": [[u, v] for u, v in zip(users, videos,
-                                                                           strict=True)]})
+    pairs = [[u, v] for u, v in zip(users, videos, strict=True)]
+    r = served.http.post("/score", json={"pairs": pairs, "hour": 7})
     assert r.status_code == 200, r.text
-    assert r.json()["model_version"] == model.version
-    assert r.json()["scores"] == pytest.approx(model.score(users, videos).tolist(), rel=1e-6)
+    assert r.json()["model_version"] == model.version and r.json()["hour"] == 7
+    assert r.json()["scores"] == pytest.approx(model.score(users, videos, hour=7).tolist(),
+                                               rel=1e-6)
+    # no hour named: the hour now, UTC, as the learner's feature of an event now
+    before = int(time.time() // 3600 % 24)
+    r = served.http.post("/score", json={"pairs": pairs})
+    assert r.json()["hour"] in (before, int(time.time() // 3600 % 24))
+    assert r.json()["scores"] == pytest.approx(
+        model.score(users, videos, hour=r.json()["hour"]).tolist(), rel=1e-6)
 
 
 def test_one_answer_comes_from_one_model_version(served, trained):
@@ -138,14 +147,15 @@ def test_one_answer_comes_from_one_model_version(served, trained):
     newer = served_model(OnlineLearner(LearnerSettings(seed=1)), batches[:3], version=2)
     user = _known_user(batches)
     candidates = list(dict.fromkeys(batches[-1].video_id))[:200]
-    expected = {m.version: m.score([user] * len(candidates), candidates) for m in (model, newer)}
+    expected = {m.version: m.score([user] * len(candidates), candidates, hour=3)
+                for m in (model, newer)}
     answers: list[dict] = []
 
     def ask() -> None:
         with httpx.Client(base_url=served.server.url, timeout=30) as client:
             for _ in range(15):
                 answers.append(client.post("/score", json={
-                    "pairs": [[user, v] for v in candidates]}).json())
+                    "pairs": [[user, v] for v in candidates], "hour": 3}).json())
 
     threads = [threading.Thread(target=ask) for _ in range(3)]
     for t in threads:
@@ -175,6 +185,9 @@ HOSTILE = [
     (b'{"user_id": 1, "k": -3}', 400, "invalid"),
     (b'{"user_id": 1, "k": 100000000000000000000000}', 400, "invalid"),
     (b'{"user_id": 1, "k": 51}', 400, "invalid"),
+    (b'{"user_id": 1, "hour": 24}', 400, "invalid"),
+    (b'{"user_id": 1, "hour": -1}', 400, "invalid"),
+    (b'{"user_id": 1, "hour": "3"}', 400, "invalid"),
     (b'{"user_id": null}', 400, "invalid"),
     (b'{"user_id": [1]}', 400, "invalid"),
     (b'{"user_id": 1.5}', 400, "invalid"),
