@@ -88,19 +88,22 @@ class SwappedCall:
         if len(names) != len(dict(model.named_parameters())):
             raise ConfigError("the IG step does not support a backbone with tied weights")
         self.model = model
-        self.slots: dict[str, tuple[nn.Module, str]] = {}
+        # where each parameter, and each buffer, is held: its owner's dict of them
+        self.slots: dict[str, tuple[dict, str]] = {}
         for name in names:
             owner, _, attr = name.rpartition(".")
-            self.slots[name] = (model.get_submodule(owner), attr)
+            self.slots[name] = (model.get_submodule(owner)._parameters, attr)
+        for name, _ in model.named_buffers():
+            owner, _, attr = name.rpartition(".")
+            self.slots[name] = (model.get_submodule(owner)._buffers, attr)
 
     def __call__(self, params: dict[str, torch.Tensor], *args):
         saved = []
         try:
             for name, value in params.items():
-                module, attr = self.slots[name]
                 # torch types the slots as holding parameters; for the call one holds a plain
                 # tensor, which the forward reads as it reads a parameter
-                held = cast("dict[str, torch.Tensor | None]", module._parameters)
+                held, attr = cast("tuple[dict[str, torch.Tensor | None], str]", self.slots[name])
                 saved.append((held, attr, held[attr]))
                 held[attr] = value
             return self.model(*args)
@@ -124,13 +127,19 @@ class InverseGradient:
         self._call = call or SwappedCall(model)
         self.sample_lr, self.lookahead = sample_lr, lookahead
         self.last_vague_positive = 0  # vague events the last step's model leaned positive on
+        self._counted: dict[str, torch.Tensor] = {}  # the step's rows of counted buffers
 
     def _gather(self, both: Pairs) -> tuple[dict[str, torch.Tensor], Pairs, torch.Tensor,
                                              torch.Tensor]:
-        """Leaf tensors of the rows ``both`` uses and the dense layers; ids made local."""
+        """Leaf tensors of the rows ``both`` uses and the dense layers; ids made local. The
+        same rows of a counting backbone's buffers (not trained) are kept for the calls
+        (:meth:`_logits`): a local id must read its own row's counts."""
         model = self.model
         users, u_local = torch.unique(both.users, return_inverse=True)
         items, i_local = torch.unique(both.items, return_inverse=True)
+        self._counted = {name: getattr(model, name)[rows]
+                         for names, rows in ((model.user_buffers, users),
+                                             (model.item_buffers, items)) for name in names}
         params: dict[str, torch.Tensor] = {}
         for names, rows in ((model.user_tables, users), (model.item_tables, items)):
             for name in names:
@@ -142,6 +151,8 @@ class InverseGradient:
 
     def _logits(self, params: dict[str, torch.Tensor], pairs: Pairs, part: slice):
         feats = None if pairs.feats is None else pairs.feats[part]
+        if self._counted:
+            params = {**params, **self._counted}
         return self._call(params, pairs.users[part], pairs.items[part], feats)
 
     def _delta(self, grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:

@@ -60,12 +60,16 @@ def test_machine_description_names_the_versions():
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_reference_step_computes_what_the_fast_ig_computes(name):
     """The benchmark's reference step is the same IG as learner.core.meta's, done the slow way:
-    on every backbone, with context features."""
+    on every backbone, with context features, and a counting backbone's counts (the IG step
+    looks ahead on local rows: each must read its own row's counts)."""
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     model = make_backbone(name, 6)
     opt = MixedAdam(model, lr=0.01)
     ensure_rows(model, opt, 30, 20)
+    model.observe(torch.randint(0, 30, (500,), generator=gen),
+                  torch.randint(0, 20, (500,), generator=gen),
+                  torch.randint(0, 2, (500,), generator=gen).float())
     twin = copy.deepcopy(model)
     twin_opt = MixedAdam(twin, lr=0.01)
     ig = InverseGradient(model, opt, sample_lr=0.05)
