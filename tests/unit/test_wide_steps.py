@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from learner.core.backbones import GMF, Wide
-from learner.core.backbones.wide.steps import WideLossStep
+from learner.core.backbones.wide.steps import WideInverseGradient, WideLossStep
 from learner.core.errors import ConfigError
 from learner.core.fast import make_inverse_gradient, make_loss_step
 from learner.core.losses import make_loss
-from learner.core.meta import InverseGradient
+from learner.core.meta import InverseGradient, Pairs
 from learner.core.optim import MixedAdam, ensure_rows
 from learner.core.settings import LearnerSettings
 from learner.core.trainer import OnlineLearner
@@ -88,7 +88,7 @@ def test_compiled_loss_step_is_the_autograd_step(loss_name):
         assert lean == expected[1]
         for m in (model, twin):
             m.observe(users[~vague], items[~vague], labels[~vague])
-    assert float(model.counts_weight.abs().sum()) > 0  # the count weights were trained
+    assert float(model.counts_weight.detach().abs().sum()) > 0  # the count weights were trained
     _assert_same_state(model, twin, opt, opt_twin)
 
 
@@ -139,12 +139,74 @@ def test_a_step_that_has_run_follows_a_reloaded_checkpoint():
     _assert_same_state(model, twin, opt, opt_twin)
 
 
+def _counted(model: Wide, twin: Wide, gen: torch.Generator) -> None:
+    """The same counts in both (the look-ahead must read each row's own)."""
+    users, items = model.rows()
+    counted = (torch.randint(0, users, (400,), generator=gen),
+               torch.randint(0, items, (400,), generator=gen),
+               torch.randint(0, 2, (400,), generator=gen).float())
+    for m in (model, twin):
+        m.observe(*counted)
+
+
+def _ig_batch(gen: torch.Generator, users: int, items: int):
+    vague, meta = (Pairs(*_pairs(gen, users, items, n)[:3]) for n in (24, 16))
+    return vague, meta, torch.randint(0, 2, (16,), generator=gen).float()
+
+
+@pytest.mark.parametrize("lookahead", ["sgd", "adam"])
+def test_compiled_ig_step_is_the_autograd_step(lookahead):
+    """The same branches, meta losses and leanings step by step, and the same state after 30
+    steps, counts observed as the learner does between steps."""
+    model, twin, opt, opt_twin = _pair(6)
+    slow = InverseGradient(model, opt, sample_lr=0.05, lookahead=lookahead)
+    fast = WideInverseGradient(twin, opt_twin, sample_lr=0.05, lookahead=lookahead)
+    gen = torch.Generator().manual_seed(7)
+    branches = set()
+    for _ in range(30):
+        _counted(model, twin, gen)
+        vague, meta, labels = _ig_batch(gen, 40, 30)
+        b_slow, losses_slow, loss_slow = slow.step(vague, meta, labels)
+        b_fast, losses_fast, loss_fast = fast.step(vague, meta, labels)
+        assert b_fast == b_slow
+        assert losses_fast == pytest.approx(losses_slow, rel=1e-5)
+        assert loss_fast == pytest.approx(loss_slow, rel=1e-5)
+        assert fast.last_vague_positive == slow.last_vague_positive
+        branches.add(b_fast)
+    assert len(branches) >= 2  # the steps went more than one way
+    _assert_same_state(model, twin, opt, opt_twin)
+
+
+def test_forced_ig_branches_and_growing_tables_agree_and_the_state_is_torchs():
+    """Each branch forced in turn; tables grown mid-run; compiled and autograd IG steps take
+    turns on one model, so each must leave state the other can carry on from."""
+    model, twin, opt, opt_twin = _pair(8, users=8, items=8)
+    slow = InverseGradient(model, opt, lookahead="sgd")
+    mixed = {"compiled": WideInverseGradient(twin, opt_twin, lookahead="sgd"),
+             "torch": InverseGradient(twin, opt_twin, lookahead="sgd")}
+    gen = torch.Generator().manual_seed(9)
+    for k in range(30):
+        if k == 10:
+            for m, o in ((model, opt), (twin, opt_twin)):
+                torch.manual_seed(7)  # the same new rows in both
+                ensure_rows(m, o, 50, 40)
+        _counted(model, twin, gen)
+        vague, meta, labels = _ig_batch(gen, *model.rows())
+        branch = ("original", "forward", "inverse")[k % 3]
+        opt.zero_grad()
+        opt_twin.zero_grad()
+        slow.step(vague, meta, labels, branch=branch)
+        mixed["compiled" if k % 2 else "torch"].step(vague, meta, labels, branch=branch)
+    _assert_same_state(model, twin, opt, opt_twin)
+
+
 def test_the_compiled_step_only_where_it_applies():
     model = Wide(users=8, items=8)
     opt = MixedAdam(model, lr=0.01)
     assert make_loss_step(model, opt, "tce") is None  # no closed form here: autograd
     assert make_loss_step(model, opt, "bce", kernel="torch") is None
-    assert type(make_inverse_gradient(model, opt)) is InverseGradient  # IG: autograd's
+    assert type(make_inverse_gradient(model, opt)) is WideInverseGradient
+    assert type(make_inverse_gradient(model, opt, kernel="torch")) is InverseGradient
     gmf = GMF(dim=4, users=8, items=8)
     with pytest.raises(ConfigError, match="for Wide, not GMF"):
         WideLossStep(gmf, MixedAdam(gmf, lr=0.01), "bce")  # type: ignore[arg-type]
@@ -184,23 +246,30 @@ def _learners(**settings) -> dict[str, OnlineLearner]:
             for k in ("auto", "torch")}
 
 
-@pytest.mark.parametrize("setup", [{"loss": "bce"}, {"loss": "idl", "num_neg": 1}])
+@pytest.mark.parametrize("setup", [{"loss": "bce"}, {"loss": "idl", "num_neg": 1},
+                                   {"loss": "idl", "meta": "ig", "num_neg": 1}])
 def test_the_learner_learns_the_same_with_the_compiled_steps(setup):
     """The learner with ``kernel="auto"`` and ``kernel="torch"`` on the same batches (new ids
     arriving, so the tables grow): the same scores, results and state, counts included;
     and the distributed update log sees the same rows and the same bases."""
     learners = _learners(**setup)
     fast, slow = learners["auto"], learners["torch"]
-    assert type(fast.compiled_step) is WideLossStep and slow.compiled_step is None
-    assert fast._all_steps is fast.compiled_step
+    if "meta" in setup:
+        assert type(fast.ig) is WideInverseGradient and type(slow.ig) is InverseGradient
+        assert fast._all_steps is fast.ig
+    else:
+        assert type(fast.compiled_step) is WideLossStep and slow.compiled_step is None
+        assert fast._all_steps is fast.compiled_step
     logs = {k: learner.log_updates() for k, learner in learners.items()}
     for batch in _batches(8):
         a, b = (learner.learn_many(batch) for learner in (fast, slow))
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-6)
-        assert (a.steps, a.vague_positive, a.sampled, a.counts) == (
-            b.steps, b.vague_positive, b.sampled, b.counts)
+        assert (a.steps, a.vague_positive, a.sampled, a.counts, a.branches) == (
+            b.steps, b.vague_positive, b.sampled, b.counts, b.branches)
         assert a.loss == pytest.approx(b.loss, rel=1e-5)
     assert fast.model.rows()[0] > 64  # grown
+    if "meta" in setup:  # IG steps, and plain ones (no genuine pair in a step)
+        assert set(a.branches) >= {"none"} and len(a.branches) >= 2
     _assert_same_state(fast.model, slow.model, fast.optimizer, slow.optimizer)
     rows = {k: log.rows() for k, log in logs.items()}
     for kind in ("user", "item"):
@@ -216,20 +285,23 @@ def test_the_learner_learns_the_same_with_the_compiled_steps(setup):
             torch.testing.assert_close(bases[0], bases[1], atol=1e-5, rtol=1e-5, msg=name)
 
 
-def test_a_micro_batch_in_one_call_and_in_the_background_is_its_steps_one_by_one(monkeypatch):
+@pytest.mark.parametrize("setup", [{"loss": "bce"}, {"loss": "idl", "meta": "ig", "num_neg": 1}])
+def test_a_micro_batch_in_one_call_and_in_the_background_is_its_steps_one_by_one(
+        monkeypatch, setup):
     """One compiled call for a batch's steps, that call on a second thread (the counting after
     it, there too), and one call a step: the same scores, results and state."""
     from learner.core import trainer
 
     monkeypatch.setattr(trainer, "BACKGROUND_MIN_PAIRS", 0)
-    settings = LearnerSettings(model="wide", train_batch=32)
+    settings = LearnerSettings(model="wide", train_batch=32, **setup)
     at_once, by_step, back = (OnlineLearner(settings) for _ in range(3))
     by_step._all_steps = None  # the learner's step by step path
     for batch in _batches(6, seed=1):
         a, b = at_once.learn_many(batch), by_step.learn_many(batch)
         c = back.learn_many(batch, background=True)
         assert back.training and c.steps == 0
-        assert (a.steps, a.vague_positive) == (b.steps, b.vague_positive)
+        assert (a.steps, a.vague_positive, a.branches) == (b.steps, b.vague_positive,
+                                                           b.branches)
         assert a.loss == pytest.approx(b.loss, rel=1e-6)
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
         np.testing.assert_array_equal(a.scores, c.scores)

@@ -39,8 +39,10 @@ from numba import njit
 
 from learner.core.backbones.gmf.kernels import (
     JIT,
+    NO_BRANCH,
     _adam_rows,
     _idl_wp,
+    _lookahead,
     _sigmoid,
     _softplus,
     unique_rows,
@@ -103,17 +105,13 @@ def _adagrad(param, total, grad, lr, eps) -> None:
 
 
 @njit(**JIT)
-def mixed_step(model, layout, sparse, dense, counters, users, items, feats, counted, dz,
-               hyper) -> None:
-    """One step of the learner's optimiser from ``dL/dz`` of the pairs: SparseAdam on the bias
-    rows of the pairs, Adagrad on ``c``, ``a`` and ``b``; the step counters advanced."""
-    ub, ib, _uc, _ic, _prior, ctx, cw, b = model
+def _gradients(layout, u_inv, i_inv, n_users, n_items, n_context, feats, counted, dz) -> tuple:
+    """The gradients from ``dL/dz`` of pairs ``k < dz.size``: per distinct user row
+    (``u_inv[k]`` of ``n_users``), per distinct video row, of ``c``, ``a`` and ``b``."""
     offsets, cross_start, tab_size = layout
-    u_rows, u_inv = unique_rows(users)
-    i_rows, i_inv = unique_rows(items)
-    g_u, g_i = np.zeros((u_rows.size, 1)), np.zeros((i_rows.size, 1))
-    g_c, g_a, g_b = np.zeros(ctx.size), np.zeros(N_COUNT_FEATURES), np.zeros(1)
-    for k in range(users.size):
+    g_u, g_i = np.zeros((n_users, 1)), np.zeros((n_items, 1))
+    g_c, g_a, g_b = np.zeros(n_context), np.zeros(N_COUNT_FEATURES), np.zeros(1)
+    for k in range(dz.size):
         d = dz[k]
         g_u[u_inv[k], 0] += d
         g_i[i_inv[k], 0] += d
@@ -124,6 +122,19 @@ def mixed_step(model, layout, sparse, dense, counters, users, items, feats, coun
         for j in range(N_COUNT_FEATURES):
             g_a[j] += d * counted[k, j]
         g_b[0] += d
+    return g_u, g_i, g_c, g_a, g_b
+
+
+@njit(**JIT)
+def mixed_step(model, layout, sparse, dense, counters, hyper, users, items, feats, counted,
+               dz) -> None:
+    """One step of the learner's optimiser from ``dL/dz`` of the pairs: SparseAdam on the bias
+    rows of the pairs, Adagrad on ``c``, ``a`` and ``b``; the step counters advanced."""
+    ub, ib, _uc, _ic, _prior, ctx, cw, b = model
+    u_rows, u_inv = unique_rows(users)
+    i_rows, i_inv = unique_rows(items)
+    g_u, g_i, g_c, g_a, g_b = _gradients(layout, u_inv, i_inv, u_rows.size, i_rows.size,
+                                         ctx.size, feats, counted, dz)
     for j in range(counters.size):
         counters[j] += 1
     beta1, beta2 = hyper[BETA1], hyper[BETA2]
@@ -139,8 +150,8 @@ def mixed_step(model, layout, sparse, dense, counters, users, items, feats, coun
 
 
 @njit(**JIT)
-def loss_step(model, layout, sparse, dense, counters, users, items, feats, labels, vague, idl,
-              hyper) -> tuple[float, int]:
+def loss_step(model, layout, sparse, dense, counters, hyper, users, items, feats, labels, vague,
+              idl) -> tuple[float, int]:
     """The plain step: BCE on the genuine pairs, and with ``idl`` IDL on the vague ones (the
     mean over all), else nothing on them (the mean over the genuine; with none, a zero
     gradient that still steps, as autograd's). Returns the loss and how many vague pairs
@@ -166,20 +177,120 @@ def loss_step(model, layout, sparse, dense, counters, users, items, feats, label
         else:
             dz[k] = (_sigmoid(z[k]) - labels[k]) / denominator
             total += _softplus(z[k]) - labels[k] * z[k]
-    mixed_step(model, layout, sparse, dense, counters, users, items, feats, counted, dz, hyper)
+    mixed_step(model, layout, sparse, dense, counters, hyper, users, items, feats, counted, dz)
     return total / denominator if (idl or genuine) else 0.0, lean
 
 
 @njit(**JIT)
-def train_steps(model, layout, sparse, dense, counters, users, items, feats, labels, vague,
-                order, bounds, idl, hyper, leans, losses) -> None:
-    """Every step of a micro-batch, one after the other: step ``c`` is :func:`loss_step` on
-    the pairs ``order[bounds[c]:bounds[c + 1]]``; fills ``leans[c]`` and ``losses[c]``."""
+def _shift(s, value, delta) -> float:
+    """``value + s * delta`` as torch forms a branch's parameter: in float32."""
+    return float(np.float32(value) + np.float32(s) * np.float32(delta))
+
+
+@njit(**JIT)
+def ig_step(model, layout, sparse, dense, counters, hyper, vague_users, vague_items,
+            vague_feats, meta_users, meta_items, meta_feats, labels, sample_lr, adam_lookahead,
+            forced, meta_losses) -> tuple[int, int, float]:
+    """One IG step (see learner.core.meta): look ahead on the vague pairs' IDL, keep the branch
+    (0 original, 1 forward, 2 inverse; ``forced`` >= 0 imposes one) whose meta BCE is lowest,
+    ties to the earlier, write it back, then one step of the learner's optimiser on the meta
+    BCE. Fills ``meta_losses`` (one per branch); returns the branch, how many vague pairs
+    leaned positive, and the meta BCE of the kept branch. The counts are the same in every
+    branch: they are counted, not trained."""
+    ub, ib, _uc, _ic, _prior, ctx, cw, b = model
+    offsets, cross_start, tab_size = layout
+    n_vague, n_meta = vague_users.size, meta_users.size
+    users, u_local = unique_rows(np.concatenate((vague_users, meta_users)))
+    items, i_local = unique_rows(np.concatenate((vague_items, meta_items)))
+
+    # 1. look ahead on the vague pairs' IDL: the gradient per distinct row, then delta
+    z, counted = np.empty(n_vague), np.empty((n_vague, N_COUNT_FEATURES))
+    logits(model, layout, vague_users, vague_items, vague_feats, counted, z)
+    dz, lean = np.empty(n_vague), 0
+    for k in range(n_vague):
+        if z[k] > 0:
+            lean += 1
+        dz[k] = (_sigmoid(z[k]) - _idl_wp(z[k])) / n_vague
+    d_u, d_i, d_c, d_a, d_b = _gradients(layout, u_local, i_local, users.size, items.size,
+                                         ctx.size, vague_feats, counted, dz)
+    for g in (d_u.reshape(-1), d_i.reshape(-1), d_c, d_a, d_b):  # now the deltas, in place
+        _lookahead(g, sample_lr, adam_lookahead)
+
+    # 2. the meta BCE of each branch theta + s * delta, s in (0, -1, +1)
+    meta_counted = np.empty((n_meta, N_COUNT_FEATURES))
+    logits(model, layout, meta_users, meta_items, meta_feats, meta_counted, np.empty(n_meta))
+    signs = (0.0, -1.0, 1.0)
+    for s_index in range(3):
+        s = signs[s_index]
+        total = 0.0
+        for k in range(n_meta):
+            u, i = u_local[n_vague + k], i_local[n_vague + k]
+            t = (_shift(s, b[0], d_b[0]) + _shift(s, ub[meta_users[k], 0], d_u[u, 0])
+                 + _shift(s, ib[meta_items[k], 0], d_i[i, 0]))
+            for f in range(offsets.size):
+                at = meta_feats[k, f] + offsets[f]
+                t += _shift(s, ctx[at], d_c[at])
+            if cross_start >= 0:
+                at = cross_start + meta_feats[k, 1] * tab_size + meta_feats[k, 2]
+                t += _shift(s, ctx[at], d_c[at])
+            for j in range(N_COUNT_FEATURES):
+                t += _shift(s, cw[j], d_a[j]) * meta_counted[k, j]
+            total += _softplus(t) - labels[k] * t
+        meta_losses[s_index] = total / n_meta
+    chosen = forced
+    if chosen < 0:
+        chosen = 0
+        for s_index in (1, 2):
+            if meta_losses[s_index] < meta_losses[chosen]:
+                chosen = s_index
+    if chosen:
+        s = signs[chosen]
+        for j in range(users.size):
+            ub[users[j], 0] = _shift(s, ub[users[j], 0], d_u[j, 0])
+        for j in range(items.size):
+            ib[items[j], 0] = _shift(s, ib[items[j], 0], d_i[j, 0])
+        for param, delta in ((ctx, d_c), (cw, d_a), (b, d_b)):
+            for d in range(param.size):
+                param[d] = _shift(s, param[d], delta[d])
+
+    # 3. one step of the learner's optimiser on the meta BCE, from the kept branch
+    z = np.empty(n_meta)
+    logits(model, layout, meta_users, meta_items, meta_feats, meta_counted, z)
+    for k in range(n_meta):
+        z[k] = (_sigmoid(z[k]) - labels[k]) / n_meta
+    mixed_step(model, layout, sparse, dense, counters, hyper, meta_users, meta_items,
+               meta_feats, meta_counted, z)
+    return chosen, lean, meta_losses[chosen]
+
+
+@njit(**JIT)
+def train_steps(model, layout, sparse, dense, counters, hyper, users, items, feats, labels,
+                vague, order, bounds, ig, idl, sample_lr, adam_lookahead, branches, leans,
+                losses) -> None:
+    """Every step of a micro-batch, one after the other: step ``c`` trains the pairs
+    ``order[bounds[c]:bounds[c + 1]]``. With ``ig``, a step whose pairs hold vague and
+    genuine ones is :func:`ig_step` (its genuine pairs the meta batch; ``branches[c]`` the
+    branch kept), any other :func:`loss_step`; without, every step is :func:`loss_step`
+    (``branches[c]`` is NO_BRANCH for those). Fills ``leans[c]`` and ``losses[c]``."""
+    meta_losses = np.empty(3)
     for c in range(bounds.size - 1):
         chunk = order[bounds[c]:bounds[c + 1]]
-        losses[c], leans[c] = loss_step(model, layout, sparse, dense, counters, users[chunk],
-                                        items[chunk], feats[chunk], labels[chunk],
-                                        vague[chunk], idl, hyper)
+        mask = vague[chunk]
+        n_vague = 0
+        for k in range(chunk.size):
+            if mask[k]:
+                n_vague += 1
+        if ig and 0 < n_vague < chunk.size:
+            v, g = chunk[mask], chunk[~mask]
+            branches[c], leans[c], losses[c] = ig_step(
+                model, layout, sparse, dense, counters, hyper, users[v], items[v], feats[v],
+                users[g], items[g], feats[g], labels[g], sample_lr, adam_lookahead, -1,
+                meta_losses)
+        else:
+            branches[c] = NO_BRANCH
+            losses[c], leans[c] = loss_step(model, layout, sparse, dense, counters, hyper,
+                                            users[chunk], items[chunk], feats[chunk],
+                                            labels[chunk], mask, idl)
 
 
 @functools.cache
@@ -197,7 +308,10 @@ def warm_up() -> None:
     sparse = (tables[2], tables[3], tables[4], tables[5])
     feats, labels = np.zeros((2, 3), np.int64), np.ones(2, np.float32)
     hyper, counters = np.full(HYPER_SIZE, 0.5), np.zeros(5, np.int64)
+    dense_state = (sums[0], sums[1], sums[2])
     scores(model, layout, rows, rows, feats, np.empty(2, np.float32))
-    train_steps(model, layout, sparse, (sums[0], sums[1], sums[2]), counters, rows, rows, feats,
-                labels, rows > 0, rows, np.array([0, 2]), True, hyper, np.empty(1, np.int64),
-                np.empty(1))
+    ig_step(model, layout, sparse, dense_state, counters, hyper, rows, rows, feats, rows, rows,
+            feats, labels, 1e-3, True, -1, np.empty(3))
+    train_steps(model, layout, sparse, dense_state, counters, hyper, rows, rows, feats, labels,
+                rows > 0, rows, np.array([0, 2]), True, True, 1e-3, True,
+                np.empty(1, np.int64), np.empty(1, np.int64), np.empty(1))

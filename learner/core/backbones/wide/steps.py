@@ -43,6 +43,7 @@ from learner.core.backbones.base import Backbone
 from learner.core.backbones.gmf.steps import _index, _state
 from learner.core.backbones.wide import Wide
 from learner.core.errors import ConfigError
+from learner.core.meta import BRANCHES, Pairs
 from learner.core.optim import MixedAdam
 
 try:  # numba is a dependency; where it cannot be imported, the model trains through autograd
@@ -53,21 +54,16 @@ else:
     NO_KERNELS = ""
 
 #: the branch of a step that is not an IG step (as the GMF kernels mark it)
-NO_BRANCH = -1
 _DENSE = ("context", "counts_weight", "bias")
 
 
-class WideLossStep:
-    """The learner's plain step (``MixedAdam`` on ``bce`` or ``idl`` of
-    :mod:`learner.core.losses`) for the wide model on the CPU, compiled."""
+class _CompiledSteps:
+    """What both steps share: the checks, the state as numpy views, the scores, a planned
+    micro-batch."""
 
-    LOSSES = ("bce", "idl")
-
-    def __init__(self, model: Wide, optimizer: MixedAdam, loss: str) -> None:
+    def __init__(self, model: Wide, optimizer: MixedAdam) -> None:
         if type(model) is not Wide:
             raise ConfigError(f"the compiled wide steps are for Wide, not {type(model).__name__}")
-        if loss not in self.LOSSES:
-            raise ConfigError(f"the compiled step trains bce or idl, not {loss!r}")
         if model.user_bias.weight.device.type != "cpu":
             raise ConfigError("the compiled steps run on the CPU only")
         if not isinstance(optimizer.dense, torch.optim.Adagrad):
@@ -79,7 +75,7 @@ class WideLossStep:
                                   "no maximize, no weight decay")
         if kernels is None:
             raise ConfigError(f"the compiled steps need numba ({NO_KERNELS})")
-        self.model, self.optimizer, self.idl = model, optimizer, loss == "idl"
+        self.model, self.optimizer = model, optimizer
         sizes = model.feature_sizes
         self._sizes = np.array(sizes, np.int64)
         self._layout = (model.offsets.numpy().astype(np.int64),
@@ -167,42 +163,112 @@ class WideLossStep:
                        self._feats(feats, len(users)), out)
         return out
 
+    def _stepped(self, kernel: Callable[..., Any], *args: Any) -> Any:
+        """``kernel(model, layout, sparse state, dense state, counters, hyper, *args)``, the
+        step counts written back after it."""
+        model, moments, sums, states, steps = self._views()
+        counters = self._counters(states, steps)
+        out = kernel(model, self._layout, moments, sums, counters, self._hyper(), *args)
+        self._write_back(states, steps, counters)
+        return out
+
+    def _plan_steps(self, users: np.ndarray, items: np.ndarray, feats: np.ndarray,
+                    labels: np.ndarray, vague: np.ndarray, order: np.ndarray,
+                    bounds: np.ndarray, ig: bool, idl: bool, sample_lr: float = 0.0,
+                    adam_lookahead: bool = True,
+                    ) -> tuple[Callable[[], None], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """:func:`~learner.core.backbones.wide.kernels.train_steps` ready to call (the step
+        counts written back after it), and the arrays it fills: the steps' branches, losses
+        and leanings. The call holds the interpreter lock only to start and to return."""
+        n = bounds.size - 1
+        branches, leans, losses = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n)
+        run = functools.partial(
+            self._stepped, kernels.train_steps, _index(users), _index(items),
+            self._feats(feats, len(users)), np.asarray(labels, np.float32),
+            np.asarray(vague, bool), _index(order), _index(bounds), ig, idl, sample_lr,
+            adam_lookahead, branches, leans, losses)
+        return run, (branches, losses, leans)
+
+
+class WideLossStep(_CompiledSteps):
+    """The learner's plain step (``MixedAdam`` on ``bce`` or ``idl`` of
+    :mod:`learner.core.losses`) for the wide model on the CPU, compiled."""
+
+    LOSSES = ("bce", "idl")
+
+    def __init__(self, model: Wide, optimizer: MixedAdam, loss: str) -> None:
+        super().__init__(model, optimizer)
+        if loss not in self.LOSSES:
+            raise ConfigError(f"the compiled step trains bce or idl, not {loss!r}")
+        self.idl = loss == "idl"
+
     def step(self, users: np.ndarray, items: np.ndarray, feats: np.ndarray,
              labels: np.ndarray, vague: np.ndarray) -> tuple[float, int]:
         """One step on the pairs; ``labels`` 1/0 for the genuine events, ``vague`` marks the
         others. Returns the loss and the number of vague events the model leaned positive on
         (before the step)."""
-        model, moments, sums, states, steps = self._views()
-        counters = self._counters(states, steps)
-        loss, lean = kernels.loss_step(
-            model, self._layout, moments, sums, counters, _index(users), _index(items),
-            self._feats(feats, len(users)), np.asarray(labels, np.float32),
-            np.asarray(vague, bool), self.idl, self._hyper())
-        self._write_back(states, steps, counters)
-        return loss, lean
+        return self._stepped(kernels.loss_step, _index(users), _index(items),
+                             self._feats(feats, len(users)), np.asarray(labels, np.float32),
+                             np.asarray(vague, bool), self.idl)
 
     def plan(self, users: np.ndarray, items: np.ndarray, feats: np.ndarray,
              labels: np.ndarray, vague: np.ndarray, order: np.ndarray, bounds: np.ndarray,
              ) -> tuple[Callable[[], None], tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Every step of a micro-batch as one call, to make: step ``c`` is :meth:`step` on the
         pairs ``order[bounds[c]:bounds[c + 1]]``. Returns the call and the arrays it fills:
-        each step's branch (always ``NO_BRANCH``), loss and leaning. The call holds the
-        interpreter lock only to start and to return."""
-        n = bounds.size - 1
-        model, moments, sums, states, steps = self._views()
-        counters = self._counters(states, steps)
-        leans, losses = np.empty(n, np.int64), np.empty(n)
-        train = functools.partial(
-            kernels.train_steps, model, self._layout, moments, sums, counters, _index(users),
-            _index(items), self._feats(feats, len(users)), np.asarray(labels, np.float32),
-            np.asarray(vague, bool), _index(order), _index(bounds), self.idl, self._hyper(),
-            leans, losses)
+        each step's branch (always ``NO_BRANCH``), loss and leaning."""
+        return self._plan_steps(users, items, feats, labels, vague, order, bounds, False,
+                                self.idl)
 
-        def run() -> None:
-            train()
-            self._write_back(states, steps, counters)
 
-        return run, (np.full(n, NO_BRANCH), losses, leans)
+class WideInverseGradient(_CompiledSteps):
+    """The IG step of :class:`~learner.core.meta.InverseGradient` for the wide model on the
+    CPU, compiled."""
+
+    def __init__(self, model: Wide, optimizer: MixedAdam, sample_lr: float = 1e-3,
+                 lookahead: str = "adam") -> None:
+        super().__init__(model, optimizer)
+        if lookahead not in ("adam", "sgd"):
+            raise ConfigError(f"lookahead must be adam or sgd, not {lookahead!r}")
+        self.sample_lr, self.lookahead = sample_lr, lookahead
+        self.last_vague_positive = 0
+
+    def step(
+        self, vague: Pairs, meta: Pairs, meta_labels: torch.Tensor, branch: str | None = None
+    ) -> tuple[str, dict[str, float], float]:
+        """One IG step; returns the branch kept, the three meta losses and the final loss."""
+        if vague.feats is None or meta.feats is None:
+            raise ValueError("the wide model's IG step needs the pairs' context features")
+        return self.step_rows(vague.users.numpy(), vague.items.numpy(), vague.feats.numpy(),
+                              meta.users.numpy(), meta.items.numpy(), meta.feats.numpy(),
+                              meta_labels.numpy(), branch)
+
+    def step_rows(
+        self, vague_users: np.ndarray, vague_items: np.ndarray, vague_feats: np.ndarray,
+        meta_users: np.ndarray, meta_items: np.ndarray, meta_feats: np.ndarray,
+        meta_labels: np.ndarray, branch: str | None = None,
+    ) -> tuple[str, dict[str, float], float]:
+        """:meth:`step` on the table rows of the pairs, as arrays (the learner's call)."""
+        losses = np.empty(len(BRANCHES))
+        chosen, lean, loss = self._stepped(
+            kernels.ig_step, _index(vague_users), _index(vague_items),
+            self._feats(vague_feats, len(vague_users)), _index(meta_users), _index(meta_items),
+            self._feats(meta_feats, len(meta_users)), np.asarray(meta_labels, np.float32),
+            self.sample_lr, self.lookahead == "adam",
+            BRANCHES.index(branch) if branch else -1, losses)
+        self.last_vague_positive = lean
+        return BRANCHES[chosen], dict(zip(BRANCHES, losses.tolist(), strict=True)), loss
+
+    def plan(self, users: np.ndarray, items: np.ndarray, feats: np.ndarray,
+             labels: np.ndarray, vague: np.ndarray, order: np.ndarray, bounds: np.ndarray,
+             ) -> tuple[Callable[[], None], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Every step of a micro-batch as one call, to make, as the learner takes them one by
+        one: step ``c`` trains the pairs ``order[bounds[c]:bounds[c + 1]]``, by
+        :meth:`step_rows` on its vague pairs with its genuine ones as the meta batch, or by
+        the plain IDL step when it lacks either. Returns the call and the arrays it fills:
+        each step's branch (an index of ``BRANCHES``, or ``NO_BRANCH``), loss and leaning."""
+        return self._plan_steps(users, items, feats, labels, vague, order, bounds, True, True,
+                                self.sample_lr, self.lookahead == "adam")
 
 
 def compiled_applies(model: Backbone, kernel: str) -> bool:
@@ -218,9 +284,8 @@ class WideFastSteps:
         self.model = model
 
     def inverse_gradient(self, optimizer: MixedAdam, sample_lr: float = 1e-3,
-                         lookahead: str = "adam") -> None:
-        """None: the wide model's IG step is autograd's."""
-        return None
+                         lookahead: str = "adam") -> WideInverseGradient:
+        return WideInverseGradient(self.model, optimizer, sample_lr, lookahead)
 
     def loss_step(self, optimizer: MixedAdam, loss: str) -> WideLossStep | None:
         """The compiled plain step for ``bce`` or ``idl``, else None."""
