@@ -126,6 +126,12 @@ def _gradients(layout, u_inv, i_inv, n_users, n_items, n_context, feats, counted
 
 
 @njit(**JIT)
+def _adagrad_lr(hyper, step) -> float:
+    """Adagrad's rate at its ``step``-th step (torch's ``lr / (1 + (step - 1) lr_decay)``)."""
+    return hyper[LR_D] / (1 + (step - 1) * hyper[LR_DECAY])
+
+
+@njit(**JIT)
 def mixed_step(model, layout, sparse, dense, counters, hyper, users, items, feats, counted,
                dz) -> None:
     """One step of the learner's optimiser from ``dL/dz`` of the pairs: SparseAdam on the bias
@@ -135,18 +141,21 @@ def mixed_step(model, layout, sparse, dense, counters, hyper, users, items, feat
     i_rows, i_inv = unique_rows(items)
     g_u, g_i, g_c, g_a, g_b = _gradients(layout, u_inv, i_inv, u_rows.size, i_rows.size,
                                          ctx.size, feats, counted, dz)
+    # the context weights take no step where the pairs have no context (their gradient is
+    # None in autograd, and torch's Adagrad skips them, step count included)
+    with_context = layout[0].size > 0
     for j in range(counters.size):
-        counters[j] += 1
+        if j != 2 or with_context:
+            counters[j] += 1
     beta1, beta2 = hyper[BETA1], hyper[BETA2]
     for table, avg, sq, rows, grad, step in ((ub, sparse[0], sparse[1], u_rows, g_u, counters[0]),
                                              (ib, sparse[2], sparse[3], i_rows, g_i, counters[1])):
         size = hyper[LR_S] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
         _adam_rows(table, avg, sq, rows, grad, size, beta1, beta2, hyper[EPS_S])
-    for param, total, g_dense, step in ((ctx, dense[0], g_c, counters[2]),
-                                        (cw, dense[1], g_a, counters[3]),
-                                        (b, dense[2], g_b, counters[4])):
-        _adagrad(param, total, g_dense, hyper[LR_D] / (1 + (step - 1) * hyper[LR_DECAY]),
-                 hyper[EPS_D])
+    if with_context:
+        _adagrad(ctx, dense[0], g_c, _adagrad_lr(hyper, counters[2]), hyper[EPS_D])
+    _adagrad(cw, dense[1], g_a, _adagrad_lr(hyper, counters[3]), hyper[EPS_D])
+    _adagrad(b, dense[2], g_b, _adagrad_lr(hyper, counters[4]), hyper[EPS_D])
 
 
 @njit(**JIT)

@@ -78,6 +78,7 @@ class _CompiledSteps:
         self.model, self.optimizer = model, optimizer
         sizes = model.feature_sizes
         self._sizes = np.array(sizes, np.int64)
+        self._no_context = (np.zeros(0, np.int64), -1, 1)
         self._layout = (model.offsets.numpy().astype(np.int64),
                         model.cross_start if model.cross_tab else -1,
                         sizes[2] if model.cross_tab else 1)
@@ -143,36 +144,41 @@ class _CompiledSteps:
         for view, count in zip(steps, counters[2:].tolist(), strict=True):
             view[0] = count
 
-    def _feats(self, feats: np.ndarray, n: int) -> np.ndarray:
-        """The pairs' context features, checked: (n, F) ids within the features' sizes."""
+    def _context(self, feats: np.ndarray | None, n: int) -> tuple[tuple, np.ndarray]:
+        """The layout of the context weights and the pairs' features, checked: (n, F) ids
+        within the features' sizes. None: no context, as ``Wide.forward`` without ``feats``
+        (a layout of no features)."""
+        if feats is None:
+            return self._no_context, np.zeros((n, 0), np.int64)
         feats = np.ascontiguousarray(feats, dtype=np.int64)
         if feats.shape != (n, self._sizes.size):
             raise ValueError(f"feats must have shape ({n}, {self._sizes.size}), "
                              f"got {feats.shape}")
         if n and (feats.min() < 0 or (feats.max(axis=0) >= self._sizes).any()):
             raise ValueError(f"feature ids must lie within the sizes {tuple(self._sizes)}")
-        return feats
+        return self._layout, feats
 
     # -- the steps -------------------------------------------------------------------------
-    def scores(self, users: np.ndarray, items: np.ndarray, feats: np.ndarray) -> np.ndarray:
+    def scores(self, users: np.ndarray, items: np.ndarray,
+               feats: np.ndarray | None) -> np.ndarray:
         """Like probabilities (float32) of the pairs (table rows ``users``, ``items``, context
         ``feats``): the model's own, without torch's per-call overhead."""
         model = self._views()[0]
         out = np.empty(len(users), np.float32)
-        kernels.scores(model, self._layout, _index(users), _index(items),
-                       self._feats(feats, len(users)), out)
+        layout, feats = self._context(feats, len(users))
+        kernels.scores(model, layout, _index(users), _index(items), feats, out)
         return out
 
-    def _stepped(self, kernel: Callable[..., Any], *args: Any) -> Any:
+    def _stepped(self, kernel: Callable[..., Any], layout: tuple, *args: Any) -> Any:
         """``kernel(model, layout, sparse state, dense state, counters, hyper, *args)``, the
         step counts written back after it."""
         model, moments, sums, states, steps = self._views()
         counters = self._counters(states, steps)
-        out = kernel(model, self._layout, moments, sums, counters, self._hyper(), *args)
+        out = kernel(model, layout, moments, sums, counters, self._hyper(), *args)
         self._write_back(states, steps, counters)
         return out
 
-    def _plan_steps(self, users: np.ndarray, items: np.ndarray, feats: np.ndarray,
+    def _plan_steps(self, users: np.ndarray, items: np.ndarray, feats: np.ndarray | None,
                     labels: np.ndarray, vague: np.ndarray, order: np.ndarray,
                     bounds: np.ndarray, ig: bool, idl: bool, sample_lr: float = 0.0,
                     adam_lookahead: bool = True,
@@ -182,9 +188,10 @@ class _CompiledSteps:
         and leanings. The call holds the interpreter lock only to start and to return."""
         n = bounds.size - 1
         branches, leans, losses = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n)
+        layout, feats = self._context(feats, len(users))
         run = functools.partial(
-            self._stepped, kernels.train_steps, _index(users), _index(items),
-            self._feats(feats, len(users)), np.asarray(labels, np.float32),
+            self._stepped, kernels.train_steps, layout, _index(users), _index(items), feats,
+            np.asarray(labels, np.float32),
             np.asarray(vague, bool), _index(order), _index(bounds), ig, idl, sample_lr,
             adam_lookahead, branches, leans, losses)
         return run, (branches, losses, leans)
@@ -202,16 +209,16 @@ class WideLossStep(_CompiledSteps):
             raise ConfigError(f"the compiled step trains bce or idl, not {loss!r}")
         self.idl = loss == "idl"
 
-    def step(self, users: np.ndarray, items: np.ndarray, feats: np.ndarray,
+    def step(self, users: np.ndarray, items: np.ndarray, feats: np.ndarray | None,
              labels: np.ndarray, vague: np.ndarray) -> tuple[float, int]:
         """One step on the pairs; ``labels`` 1/0 for the genuine events, ``vague`` marks the
         others. Returns the loss and the number of vague events the model leaned positive on
         (before the step)."""
-        return self._stepped(kernels.loss_step, _index(users), _index(items),
-                             self._feats(feats, len(users)), np.asarray(labels, np.float32),
-                             np.asarray(vague, bool), self.idl)
+        layout, feats = self._context(feats, len(users))
+        return self._stepped(kernels.loss_step, layout, _index(users), _index(items), feats,
+                             np.asarray(labels, np.float32), np.asarray(vague, bool), self.idl)
 
-    def plan(self, users: np.ndarray, items: np.ndarray, feats: np.ndarray,
+    def plan(self, users: np.ndarray, items: np.ndarray, feats: np.ndarray | None,
              labels: np.ndarray, vague: np.ndarray, order: np.ndarray, bounds: np.ndarray,
              ) -> tuple[Callable[[], None], tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Every step of a micro-batch as one call, to make: step ``c`` is :meth:`step` on the
@@ -237,29 +244,34 @@ class WideInverseGradient(_CompiledSteps):
         self, vague: Pairs, meta: Pairs, meta_labels: torch.Tensor, branch: str | None = None
     ) -> tuple[str, dict[str, float], float]:
         """One IG step; returns the branch kept, the three meta losses and the final loss."""
-        if vague.feats is None or meta.feats is None:
-            raise ValueError("the wide model's IG step needs the pairs' context features")
-        return self.step_rows(vague.users.numpy(), vague.items.numpy(), vague.feats.numpy(),
-                              meta.users.numpy(), meta.items.numpy(), meta.feats.numpy(),
+        def array(feats: torch.Tensor | None) -> np.ndarray | None:
+            return None if feats is None else feats.numpy()
+
+        return self.step_rows(vague.users.numpy(), vague.items.numpy(), array(vague.feats),
+                              meta.users.numpy(), meta.items.numpy(), array(meta.feats),
                               meta_labels.numpy(), branch)
 
     def step_rows(
-        self, vague_users: np.ndarray, vague_items: np.ndarray, vague_feats: np.ndarray,
-        meta_users: np.ndarray, meta_items: np.ndarray, meta_feats: np.ndarray,
+        self, vague_users: np.ndarray, vague_items: np.ndarray, vague_feats: np.ndarray | None,
+        meta_users: np.ndarray, meta_items: np.ndarray, meta_feats: np.ndarray | None,
         meta_labels: np.ndarray, branch: str | None = None,
     ) -> tuple[str, dict[str, float], float]:
-        """:meth:`step` on the table rows of the pairs, as arrays (the learner's call)."""
+        """:meth:`step` on the table rows of the pairs, as arrays (the learner's call). The
+        context features of both or of neither (no context, as ``Wide.forward`` without)."""
+        if (vague_feats is None) != (meta_feats is None):
+            raise ValueError("context features for both the vague and the meta pairs, or none")
+        layout, vague_feats = self._context(vague_feats, len(vague_users))
+        meta_feats = self._context(meta_feats, len(meta_users))[1]
         losses = np.empty(len(BRANCHES))
         chosen, lean, loss = self._stepped(
-            kernels.ig_step, _index(vague_users), _index(vague_items),
-            self._feats(vague_feats, len(vague_users)), _index(meta_users), _index(meta_items),
-            self._feats(meta_feats, len(meta_users)), np.asarray(meta_labels, np.float32),
-            self.sample_lr, self.lookahead == "adam",
+            kernels.ig_step, layout, _index(vague_users), _index(vague_items), vague_feats,
+            _index(meta_users), _index(meta_items), meta_feats,
+            np.asarray(meta_labels, np.float32), self.sample_lr, self.lookahead == "adam",
             BRANCHES.index(branch) if branch else -1, losses)
         self.last_vague_positive = lean
         return BRANCHES[chosen], dict(zip(BRANCHES, losses.tolist(), strict=True)), loss
 
-    def plan(self, users: np.ndarray, items: np.ndarray, feats: np.ndarray,
+    def plan(self, users: np.ndarray, items: np.ndarray, feats: np.ndarray | None,
              labels: np.ndarray, vague: np.ndarray, order: np.ndarray, bounds: np.ndarray,
              ) -> tuple[Callable[[], None], tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Every step of a micro-batch as one call, to make, as the learner takes them one by
