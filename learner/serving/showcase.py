@@ -1,9 +1,10 @@
 """The end of ``dwell demo``: a running server's recommendations for one user.
 
-The learner's model as it stands after the replay (:meth:`ServedModel.from_learner`, version
-1) is served in-process by the serving app on a free loopback port, its popular pool fed from
-the demo's events topic by the same tail as ``dwell serve``'s; one ``POST /rank`` over HTTP
-asks for the top videos of the user with the most events, and the answer is printed.
+The serving app runs in-process on a free loopback port as ``dwell serve`` runs it: its model
+from a replica of the model topic the demo's learner published to (or, with
+``--publish-interval-s 0``, the learner's model as it stands, version 1), its popular pool fed
+from the demo's events topic. One ``POST /rank`` over HTTP asks for the top videos of the user
+with the most events, and the answer is printed.
 """
 
 from __future__ import annotations
@@ -20,15 +21,24 @@ from learner.service.config import Config
 from learner.serving.command import build_app, make_pool
 from learner.serving.feed import PoolFeed
 from learner.serving.model import ServedModel
+from learner.serving.replica import Replica
 from learner.serving.server import HttpServer
-from learner.serving.source import LatestModel
+from learner.serving.source import LatestModel, ModelSource
 
 
 def recommend(cfg: Config, learner: OnlineLearner, events: list[dict], k: int = 5) -> str:
     """Serve ``learner`` trained on ``events`` (the demo's topic ``cfg.topic`` holds them)
     and return the printed lines of one ``/rank`` answer for its most active user."""
-    newest = max(int(e["ts_ms"]) for e in events)
-    source = LatestModel(ServedModel.from_learner(learner, 1, newest))
+    replica = None
+    if cfg.publish_interval_s > 0:
+        replica = Replica(cfg.connection, cfg.model_topic_name).start()
+        if not replica.caught_up.wait(120) or replica.current() is None:
+            replica.stop()
+            raise TimeoutError(f"no model read from {cfg.model_topic_name} in 120 s")
+        source: ModelSource = replica
+    else:
+        newest = max(int(e["ts_ms"]) for e in events)
+        source = LatestModel(ServedModel.from_learner(learner, 1, newest))
     pool = make_pool(cfg)
     registry = CollectorRegistry()
     app = build_app(cfg, source, registry, pool)
@@ -47,9 +57,12 @@ def recommend(cfg: Config, learner: OnlineLearner, events: list[dict], k: int = 
     finally:
         server.stop()
         feed.stop()
+        if replica is not None:
+            replica.stop()
+    origin = f"the model topic {cfg.model_topic_name}" if replica else "the learner"
     lines = [f"top {k} for user {user} from POST {server.url}/rank (model version "
-             f"{body['model_version']}, ranked by {body['ranked_by']}, among the "
-             f"{len(pool.top()[0])} most popular videos):"]
+             f"{body['model_version']} from {origin}, ranked by {body['ranked_by']}, among "
+             f"the {len(pool.top()[0])} most popular videos):"]
     lines += [f"  {i}. video {item['video_id']}  score {item['score']:.3f}"
               for i, item in enumerate(body["items"], 1)]
     return "\n".join(lines)

@@ -128,7 +128,8 @@ def test_demo_command_runs_to_completion_and_adds_up(kafka_client):
     assert "totals add up: yes" in out
     # it ends with a running server's answer: the top 5 of the most active user, by the model
     head, *items = out[out.index("top 5 for user"):].strip().splitlines()
-    assert "model version 1, ranked by model, among the 500 most popular videos" in head
+    assert " from the model topic " in head
+    assert "ranked by model, among the 500 most popular videos" in head
     scores = [float(line.rsplit("score", 1)[1]) for line in items]
     assert len(scores) == 5 and scores == sorted(scores, reverse=True)
 

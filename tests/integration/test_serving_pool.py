@@ -10,6 +10,7 @@ import time
 
 import httpx
 import orjson
+import pytest
 from prometheus_client import CollectorRegistry
 
 from learner.serving.feed import PoolFeed
@@ -20,6 +21,7 @@ from stream.admin import end_offsets
 from stream.broker import free_ports
 from stream.clients import KafkaConnection, make_producer
 from tests.deploy_files import REPO
+from tests.integration.helpers import learn_until_end
 
 HOUR_MS = 3600 * 1000
 
@@ -89,37 +91,91 @@ def test_the_pool_reads_back_only_the_lookback(kafka_bootstrap, topic, kafka_cli
         feed.stop()
 
 
-def test_dwell_serve_end_to_end(kafka_bootstrap, topic, tmp_path):
-    """``dwell serve`` as a user runs it: healthz 503 while its model trains, then 200; /rank
-    with no candidates ranks the videos of the events topic; SIGTERM stops it."""
+class ServeProcess:
+    """``dwell serve`` as a user runs it, in a subprocess on a free port."""
+
+    def __init__(self, *flags: str) -> None:
+        (port,) = free_ports(1)
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from learner.cli import main; sys.exit(main())",
+             "serve", "--serve-port", str(port), *flags],
+            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)
+
+    def status(self) -> int:
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=5).status_code
+        except httpx.TransportError:
+            return 0
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        _wait(lambda: self.status() == 200 or self.proc.poll() is not None, timeout)
+        assert self.proc.poll() is None, self.proc.stdout.read() if self.proc.stdout else ""
+
+    def stop(self) -> str:
+        """SIGTERM; its output, after checking that it stopped cleanly."""
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=60)
+        assert self.proc.returncode == 0, out
+        return out
+
+
+def test_dwell_serve_answers_with_the_learners_published_model(kafka_bootstrap, topic):
+    """A learner trains on the shipped log's first events and publishes to the model topic;
+    ``dwell serve`` rebuilds the model from that topic and answers with its newest version,
+    the scores of a model rebuilt from the same topic; its pool ranks the topic's videos."""
+    from learner.serving.replica import read_model_topic
+    from producers.readers import order_by_time, read_log
+    from producers.replay import replay
+
+    result = read_log(REPO / "data/kuairand27k_like_hate/processed_standard_kcore_15.tsv")
+    result.events = order_by_time(result.events)[:3000]
+    replay(result, bootstrap=kafka_bootstrap, topic=topic, progress=False)
+    learn_until_end(kafka_bootstrap, topic, publish_interval_s=0.5)
+    published = read_model_topic(KafkaConnection(kafka_bootstrap), f"{topic}.model")
+    model = published.current()
+    assert model is not None and model.version >= 1
+    server = ServeProcess("--bootstrap", kafka_bootstrap, "--topic", topic)
+    try:
+        server.wait_ready()
+        health = httpx.get(f"{server.url}/healthz", timeout=10).json()
+        assert health["model_version"] == model.version
+        assert health["newest_event_ms"] == model.newest_event_ms
+        user = result.events[-1]["user_id"]
+        videos = list(dict.fromkeys(e["video_id"] for e in result.events))[:100]
+        r = httpx.post(f"{server.url}/rank", json={"user_id": user, "k": 5, "hour": 4,
+                                                   "candidates": videos}, timeout=10)
+        assert r.json()["ranked_by"] == "model" and r.json()["model_version"] == model.version
+        r = httpx.post(f"{server.url}/score", json={"pairs": [[user, v] for v in videos],
+                                                    "hour": 4}, timeout=10)
+        assert r.json()["scores"] == pytest.approx(
+            model.score([user] * len(videos), videos, hour=4).tolist(), rel=1e-6)
+        r = httpx.post(f"{server.url}/rank", json={"user_id": "someone-new", "k": 3}, timeout=10)
+        assert r.json()["ranked_by"] == "popularity"
+        assert {i["video_id"] for i in r.json()["items"]} <= set(e["video_id"]
+                                                                 for e in result.events)
+    finally:
+        server.stop()
+
+
+def test_dwell_serve_with_a_model_trained_on_a_log(kafka_bootstrap, topic):
+    """``dwell serve --train-log``: healthz 200 once its model is trained; /rank with no
+    candidates ranks the videos of the events topic; SIGTERM stops it."""
     videos = [f"pool-{i}" for i in range(30)]
     _send(kafka_bootstrap, topic, [_event(v, 1_650_000_000_000 + i, user=i % 5)
                                    for i, v in enumerate(videos * 3)])
-    (port,) = free_ports(1)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from learner.cli import main; sys.exit(main())",
-         "serve", "--bootstrap", kafka_bootstrap, "--topic", topic, "--serve-port", str(port),
-         "--pool-size", "20", "--batch-size", "256", "--pool-tracked", "1000"],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+    server = ServeProcess("--bootstrap", kafka_bootstrap, "--topic", topic, "--train-log",
+                          str(REPO / "data/kuairand27k_like_hate/processed_standard_kcore_15.tsv"),
+                          "--pool-size", "20", "--batch-size", "256", "--pool-tracked", "1000")
     try:
-        url = f"http://127.0.0.1:{port}"
-
-        def status() -> int:
-            try:
-                return httpx.get(f"{url}/healthz", timeout=5).status_code
-            except httpx.TransportError:
-                return 0
-
-        _wait(lambda: status() == 200 or proc.poll() is not None, timeout=180)
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        r = httpx.post(f"{url}/rank", json={"user_id": "someone-new", "k": 20}, timeout=10)
+        server.wait_ready()
+        r = httpx.post(f"{server.url}/rank", json={"user_id": "someone-new", "k": 20},
+                       timeout=10)
         assert r.status_code == 200, r.text
         assert r.json()["ranked_by"] == "popularity"
         assert {i["video_id"] for i in r.json()["items"]} <= set(videos)
         assert len(r.json()["items"]) == 20
-        assert "dwell_serving_model_version 1.0" in httpx.get(f"{url}/metrics").text
+        assert "dwell_serving_model_version 1.0" in httpx.get(f"{server.url}/metrics").text
     finally:
-        proc.terminate()
-        out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, out
+        server.stop()
