@@ -7,10 +7,11 @@ genuine half) and on the same model, in round-robin so that machine noise hits a
 ``bce``               a :class:`~learner.core.optim.MixedAdam` step on BCE over the genuine events
 ``idl``               a MixedAdam step on the IDL loss (BCE on genuine, IDL on vague events)
 ``idl+ig``            the learner's IG step (:func:`learner.core.fast.make_inverse_gradient`): vague
-                      half as the vague batch, genuine half as the meta batch. For GMF on the
-                      CPU GMF's compiled step (``gmf/steps.py``), else the autograd one
+                      half as the vague batch, genuine half as the meta batch. For GMF and the
+                      wide model on the CPU their compiled step (``gmf/steps.py``,
+                      ``wide/steps.py``), else the autograd one
 ``idl+ig-autograd``   :meth:`learner.core.meta.InverseGradient.step`, the autograd IG step, for
-                      every backbone (the same as ``idl+ig`` except for GMF on the CPU)
+                      every backbone (the same as ``idl+ig`` except for GMF and wide on the CPU)
 ``idl+ig-torch``      the autograd IG step with torch's parts as they come: ``SparseAdam``,
                       ``Adam`` (not fused) and :func:`torch.func.functional_call` for the
                       look-ahead: the baseline of :class:`~learner.core.optim.RowSparseAdam`, the

@@ -72,7 +72,7 @@ class LearnerSettings:
     meta: str = "none"
     sample_lr: float = 1e-3
     lookahead: str = "adam"
-    kernel: str = "auto"  # auto: the backbone's compiled steps (GMF on the CPU); torch
+    kernel: str = "auto"  # auto: the backbone's compiled steps (wide, GMF on the CPU); torch
     meta_source: str = "batch"
     meta_size: int = 4096
     meta_batch: int = 256

@@ -365,7 +365,7 @@ class OnlineLearner:
     ) -> BatchResult:
         """Score the batch (prequential metrics), then train on it.
 
-        ``background``: where the batch's steps run in one compiled call (GMF on the CPU, no
+        ``background``: where the batch's steps run in one compiled call (wide, GMF on the CPU, no
         ``after_step``, no distributed update log) on at least ``BACKGROUND_MIN_PAIRS``
         pairs (sampled ones included), train on a second thread and return
         once the batch is scored: the caller fetches and decodes the next batch meanwhile

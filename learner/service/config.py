@@ -182,7 +182,7 @@ class Config:
                               Range(1, 10_000_000))
     background_training: bool = _model(True, "train a micro-batch on a second thread while the "
                                        "next one is fetched and decoded, where its steps run "
-                                       "in one compiled call (GMF on the CPU); offsets are "
+                                       "in one compiled call (wide, GMF on the CPU); offsets are "
                                        "committed after the training of their events")
     max_steps: int = _model(0, "at most this many optimiser steps per micro-batch: a full "
                             "micro-batch (backlog) trains in larger steps (0: no limit)",
@@ -192,9 +192,10 @@ class Config:
     sample_lr: float = _model(1e-3, "IG look-ahead step size", Range(0, 1e3, low_open=True))
     lookahead: str = _model("adam", "IG look-ahead: adam (fresh Adam's first step) or sgd",
                             Choices(("adam", "sgd")))
-    kernel: str = _model("auto", "training steps: auto (for GMF on the CPU, the IG step and "
-                         "the bce and idl steps compiled with numba, no autograd; autograd "
-                         "otherwise) or torch (autograd always)", Choices(KERNELS))
+    kernel: str = _model("auto", "training steps: auto (for the wide model and GMF on the "
+                         "CPU, the IG step and the bce and idl steps compiled with numba, no "
+                         "autograd; autograd otherwise) or torch (autograd always)",
+                         Choices(KERNELS))
     meta_source: str = _model("batch", "IG meta batch: batch (its genuine events) or reservoir",
                               Choices(("batch", "reservoir")))
     meta_size: int = _model(4096, "genuine events kept in the IG reservoir",
