@@ -191,6 +191,19 @@ def _lookahead(g: np.ndarray, sample_lr: float, adam: bool) -> None:
 
 
 @njit(**JIT)
+def kept_branch(meta_losses: np.ndarray, forced: int) -> int:
+    """The IG branch kept: ``forced`` where it is one (>= 0), else the one of lowest meta loss,
+    ties to the earlier (original, forward, inverse)."""
+    if forced >= 0:
+        return forced
+    chosen = 0
+    for s_index in (1, 2):
+        if meta_losses[s_index] < meta_losses[chosen]:
+            chosen = s_index
+    return chosen
+
+
+@njit(**JIT)
 def ig_step(P, Q, w, b, states, vague_users, vague_items, meta_users, meta_items, labels,
             sample_lr, adam_lookahead, forced, hyper, meta_losses) -> tuple[int, int, float]:
     """One IG step (see learner.core.meta): look ahead on the vague pairs' IDL, keep the branch
@@ -230,12 +243,7 @@ def ig_step(P, Q, w, b, states, vague_users, vague_items, meta_users, meta_items
             z += b[0] + s * np.float32(delta_b)
             total += _softplus(z) - labels[k] * z
         meta_losses[s_index] = total / n_meta
-    chosen = forced
-    if chosen < 0:
-        chosen = 0
-        for s_index in (1, 2):
-            if meta_losses[s_index] < meta_losses[chosen]:
-                chosen = s_index
+    chosen = kept_branch(meta_losses, forced)
     if chosen:
         s = np.float32(signs[chosen])
         for j in range(users.size):

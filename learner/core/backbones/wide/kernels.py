@@ -45,6 +45,7 @@ from learner.core.backbones.gmf.kernels import (
     _lookahead,
     _sigmoid,
     _softplus,
+    kept_branch,
     unique_rows,
 )
 from learner.core.backbones.wide import N_COUNT_FEATURES
@@ -246,12 +247,7 @@ def ig_step(model, layout, sparse, dense, counters, hyper, vague_users, vague_it
                 t += _shift(s, cw[j], d_a[j]) * meta_counted[k, j]
             total += _softplus(t) - labels[k] * t
         meta_losses[s_index] = total / n_meta
-    chosen = forced
-    if chosen < 0:
-        chosen = 0
-        for s_index in (1, 2):
-            if meta_losses[s_index] < meta_losses[chosen]:
-                chosen = s_index
+    chosen = kept_branch(meta_losses, forced)
     if chosen:
         s = signs[chosen]
         for j in range(users.size):
