@@ -1,6 +1,6 @@
 """Where the server's model comes from: anything with ``current() -> ServedModel | None``.
 
-The replica that tails the model topic (:mod:`learner.serving.replica`) is one; a
+The replica that tails the model topic (:class:`learner.serving.replica.Replica`) is one; a
 :class:`LatestModel` holds whatever model was last handed to it (the demo's trained learner,
 the tests' and the benchmark's). Each request takes :meth:`ModelSource.current` once and
 answers from that one object, so an answer never mixes two versions.

@@ -203,6 +203,10 @@ HOSTILE = [
     (b'{"user_id": "\xff\xfe"}', 400, "not_json"),
     (b'{"user_id": "' + b"x" * 129 + b'"}', 400, "invalid"),
     (b'{"user_id": "' + "\u00e9".encode() * 65 + b'"}', 400, "invalid"),
+    (b"[" * 30_000 + b"]" * 30_000, 400, "invalid"),
+    (b'{"user_id": 1, "candidates": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", 400, "invalid"),
+    (b"\x00\x01", 400, "not_json"),
+    (b'{"user_id": 1} trailing', 400, "not_json"),
 ]
 
 
