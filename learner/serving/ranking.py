@@ -1,10 +1,10 @@
 """Answers from one model: a user's top k among candidates, and the scores of pairs.
 
 A user the model knows is ranked by the model's scores. A user it does not know (a zero user
-row would rank every candidate by the video's bias alone) is ranked by popularity: the
-candidates' decayed views in the popular pool, ties (videos the pool has not seen) by the
-model's score, which for an unknown user is the video's bias. Every number of one answer
-comes from the one :class:`ServedModel` passed in.
+row would rank every candidate by the video's own terms alone: its bias and counts) is ranked
+by popularity: the candidates' decayed views in the popular pool, ties (videos the pool has
+not seen) by the model's score, those same terms. Every number of one answer comes from the
+one :class:`ServedModel` passed in.
 """
 
 from __future__ import annotations
