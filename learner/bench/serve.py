@@ -21,6 +21,8 @@ from multiprocessing.connection import Connection
 import numpy as np
 import orjson
 
+from learner.bounds import positive_int
+
 SECTION = "bench:serve"
 CANDIDATES = 500
 
@@ -95,7 +97,7 @@ def load(port: int, bodies: list[bytes], connections: int, requests: int) -> dic
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--serve-requests", type=int, default=4000,
+    p.add_argument("--serve-requests", type=positive_int(10_000_000), default=4000,
                    help="serve suite: requests per measurement (default 4000)")
 
 

@@ -11,6 +11,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from learner.core.drift import DriftMonitor, SignalDetector
 from learner.core.prequential import Evaluator
 from learner.service.monitoring import BulkHistogram, Metrics
+from learner.serving.metrics import ServeMetrics
+from learner.serving.pool import PopularityPool
+from learner.serving.source import LatestModel
 from tests.deploy_files import EXPORTED_METRICS
 
 
@@ -24,10 +27,13 @@ def _family_names(registry: CollectorRegistry) -> set[str]:
     return names
 
 
-def test_the_learner_exports_exactly_what_the_dashboard_and_alerts_use():
+def test_the_learner_and_dwell_serve_export_exactly_what_the_dashboard_and_alerts_use():
     names = _family_names(Metrics(CollectorRegistry()).registry)
     names.discard("dwell_learner")  # the Info family; its sample is dwell_learner_info
-    assert names == set(EXPORTED_METRICS)
+    serving = CollectorRegistry()
+    ServeMetrics(serving, LatestModel(), PopularityPool(size=10, half_life_s=60.0, tracked=10))
+    assert not names & _family_names(serving)  # declared once: no name in both
+    assert names | _family_names(serving) == set(EXPORTED_METRICS)
 
 
 def test_metric_conventions():
