@@ -41,6 +41,12 @@ class CompiledStep(Protocol):
         context ``feats``."""
         ...
 
+    def observe(self, users: np.ndarray, items: np.ndarray, positive: np.ndarray) -> None:
+        """:meth:`~learner.core.backbones.base.Backbone.observe` on table rows, compiled:
+        count scored genuine events (``positive`` 1.0 or 0.0 each); nothing for a backbone
+        that counts nothing."""
+        ...
+
     def plan(self, users: np.ndarray, items: np.ndarray, feats: np.ndarray, labels: np.ndarray,
              vague: np.ndarray, order: np.ndarray, bounds: np.ndarray) -> Planned:
         """Every step of a micro-batch as one call: step ``c`` trains the pairs

@@ -424,8 +424,13 @@ class OnlineLearner:
             # job, once the update log has the rows' bases)
             if self.updates is not None:  # the counts' bases, for the ranks' next sum
                 self.updates.record(users[genuine], videos[genuine])
-            count = functools.partial(self.model.observe, self._tensor(users[genuine]),
-                                      self._tensor(videos[genuine]), self._tensor(positive))
+            if self._all_steps is not None:  # compiled, where the steps are
+                count = functools.partial(self._all_steps.observe, users[genuine],
+                                          videos[genuine], positive)
+            else:
+                count = functools.partial(self.model.observe, self._tensor(users[genuine]),
+                                          self._tensor(videos[genuine]),
+                                          self._tensor(positive))
         result = self._train(all_users, all_items, all_feats, labels, vague, counts, steps,
                              after_step, background, count)
         if result is None:  # training in the background: its figures come from trained()

@@ -222,6 +222,27 @@ def test_pairs_without_context_are_scored_and_trained_as_torch_does():
                        meta.users.numpy(), meta.items.numpy(), None, labels.numpy())
 
 
+def test_compiled_counting_is_the_model_s_counting():
+    """Counts, their moments and the priors estimated from them, as ``Wide.observe`` keeps
+    them, rows repeating within a batch and the tables grown between batches."""
+    model, twin, opt, opt_twin = _pair(12, users=16, items=8)
+    fast = WideLossStep(twin, opt_twin, "bce")
+    gen = torch.Generator().manual_seed(13)
+    for k in range(12):
+        if k == 6:
+            for m, o in ((model, opt), (twin, opt_twin)):
+                ensure_rows(m, o, 60, 50)
+        users, items = model.rows()
+        batch = (torch.randint(0, users, (80,), generator=gen),
+                 torch.randint(0, items, (80,), generator=gen),
+                 (torch.rand(80, generator=gen) < 0.3).float())
+        model.observe(*batch)
+        fast.observe(*(t.numpy() for t in batch))
+        for name in ("user_counts", "item_counts", "moments", "prior"):
+            torch.testing.assert_close(getattr(twin, name), getattr(model, name), msg=name)
+    assert float(model.prior.min()) != 2.0  # estimated, not the starting prior
+
+
 def test_the_compiled_step_only_where_it_applies():
     model = Wide(users=8, items=8)
     opt = MixedAdam(model, lr=0.01)

@@ -102,6 +102,9 @@ class _CompiledStep:
         kernels.scores(p, q, w, b, _index(users), _index(items), out)
         return out
 
+    def observe(self, users: np.ndarray, items: np.ndarray, positive: np.ndarray) -> None:
+        """Nothing: GMF counts nothing (:meth:`Backbone.observe`)."""
+
     def _cached(self) -> tuple:
         """The optimiser's states of the four parameters, and numpy views of the model's
         tables, ``w``, ``b``, the moments and the dense step counters (:meth:`_views`). The

@@ -298,6 +298,35 @@ def train_steps(model, layout, sparse, dense, counters, hyper, users, items, fea
                                             labels[chunk], mask, idl)
 
 
+@njit(**JIT)
+def _add_moments(counts, rows, sign, moments) -> None:
+    """``sign`` times the count moments of ``rows`` (distinct) into ``moments``: events,
+    positives, positives^2 / events and ids counted (as ``count_moments``, in float64)."""
+    for r in rows:
+        positives, events = np.float64(counts[r, 0]), np.float64(counts[r, 1])
+        moments[0] += sign * events
+        moments[1] += sign * positives
+        if events > 0:
+            moments[2] += sign * positives * positives / events
+            moments[3] += sign
+
+
+@njit(**JIT)
+def count(user_counts, item_counts, moments, users, items, positive) -> None:
+    """Count the genuine events (``positive`` 1.0 or 0.0 each) of the pairs as ``Wide.observe``
+    does: each side's counts, and its moments (``moments[side]``) kept up to date over the
+    rows the pairs touch."""
+    for side in range(2):
+        counts = user_counts if side == 0 else item_counts
+        rows = users if side == 0 else items
+        touched = unique_rows(rows)[0]
+        _add_moments(counts, touched, -1.0, moments[side])
+        for k in range(rows.size):
+            counts[rows[k], 0] += positive[k]
+            counts[rows[k], 1] += 1
+        _add_moments(counts, touched, 1.0, moments[side])
+
+
 @functools.cache
 def warm_up() -> None:
     """Compile the steps (or load them from numba's disk cache) once per process, on scratch
@@ -314,6 +343,7 @@ def warm_up() -> None:
     feats, labels = np.zeros((2, 3), np.int64), np.ones(2, np.float32)
     hyper, counters = np.full(HYPER_SIZE, 0.5), np.zeros(5, np.int64)
     dense_state = (sums[0], sums[1], sums[2])
+    count(counts[0], counts[1], np.zeros((2, 4)), rows, rows, labels)
     scores(model, layout, rows, rows, feats, np.empty(2, np.float32))
     ig_step(model, layout, sparse, dense_state, counters, hyper, rows, rows, feats, rows, rows,
             feats, labels, 1e-3, True, -1, np.empty(3))

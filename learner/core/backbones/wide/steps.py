@@ -87,16 +87,17 @@ class _CompiledSteps:
 
     # -- the state, as numpy views ---------------------------------------------------------
     def _views(self) -> tuple:
-        """(model, sparse, dense) tuples of numpy views as the kernels take them, and the
-        states of the five parameters (b_u, b_i, c, a, b). Made again only when a tensor or
-        a state is replaced (tables grow, a checkpoint loads): never a stale view."""
+        """(model, sparse, dense) tuples of numpy views as the kernels take them, the states
+        of the five parameters (b_u, b_i, c, a, b), their step counts and the count moments.
+        Made again only when a tensor or a state is replaced (tables grow, a checkpoint
+        loads): never a stale view."""
         model = self.model
         modules, params, buffers = model._modules, model._parameters, model._buffers
         tensors = (
             cast(torch.nn.Module, modules["user_bias"])._parameters["weight"],
             cast(torch.nn.Module, modules["item_bias"])._parameters["weight"],
             buffers["user_counts"], buffers["item_counts"], buffers["prior"],
-            *(params[name] for name in _DENSE),
+            *(params[name] for name in _DENSE), buffers["moments"],
             self.optimizer.sparse.state, cast(torch.optim.Optimizer, self.optimizer.dense).state)
         cache = self._cache
         if (cache is None or any(a is not b for a, b in zip(tensors, cache[0], strict=True))
@@ -120,7 +121,7 @@ class _CompiledSteps:
                         for k in ("exp_avg", "exp_avg_sq"))
         sums = tuple(view(state["sum"]) for state in states[2:])
         steps = tuple(view(state["step"]).reshape(1) for state in states[2:])
-        return watched, (model, moments, sums, states, steps)
+        return watched, (model, moments, sums, states, steps, view(tensors[8]))
 
     def _hyper(self) -> np.ndarray:
         s_group = self.optimizer.sparse.param_groups[0]
@@ -169,10 +170,19 @@ class _CompiledSteps:
         kernels.scores(model, layout, _index(users), _index(items), feats, out)
         return out
 
+    def observe(self, users: np.ndarray, items: np.ndarray, positive: np.ndarray) -> None:
+        """Count scored genuine events (table rows, ``positive`` 1.0 or 0.0 each) as
+        :meth:`Wide.observe` does, compiled: the counts and their moments, then the priors
+        estimated again."""
+        model, *_, count_moments = self._views()
+        kernels.count(model[2], model[3], count_moments, _index(users), _index(items),
+                      np.asarray(positive, np.float32))
+        self.model._estimate_priors()
+
     def _stepped(self, kernel: Callable[..., Any], layout: tuple, *args: Any) -> Any:
         """``kernel(model, layout, sparse state, dense state, counters, hyper, *args)``, the
         step counts written back after it."""
-        model, moments, sums, states, steps = self._views()
+        model, moments, sums, states, steps, _counted = self._views()
         counters = self._counters(states, steps)
         out = kernel(model, layout, moments, sums, counters, self._hyper(), *args)
         self._write_back(states, steps, counters)
