@@ -152,10 +152,12 @@ def consume_ceiling(client: str, bootstrap: str, topic: str, total: int) -> Meas
 def _learner_config(bootstrap: str, topic: str, group: str, client: str, device: str,
                     extra: dict[str, str] | None, **settings) -> Config:
     """A benchmark learner's settings: no ``/metrics``, rare progress lines, no ``DWELL_*``
-    environment; ``settings``, then ``extra`` (text, e.g. from ``--kafka-set``) over them."""
+    environment, its model published to a topic of its own (``<group>.model``: the setups'
+    models differ, and a model topic holds one); ``settings``, then ``extra`` (text, e.g.
+    from ``--kafka-set``) over them."""
     flags = {"bootstrap": bootstrap, "topic": topic, "group": group, "client": client,
              "metrics_port": -1, "progress_interval_s": 30.0, "device": device,
-             **settings, **(extra or {})}
+             "model_topic": f"{group}.model", **settings, **(extra or {})}
     return Config.load(flags=flags, env={})
 
 
