@@ -44,7 +44,7 @@ def open_publisher(connection: KafkaConnection, topic: str, learner: OnlineLearn
     create_model_topic(connection, topic)
     found = read_model_topic(connection, topic)
     state = topic_state(found)
-    logger.info("model topic %s: version %d, %d keys; publishing every %.1f s", topic,
+    logger.info("model topic %s: version %d, %d keys; publishing every %g s", topic,
                 state.version, len(state.keys), interval_s)
     producer = make_producer(connection.client, {
         **PRODUCER_CONFIG, **connection.options,

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 FORMAT = 1
 USER, VIDEO, DENSE, META = "u", "v", "d", "m"
@@ -64,9 +65,21 @@ def model_topic(topic: str) -> str:
 def encode_key(prefix: str, key: Hashable) -> bytes:
     """The record key of a row: the prefix, a colon and the id as JSON (ints and strs only:
     the ids a learner reads from the stream)."""
-    if type(key) is not str and (type(key) is bool or not isinstance(key, int | np.integer)):
+    if type(key) is str:
+        return prefix.encode() + b":" + orjson.dumps(key)
+    if type(key) is bool or not isinstance(key, int | np.integer):
         raise WireError(f"model topic keys hold int or str ids, not {type(key).__name__}")
-    return f"{prefix}:{json.dumps(key if type(key) is str else int(key))}".encode()
+    return b"%s:%d" % (prefix.encode(), key)
+
+
+def encode_keys(prefix: str, ids: Sequence[Hashable]) -> list[bytes]:
+    """:func:`encode_key` of each id, the common types without a call each (~0.2 us a key
+    against ~4 with :mod:`json`)."""
+    head = prefix.encode() + b":"
+    dumps = orjson.dumps
+    return [head + dumps(key) if type(key) is str else
+            b"%s%d" % (head, key) if type(key) is int else encode_key(prefix, key)
+            for key in ids]
 
 
 def decode_key(key: bytes | None) -> tuple[str, Hashable]:
@@ -102,8 +115,7 @@ def encode_rows(prefix: str, ids: Sequence[Hashable], values: np.ndarray, versio
         packed["aux"] = aux
     packed["values"] = values
     raw, size = packed.tobytes(), packed.dtype.itemsize
-    return ([encode_key(prefix, key) for key in ids],
-            [raw[i * size:(i + 1) * size] for i in range(n)])
+    return encode_keys(prefix, ids), [raw[i * size:(i + 1) * size] for i in range(n)]
 
 
 @dataclass(frozen=True)

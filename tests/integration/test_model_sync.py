@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from learner.core.trainer import OnlineLearner
+from learner.service.checkpoint import Checkpointer
 from learner.service.config import Config
 from learner.service.daemon import Daemon
 from learner.serving.model import ServedModel
@@ -28,6 +30,7 @@ from producers.replay import replay
 from stream.admin import delete_topic, end_offsets, topic_config
 from stream.clients import KafkaConnection
 from tests.integration.helpers import KUAIRAND, read_topic
+from tests.integration.test_ranks import _finish, _job
 
 #: Probe pairs scored on every version: users and videos of the shipped log.
 PROBES = 400
@@ -201,3 +204,31 @@ def test_a_compacted_model_topic_rebuilds_the_same_model(
     _assert_versions_match(watch.seen[-1:], learner_versions, probes)
     np.testing.assert_allclose(watch.seen[-1].score(*probes),
                                daemon.learner.predict_many(*probes), atol=1e-6)
+
+
+def test_a_job_of_two_ranks_publishes_its_one_model_once(kafka_bootstrap, topic, model_topic,
+                                                         tmp_path: Path):
+    _replay(kafka_bootstrap, topic)
+    watch = Watch(kafka_bootstrap, model_topic)
+    _finish(_job(kafka_bootstrap, topic, tmp_path, "kafka-python", 2, "--until-end",
+                 "--publish-interval-s", "0.5", "--sync-every", "4"), tmp_path)
+    final = Checkpointer(tmp_path / "ckpt").load_latest()
+    learner = OnlineLearner(Config().learner_settings())
+    learner.load_state_dict(final["learner"])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (watch.replica.current() is None or (
+            watch.replica.current().n_users, watch.replica.current().n_videos) != (
+            len(learner.users), len(learner.videos))):
+        time.sleep(0.2)
+    watch.stop()
+    records = read_topic(kafka_bootstrap, model_topic)
+    versions = [int.from_bytes(r.value[1:9], "little") for r in records
+                if r.key != VERSION_KEY and r.value is not None]
+    completed = [m.version for m in watch.seen]
+    # rank 0 alone: versions written in order, never twice, each completed once
+    assert versions == sorted(versions) and completed == sorted(set(completed))
+    assert sum(r.key == VERSION_KEY for r in records) == max(versions) >= 3
+    assert sum(watch.replica.builder.errors.values()) == 0
+    served = watch.seen[-1]
+    probes = _probes(learner)
+    np.testing.assert_allclose(served.score(*probes), learner.predict_many(*probes), atol=1e-6)
