@@ -47,6 +47,7 @@ class Drain:
     """One learner's run over the benchmark topic."""
 
     interval: float  # publish_interval_s (0: no publishing)
+    client: str
     events: int
     seconds: float
     versions: int
@@ -56,26 +57,30 @@ class Drain:
         return self.events / self.seconds if self.seconds else 0.0
 
 
-def drain(bootstrap: str, topic: str, interval: float) -> Drain:
-    """The learner daemon drains ``topic``, publishing every ``interval`` s (0: never)."""
+def drain(bootstrap: str, topic: str, interval: float, client: str) -> Drain:
+    """The learner daemon drains ``topic`` with ``client``, publishing every ``interval`` s
+    (0: never)."""
     group = f"bench-publish-{time.time_ns()}"
-    cfg = _learner_config(bootstrap, topic, group, "kafka-python", "cpu", None,
+    cfg = _learner_config(bootstrap, topic, group, client, "cpu", None,
                           until_end=True, batch_timeout_s=0.2, publish_interval_s=interval,
                           model_topic=f"{group}.model")
     daemon = Daemon(cfg)
     totals = daemon.run()
     versions = daemon.publisher.stats.versions if daemon.publisher is not None else 0
-    return Drain(interval, totals["consumed"], totals["seconds"], versions)
+    return Drain(interval, client, totals["consumed"], totals["seconds"], versions)
 
 
-def costs(bootstrap: str, topic: str, intervals: list[float], rounds: int) -> list[Drain]:
-    """The median round of each interval (0 first: no publishing), taken in turns."""
-    runs: dict[float, list[Drain]] = {i: [] for i in [0.0, *intervals]}
+def costs(bootstrap: str, topic: str, clients: list[str], intervals: list[float],
+          rounds: int) -> list[Drain]:
+    """The median round of each client and interval (0 first: no publishing), taken in
+    turns (the order turned each round)."""
+    runs: dict[tuple[str, float], list[Drain]] = {
+        (c, i): [] for c in clients for i in [0.0, *intervals]}
     for r in range(rounds):
-        order = list(runs) if r % 2 == 0 else list(reversed(runs))
-        for interval in order:
-            runs[interval].append(drain(bootstrap, topic, interval))
-            logger.info("publish every %s s: %.0f events/s", interval, runs[interval][-1].rate)
+        for client, interval in (list(runs) if r % 2 == 0 else list(reversed(runs))):
+            run = drain(bootstrap, topic, interval, client)
+            runs[(client, interval)].append(run)
+            logger.info("%s, publishing every %g s: %.0f events/s", client, interval, run.rate)
     return [sorted(ms, key=lambda m: m.rate)[len(ms) // 2] for ms in runs.values()]
 
 
@@ -122,11 +127,12 @@ def _child(function: str, *args: str, **kw) -> subprocess.Popen:
 
 
 def freshness(bootstrap: str, events: list[dict], rate: float, interval: float,
-              ) -> dict[str, float]:
-    """Event-to-servable seconds at ``rate`` events/s, publishing every ``interval`` s."""
+              client: str) -> dict[str, float]:
+    """Event-to-servable seconds at ``rate`` events/s, the learner of ``client`` publishing
+    every ``interval`` s."""
     topic = f"bench-fresh-{time.time_ns()}"
     create_topic(bootstrap, topic, partitions=4)
-    cfg = _learner_config(bootstrap, topic, f"{topic}-g", "kafka-python", "cpu", None,
+    cfg = _learner_config(bootstrap, topic, f"{topic}-g", client, "cpu", None,
                           batch_timeout_s=0.05, publish_interval_s=interval,
                           model_topic=f"{topic}.model")
     daemon = Daemon(cfg)
@@ -161,6 +167,23 @@ def freshness(bootstrap: str, events: list[dict], rate: float, interval: float,
     return _event_to_servable(bootstrap, topic, ends, versions)
 
 
+def servable_delays(partition: int, offsets: np.ndarray, stamps_ms: np.ndarray,
+                    versions: list[dict]) -> np.ndarray:
+    """Seconds from each event's timestamp to the first version (in the order made current)
+    that covers its offset in ``partition``; inf where none does.
+
+    >>> versions = [{"at": 10.0, "offsets": {"0": 2}}, {"at": 11.5, "offsets": {"0": 5}}]
+    >>> servable_delays(0, np.array([0, 1, 4, 5]), np.array([9000, 9500, 10000, 10500]),
+    ...                 versions).tolist()
+    [1.0, 0.5, 1.5, inf]
+    """
+    covered = np.maximum.accumulate(np.array(
+        [v["offsets"].get(str(partition), 0) for v in versions] or [0], np.int64))
+    at = np.array([v["at"] for v in versions] or [np.inf])
+    first = np.searchsorted(covered, offsets, side="right")
+    return np.append(at, np.inf)[first] - stamps_ms / 1000.0
+
+
 def _event_to_servable(bootstrap: str, topic: str, ends: dict[int, int],
                        versions: list[dict]) -> dict[str, float]:
     """Per event of ``topic``: the first version covering its offset, made current at
@@ -179,12 +202,8 @@ def _event_to_servable(bootstrap: str, topic: str, ends: dict[int, int],
                 for records in consumer.poll(timeout_ms=1000).values():
                     offsets += [r.offset for r in records]
                     stamps += [r.timestamp for r in records]
-            covered = np.maximum.accumulate(np.array(
-                [v["offsets"].get(str(partition), 0) for v in versions] or [0], np.int64))
-            at = np.array([v["at"] for v in versions] or [np.inf])
-            first = np.searchsorted(covered, np.array(offsets), side="right")
-            served = np.append(at, np.inf)[first]
-            delays.append(served - np.array(stamps) / 1000.0)
+            delays.append(servable_delays(partition, np.array(offsets), np.array(stamps),
+                                          versions))
     finally:
         consumer.close()
     values = np.concatenate(delays)
@@ -196,28 +215,31 @@ def _event_to_servable(bootstrap: str, topic: str, ends: dict[int, int],
 
 
 def format_markdown(drains: list[Drain], fresh: dict[str, float], rate: float,
-                    interval: float, machine: str, command: str, events: int) -> str:
-    base = drains[0]
+                    interval: float, machine: str, command: str, events: int,
+                    client: str) -> str:
+    base = {d.client: d for d in drains if d.interval == 0}
     lines = [
         "## The model synced through Kafka: publishing's cost and freshness",
         "",
-        f"`{command}` on {machine}. The learner's defaults (the wide model), the kafka-python "
-        f"client in processes of their own; {events:,} events (the KuaiRand log repeated, "
+        f"`{command}` on {machine}. The learner's defaults (the wide model; kafka-python's "
+        f"clients in processes of their own); {events:,} events (the KuaiRand log repeated, "
         "18% dead letters). Events/s from the first micro-batch, the median of the rounds "
         "taken in turns.",
         "",
-        "| learner | events/s | versions published | against no publishing |",
-        "| --- | ---: | ---: | ---: |",
+        "| client | learner | events/s | versions published | against no publishing |",
+        "| --- | --- | ---: | ---: | ---: |",
     ]
     for d in drains:
         what = "no publishing" if d.interval == 0 else f"publishing every {d.interval:g} s"
-        lines.append(f"| {what} | {d.rate:,.0f} | {d.versions} | {d.rate / base.rate:.2f}x |")
+        lines.append(f"| {d.client} | {what} | {d.rate:,.0f} | {d.versions} | "
+                     f"{d.rate / base[d.client].rate:.2f}x |")
     verdict = "met" if fresh["p99"] < TARGET_P99_S else "NOT met"
     lines += [
         "",
-        f"Freshness at half the publishing learner's rate ({rate:,.0f} events/s, publishing "
-        f"every {interval:g} s), a replica in a process of its own: the time from an event's "
-        "Kafka timestamp to the replica's `current()` holding a version that covers it, over "
+        f"Freshness at half the publishing learner's rate ({client}, {rate:,.0f} events/s, "
+        f"publishing every {interval:g} s), a replica in a process of its own: the time "
+        "from an event's Kafka timestamp to the replica's `current()` holding a version "
+        "that covers it, over "
         f"{fresh['events']:,.0f} events and {fresh['versions']:.0f} versions: "
         f"p50 {fresh['p50']:.2f} s, p99 {fresh['p99']:.2f} s, max {fresh['max']:.2f} s "
         f"(target p99 < {TARGET_P99_S:g} s: {verdict}); events no version covered: "
@@ -231,7 +253,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the KuaiRand log this many times in the publishing benchmark's topic")
     p.add_argument("--publish-rounds", type=positive_int(), default=3,
                    help="runs of each publishing interval, taken in turns (median reported)")
-    p.add_argument("--publish-intervals", type=csv(float), default=(1.0, 0.25),
+    p.add_argument("--publish-clients", type=csv(str), default=("kafka-python", "confluent"),
+                   help="Kafka clients of the learners measured (the first's freshness)")
+    p.add_argument("--publish-intervals", type=csv(float), default=(1.0,),
                    help="publishing intervals (s) measured against no publishing; the first "
                         "is the one whose freshness is measured")
 
@@ -244,10 +268,13 @@ def run(args: argparse.Namespace, machine: str) -> str:
         topic = f"bench-publish-{time.time_ns()}"
         create_topic(bootstrap, topic, partitions=4)
         replay(events, bootstrap=bootstrap, topic=topic, progress=False)
-        drains = costs(bootstrap, topic, intervals, rounds)
-        rate = drains[1].rate / 2
-        fresh = freshness(bootstrap, events, rate, intervals[0])
+        clients = list(args.publish_clients)
+        drains = costs(bootstrap, topic, clients, intervals, rounds)
+        rate = drains[1].rate / 2  # the first client's, publishing every intervals[0]
+        fresh = freshness(bootstrap, events, rate, intervals[0], clients[0])
     command = "dwell bench --suites publish" + (
         " --quick" if args.quick else f" --publish-repeat {repeat} --publish-rounds {rounds} "
         f"--publish-intervals {','.join(f'{i:g}' for i in intervals)}")
-    return format_markdown(drains, fresh, rate, intervals[0], machine, command, len(events))
+    command += f" --publish-clients {','.join(clients)}"
+    return format_markdown(drains, fresh, rate, intervals[0], machine, command, len(events),
+                           clients[0])
