@@ -420,17 +420,10 @@ class OnlineLearner:
         count = None
         if self.model.user_buffers or self.model.item_buffers:
             # a counting backbone counts the batch once scored and trained on the counts it
-            # was scored with: after the training, on the training's thread (in a distributed
-            # job, once the update log has the rows' bases)
-            if self.updates is not None:  # the counts' bases, for the ranks' next sum
-                self.updates.record(users[genuine], videos[genuine])
-            if self._all_steps is not None:  # compiled, where the steps are
-                count = functools.partial(self._all_steps.observe, users[genuine],
-                                          videos[genuine], positive)
-            else:
-                count = functools.partial(self.model.observe, self._tensor(users[genuine]),
-                                          self._tensor(videos[genuine]),
-                                          self._tensor(positive))
+            # was scored with: after the training, on the training's thread; in a distributed
+            # job once the update log has the rows' bases, recorded then: a synchronisation
+            # between the steps forgets what was recorded before it
+            count = functools.partial(self._count, users[genuine], videos[genuine], positive)
         result = self._train(all_users, all_items, all_feats, labels, vague, counts, steps,
                              after_step, background, count)
         if result is None:  # training in the background: its figures come from trained()
@@ -438,6 +431,16 @@ class OnlineLearner:
                                  step_seconds=np.empty(0))
         return dataclasses.replace(result, scores=scores, baseline_scores=baseline_scores,
                                    classes=classes, evicted=evicted)
+
+    def _count(self, users: np.ndarray, videos: np.ndarray, positive: np.ndarray) -> None:
+        """Count genuine events in the backbone's buffers, their rows logged first (the
+        counts' bases, for the ranks' next sum; the changed rows, for a publisher)."""
+        if self.updates is not None:
+            self.updates.record(users, videos)
+        if self._all_steps is not None:  # compiled, where the steps are
+            self._all_steps.observe(users, videos, positive)
+        else:
+            self.model.observe(self._tensor(users), self._tensor(videos), self._tensor(positive))
 
     # -- training --------------------------------------------------------------------------
     def _train(self, users, items, feats, labels, vague, counts, steps=None,

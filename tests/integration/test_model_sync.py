@@ -8,6 +8,7 @@ answer that mixed two versions, or a replica that went backwards, fails the comp
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
 from pathlib import Path
@@ -182,10 +183,10 @@ def test_a_compacted_model_topic_rebuilds_the_same_model(
         "segment.ms": 100, "min.cleanable.dirty.ratio": 0.01, "delete.retention.ms": 100})
     _replay(kafka_bootstrap, topic)
     daemon, thread, _ = _learn(_config(kafka_bootstrap, topic, publish_interval_s=0.1,
-                                       batch_size=512))
+                                       batch_size=128))
     thread.join(300)
     final = daemon.publisher.stats.last_version
-    assert daemon.publisher.stats.versions > 10
+    assert daemon.publisher.stats.versions >= 5
     written = end_offsets(kafka_bootstrap, model_topic)[0]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # the cleaner wakes every 15 s (Kafka's default)
@@ -215,13 +216,10 @@ def test_a_job_of_two_ranks_publishes_its_one_model_once(kafka_bootstrap, topic,
     final = Checkpointer(tmp_path / "ckpt").load_latest()
     learner = OnlineLearner(Config().learner_settings())
     learner.load_state_dict(final["learner"])
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (watch.replica.current() is None or (
-            watch.replica.current().n_users, watch.replica.current().n_videos) != (
-            len(learner.users), len(learner.videos))):
-        time.sleep(0.2)
+    records = read_topic(kafka_bootstrap, model_topic)  # the job wrote its last version
+    last = max(int(json.loads(r.value)["version"]) for r in records if r.key == VERSION_KEY)
+    assert watch.replica.wait_for(last, 60).version == last
     watch.stop()
-    records = read_topic(kafka_bootstrap, model_topic)
     versions = [int.from_bytes(r.value[1:9], "little") for r in records
                 if r.key != VERSION_KEY and r.value is not None]
     completed = [m.version for m in watch.seen]
