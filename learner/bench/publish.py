@@ -31,7 +31,7 @@ import numpy as np
 import orjson
 
 from learner.bench.kafka import _learner_config, bench_events, local_broker
-from learner.bounds import csv, positive_int
+from learner.bounds import Flag, Range, csv, positive_int
 from learner.service.daemon import Daemon
 from producers.replay import replay
 from stream.admin import create_topic, end_offsets
@@ -255,7 +255,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="runs of each publishing interval, taken in turns (median reported)")
     p.add_argument("--publish-clients", type=csv(str), default=("kafka-python", "confluent"),
                    help="Kafka clients of the learners measured (the first's freshness)")
-    p.add_argument("--publish-intervals", type=csv(float), default=(1.0,),
+    p.add_argument("--publish-intervals",
+                   type=Flag(float, Range(0, 3600.0, low_open=True), many=True), default=(1.0,),
                    help="publishing intervals (s) measured against no publishing; the first "
                         "is the one whose freshness is measured")
 
