@@ -90,6 +90,25 @@ class FastSteps(Protocol):
         ...
 
 
+class CompiledFastSteps:
+    """A backbone's compiled steps as :class:`FastSteps`: its loss-step class (which names
+    the ``LOSSES`` it compiles) and its IG-step class, both built on ``(model, optimizer,
+    ...)``."""
+
+    def __init__(self, model: Backbone, loss_step: Callable[..., CompiledLossStep],
+                 inverse_gradient: Callable[..., CompiledInverseGradient]) -> None:
+        self.model, self._loss_step, self._inverse_gradient = model, loss_step, inverse_gradient
+
+    def inverse_gradient(self, optimizer: MixedAdam, sample_lr: float = 1e-3,
+                         lookahead: str = "adam") -> CompiledInverseGradient:
+        return self._inverse_gradient(self.model, optimizer, sample_lr, lookahead)
+
+    def loss_step(self, optimizer: MixedAdam, loss: str) -> CompiledLossStep | None:
+        """The compiled plain step for ``loss`` where the backbone compiles it, else None."""
+        losses = getattr(self._loss_step, "LOSSES", ())
+        return self._loss_step(self.model, optimizer, loss) if loss in losses else None
+
+
 def make_inverse_gradient(
     model: Backbone, optimizer: MixedAdam, sample_lr: float = 1e-3, lookahead: str = "adam",
     kernel: str = "auto",

@@ -47,5 +47,8 @@ class GMF(Backbone):
         """GMF's compiled steps (:mod:`learner.core.backbones.gmf.steps`) with ``kernel="auto"``
         on the CPU, numba importable; else None."""
         from learner.core.backbones.gmf import steps  # late: numba, and steps imports GMF
+        from learner.core.fast import CompiledFastSteps
 
-        return steps.GMFFastSteps(self) if steps.compiled_applies(self, kernel) else None
+        if not steps.compiled_applies(self, kernel):
+            return None
+        return CompiledFastSteps(self, steps.GMFLossStep, steps.GMFInverseGradient)

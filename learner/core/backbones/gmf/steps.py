@@ -21,7 +21,7 @@ of the optimiser's own state: SparseAdam's for the embedding rows, Adam's for ``
 ``InverseGradient`` to float32 rounding (``tests/unit/test_gmf_steps.py``: same branch, the
 parameters within 1e-6 after many steps). :class:`GMFLossStep` is the learner's plain step
 (``bce`` or ``idl``, ``MixedAdam``) the same way. :meth:`GMF.fast_steps` offers both
-(:class:`GMFFastSteps`) for GMF on the CPU unless ``kernel="torch"``
+(:class:`learner.core.fast.CompiledFastSteps`) for GMF on the CPU unless ``kernel="torch"``
 (:mod:`learner.core.fast`).
 
 >>> import torch
@@ -282,18 +282,3 @@ def compiled_applies(model: Backbone, kernel: str) -> bool:
     """Whether the learner takes the compiled steps: ``kernel="auto"`` and a GMF on the CPU
     (:func:`learner.core.fast.compiled_applies`)."""
     return fast.compiled_applies(model, kernel, GMF, NO_KERNELS if kernels is None else "")
-
-
-class GMFFastSteps:
-    """What :meth:`GMF.fast_steps` offers (:class:`learner.core.fast.FastSteps`)."""
-
-    def __init__(self, model: GMF) -> None:
-        self.model = model
-
-    def inverse_gradient(self, optimizer: MixedAdam, sample_lr: float = 1e-3,
-                         lookahead: str = "adam") -> GMFInverseGradient:
-        return GMFInverseGradient(self.model, optimizer, sample_lr, lookahead)
-
-    def loss_step(self, optimizer: MixedAdam, loss: str) -> GMFLossStep | None:
-        """The compiled plain step for ``bce`` or ``idl``, else None."""
-        return GMFLossStep(self.model, optimizer, loss) if loss in GMFLossStep.LOSSES else None

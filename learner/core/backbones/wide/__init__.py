@@ -182,8 +182,11 @@ class Wide(Backbone):
         """The compiled steps (:mod:`learner.core.backbones.wide.steps`) with ``kernel="auto"``
         on the CPU, numba importable; else None."""
         from learner.core.backbones.wide import steps  # late: numba, and steps imports Wide
+        from learner.core.fast import CompiledFastSteps
 
-        return steps.WideFastSteps(self) if steps.compiled_applies(self, kernel) else None
+        if not steps.compiled_applies(self, kernel):
+            return None
+        return CompiledFastSteps(self, steps.WideLossStep, steps.WideInverseGradient)
 
 
 def count_moments(counts: torch.Tensor) -> torch.Tensor:

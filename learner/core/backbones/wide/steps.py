@@ -14,7 +14,7 @@ numpy views of the model's tensors, its count buffers and the optimiser's own st
 checkpoints, the distributed update log and the autograd path see the same state. The views
 are made again whenever a tensor is replaced (tables grow, a checkpoint loads); the step
 counters are read from the optimiser's state at each call and written back after it.
-:meth:`Wide.fast_steps` offers it (:class:`WideFastSteps`) on the CPU unless
+:meth:`Wide.fast_steps` offers it (:class:`learner.core.fast.CompiledFastSteps`) on the CPU unless
 ``kernel="torch"``; the IG step stays autograd's.
 
 >>> import numpy as np
@@ -297,18 +297,3 @@ def compiled_applies(model: Backbone, kernel: str) -> bool:
     """Whether the learner takes the compiled steps: ``kernel="auto"`` and a Wide on the CPU
     (:func:`learner.core.fast.compiled_applies`)."""
     return fast.compiled_applies(model, kernel, Wide, NO_KERNELS if kernels is None else "")
-
-
-class WideFastSteps:
-    """What :meth:`Wide.fast_steps` offers (:class:`learner.core.fast.FastSteps`)."""
-
-    def __init__(self, model: Wide) -> None:
-        self.model = model
-
-    def inverse_gradient(self, optimizer: MixedAdam, sample_lr: float = 1e-3,
-                         lookahead: str = "adam") -> WideInverseGradient:
-        return WideInverseGradient(self.model, optimizer, sample_lr, lookahead)
-
-    def loss_step(self, optimizer: MixedAdam, loss: str) -> WideLossStep | None:
-        """The compiled plain step for ``bce`` or ``idl``, else None."""
-        return WideLossStep(self.model, optimizer, loss) if loss in WideLossStep.LOSSES else None
