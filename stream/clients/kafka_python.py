@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
@@ -22,7 +23,7 @@ from kafka.coordinator.consumer import ConsumerCoordinator
 from kafka.errors import KafkaConfigurationError, KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
-from stream.clients import DeliveryCallback, batch_wait
+from stream.clients import DeliveryCallback, batch_wait, unpack
 from stream.clients.settings import ConsumerSettings, KafkaConnection
 from stream.errors import ClientError, ClientTimeoutError, ConfigError
 
@@ -145,6 +146,7 @@ class KafkaPythonConsumer:
                 })
         except ValueError as exc:  # kafka-python: unrecognized configs
             raise ConfigError(f"Kafka consumer configuration: {exc}") from exc
+        unpack.install(self._consumer)
         if settings.partitions is None:
             _keep_joins(self._consumer)
             self._consumer.subscribe([topic], listener=_Listener(self))
@@ -312,6 +314,7 @@ class KafkaPythonProducer:
                 self._producer = KafkaProducer(**config)
         except ValueError as exc:  # kafka-python: unrecognized configs
             raise ConfigError(f"Kafka producer configuration: {exc}") from exc
+        self._metadata = self._producer._metadata  # kafka-python's cluster metadata
         self._lock = threading.Lock()
         self._outstanding = 0
         self._closed = False
@@ -328,23 +331,27 @@ class KafkaPythonProducer:
         headers: list[tuple[str, bytes]] | None = None,
         on_delivery: DeliveryCallback | None = None,
     ) -> None:
-        with _translated(f"produce to {topic}"):
-            future = self._producer.send(topic, value=value, key=key, headers=headers)
+        try:
+            # a topic of one partition needs no partitioner (pure-Python murmur2 of the key)
+            partitions = self._metadata.partitions_for_topic(topic)
+            future = self._producer.send(
+                topic, value=value, key=key, headers=headers,
+                partition=0 if partitions is not None and len(partitions) == 1 else None)
+        except KafkaConfigurationError as exc:
+            raise ConfigError(f"Kafka client configuration: {exc}") from exc
+        except KafkaError as exc:
+            raise client_error(exc, f"produce to {topic}") from exc
         with self._lock:
             self._outstanding += 1
+        settled = partial(self._settled, on_delivery)
+        future.add_callback(settled)
+        future.add_errback(settled)
 
-        def ok(_metadata: Any) -> None:
-            self._done()
-            if on_delivery is not None:
-                on_delivery(None)
-
-        def failed(exc: BaseException) -> None:
-            self._done()
-            if on_delivery is not None:
-                on_delivery(client_error(exc))
-
-        future.add_callback(ok)
-        future.add_errback(failed)
+    def _settled(self, on_delivery: DeliveryCallback | None, outcome: Any) -> None:
+        """A record's outcome: its metadata, or the exception it failed with."""
+        self._done()
+        if on_delivery is not None:
+            on_delivery(client_error(outcome) if isinstance(outcome, BaseException) else None)
 
     def _done(self) -> None:
         with self._lock:
