@@ -113,6 +113,27 @@ def test_output_shape_and_finite(name: str, n: int) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_user_logit_is_the_users_own_term(name: str) -> None:
+    """Two users alike in every row but their bias: their logits differ by the same amount
+    for every video and context, and user_logit says by how much (what a served ranking of
+    one user's candidates leaves out)."""
+    model = build(name)
+    with torch.no_grad():
+        for table in model.user_tables:
+            weight = getattr(model, table).weight
+            weight[1] = weight[0] + (0.7 if table == "user_bias" else 0.0)
+        for buffer in model.user_buffers:
+            getattr(model, buffer)[1] = getattr(model, buffer)[0]
+        _, items, feats = random_batch(ITEMS, torch.Generator().manual_seed(3))
+        first, second = torch.zeros(ITEMS, dtype=torch.long), torch.ones(ITEMS, dtype=torch.long)
+        gap = model(second, items, feats) - model(first, items, feats)
+        said = model.user_logit(second) - model.user_logit(first)
+    expected = 0.7 if "user_bias" in model.user_tables else 0.0
+    assert torch.allclose(gap, torch.full_like(gap, expected), atol=1e-5)
+    assert torch.allclose(said, gap, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_make_backbone_builds_with_default_features(name: str) -> None:
     model = make_backbone(name, dim=4)
     assert isinstance(model, BACKBONES[name])

@@ -88,3 +88,7 @@ class DeepFM(Backbone):
         deep_in = F.pad(v.flatten(1), (0, missing * self.dim))
         deep = self.deep(deep_in).squeeze(-1)
         return self.bias + first.squeeze(-1) + second + deep
+
+    def user_logit(self, users: torch.Tensor) -> torch.Tensor:
+        """The user's bias: the second-order and deep terms all involve the video."""
+        return self.user_bias(users)[:, 0]
