@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from learner.core.backbones import GMF
+from learner.core.backbones import BACKBONES
+from learner.core.features import FEATURE_SIZES
 from learner.core.losses import idl_weights, inverse_dual_loss
 from learner.core.meta import BRANCHES, InverseGradient, Pairs
 from learner.core.optim import MixedAdam
@@ -17,8 +18,9 @@ def slow_ig(model, optimizer, vague, meta, labels, sample_lr, branch=None):
     candidates = {"original": model}
     for name, sign in (("forward", 1.0), ("inverse", -1.0)):
         twin = copy.deepcopy(model)
-        for table in (twin.user, twin.item):
-            table.sparse = False  # dense embeddings and one Adam, as in the reference code
+        for table in twin.modules():
+            if isinstance(table, torch.nn.Embedding):
+                table.sparse = False  # dense embeddings and one Adam, as in the reference code
         opt = torch.optim.Adam(twin.parameters(), lr=sample_lr)
         opt.zero_grad()
         loss = sign * inverse_dual_loss(twin(vague.users, vague.items, vague.feats)).mean()
@@ -39,21 +41,29 @@ def slow_ig(model, optimizer, vague, meta, labels, sample_lr, branch=None):
     return chosen, losses
 
 
-def random_case(seed):
+def random_case(seed, name="gmf"):
+    """A backbone of ``name`` (with the context features where it reads them; its counted
+    buffers, if any, filled) and a random step."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = GMF(dim=6, users=12, items=15)
+    model = BACKBONES[name](dim=6, users=12, items=15, feature_sizes=FEATURE_SIZES)
+
     def ids(high, n):
         return torch.randint(0, high, (n,), generator=gen)
 
-    vague = Pairs(ids(12, 20), ids(15, 20))
-    meta = Pairs(ids(12, 16), ids(15, 16))
+    def feats(n):
+        return torch.stack([ids(size, n) for size in FEATURE_SIZES], dim=1)
+
+    for _ in range(3):  # counted events: the look-ahead must read the step's own rows
+        model.observe(ids(12, 30), ids(15, 30), torch.randint(0, 2, (30,), generator=gen).float())
+    vague = Pairs(ids(12, 20), ids(15, 20), feats(20))
+    meta = Pairs(ids(12, 16), ids(15, 16), feats(16))
     labels = torch.randint(0, 2, (16,), generator=gen).float()
     return model, vague, meta, labels
 
 
-def run_both(seed, branch=None, steps=3, sample_lr=0.05):
-    model, vague, meta, labels = random_case(seed)
+def run_both(seed, branch=None, steps=3, sample_lr=0.05, name="gmf"):
+    model, vague, meta, labels = random_case(seed, name)
     twin = copy.deepcopy(model)
     fast_opt, slow_opt = MixedAdam(model, lr=0.01), MixedAdam(twin, lr=0.01)
     ig = InverseGradient(model, fast_opt, sample_lr=sample_lr)
@@ -65,9 +75,21 @@ def run_both(seed, branch=None, steps=3, sample_lr=0.05):
         assert fast_losses == pytest.approx(slow_losses, rel=1e-5, abs=1e-6)
         for (name, p), (_, q) in zip(model.named_parameters(), twin.named_parameters(),
                                      strict=True):
-            assert torch.allclose(p, q, atol=1e-6), name
+            # float32 rounding through the dense layers: a step moves a weight by ~1e-2
+            assert torch.allclose(p, q, rtol=1e-4, atol=1e-5), name
         chosen.append(fast_branch)
     return chosen
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_every_backbone_matches_the_slow_implementation(name):
+    """Each backbone, its context features and counted buffers included: the fast step (one
+    look-ahead through swapped parameters) picks and applies what deep copies would."""
+    chosen = []
+    for seed in range(3):
+        for branch in (*BRANCHES, None):
+            chosen += run_both(seed, branch=branch, steps=2, name=name)
+    assert set(chosen) == set(BRANCHES)
 
 
 @pytest.mark.parametrize("branch", BRANCHES)
