@@ -6,15 +6,15 @@
 2. **End to end**: the learner daemon (its real code path: poll, decode, dead-letter, score,
    train, commit) draining the same topic with each client, for several learner setups;
    events/s from its first micro-batch, and the ratio to that client's ceiling. The ceiling
-   and GMF IDL+IG (the targets' setup) are taken in turns ``--kafka-rounds`` times, the
-   median round reported with every round's share beside it. With kafka-python the learner's
-   clients run in child processes (``--client-process auto``); the setup "the clients in
-   the learner's process" measures it without them, for comparison.
+   and the defaults (the targets' setup, :data:`TARGET`) are taken in turns
+   ``--kafka-rounds`` times, the median round reported with every round's share beside it.
+   With kafka-python the learner's clients run in child processes (``--client-process
+   auto``); the setup "the clients in the learner's process" measures it without them.
    The log's zero-duration rows (18%) are dead letters, each a produce on the dead-letter
-   topic; so GMF IDL+IG and both ceilings are measured again on a second topic of the
+   topic; so the defaults and both ceilings are measured again on a second topic of the
    valid events only (rows "valid events only"): the learner's own cost on a clean stream.
-3. **Latency**: a ``dwell replay`` process paced at half the learner's measured rate (GMF
-   IDL+IG, with the same ``--kafka-set``) into a fresh topic while that learner consumes
+3. **Latency**: a ``dwell replay`` process paced at half the learner's measured rate (the
+   defaults, with the same ``--kafka-set``) into a fresh topic while that learner consumes
    it; per record, the time from its Kafka timestamp (set by the producer at send) to the
    end of the model update that includes it: p50, p99.
 4. **Replay**: producer events/s with each client (acks=all, idempotent).
@@ -59,6 +59,7 @@ SECTION = "bench:kafka"
 CLIENTS = ("kafka-python", "confluent")
 _PAPER = {**PAPER_SETTINGS}  # the paper's GMF (the defaults are the wide model's)
 SETUPS = {  # learner setups measured end to end: name -> Config overrides
+    "defaults (wide, BCE)": {},
     "GMF IDL+IG": {**_PAPER, "loss": "idl", "meta": "ig", "num_neg": 1},
     "GMF IDL+IG, max 4 steps per batch, lr 0.03": {
         **_PAPER, "loss": "idl", "meta": "ig", "num_neg": 1, "max_steps": 4, "lr": 0.03},
@@ -66,9 +67,9 @@ SETUPS = {  # learner setups measured end to end: name -> Config overrides
         **_PAPER, "loss": "idl", "meta": "ig", "num_neg": 1, "client_process": "off"},
     "NeuMF IDL+IG": {**_PAPER, "model": "neumf", "loss": "idl", "meta": "ig", "num_neg": 1},
     "GMF BCE": {**_PAPER, "loss": "bce"},
-    "defaults (wide, BCE)": {},
 }
-TARGET = "GMF IDL+IG"  # the setup of issue 6's targets, measured in turns with the ceiling
+#: The setup of issue 20's targets (the default model), measured in turns with the ceiling.
+TARGET = "defaults (wide, BCE)"
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,7 @@ def latency(client: str, bootstrap: str, rate: float, device: str = "cpu",
     topic = f"bench-latency-{client}-{time.time_ns()}"
     create_topic(bootstrap, topic, partitions=4)
     cfg = _learner_config(bootstrap, topic, f"{topic}-g", client, device, extra,
-                          batch_timeout_s=0.05, **SETUPS["GMF IDL+IG"])
+                          batch_timeout_s=0.05, **SETUPS[TARGET])
     daemon = Daemon(cfg)
     delays: list[np.ndarray] = []
     process = daemon.process
@@ -235,7 +236,7 @@ def valid_events(events: list[dict]) -> list[dict]:
 
 def paired(client: str, bootstrap: str, topic: str, total: int, rounds: int, device: str,
            extra: dict[str, str]) -> tuple[Measure, Measure]:
-    """``client``'s consume ceiling and the learner's GMF IDL+IG on ``topic``, in turns
+    """``client``'s consume ceiling and the learner's :data:`TARGET` setup on ``topic``, in turns
     ``rounds`` times (the order flipped each round): the median round of each, the learner's
     with every round's share of the ceiling beside it. One pair alone can be 20 points off on
     a machine this noisy."""
@@ -271,7 +272,7 @@ def kafka_measures(args: argparse.Namespace) -> tuple[list[Measure], int, int]:
                       client=args.clients[-1])
         total = sent.events_sent
         rounds = 1 if args.quick else args.kafka_rounds
-        targets = {}  # client -> its ceiling and GMF IDL+IG, taken in turns
+        targets = {}  # client -> its ceiling and the TARGET setup, taken in turns
         for client in args.clients:
             measures.append(replay_rate(client, bootstrap, events[:50_000]))
             targets[client] = paired(client, bootstrap, topic, total, rounds, args.device, extra)
@@ -331,7 +332,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kafka-repeat", type=positive_int(), default=10,
                    help="the KuaiRand log this many times in the benchmark topic")
     p.add_argument("--kafka-rounds", type=positive_int(), default=3,
-                   help="the consume ceilings and GMF IDL+IG, taken in turns this many times "
+                   help="the consume ceilings and the defaults, taken in turns this many times "
                         "(the median round reported)")
     p.add_argument("--kafka-bootstrap", help="use this broker (default: start one)")
     p.add_argument("--kafka-set", type=csv(_setting), default=(), metavar="KEY=VALUE,...",

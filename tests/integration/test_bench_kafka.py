@@ -22,8 +22,8 @@ def test_kafka_suite_measures_every_row(kafka_bootstrap, kafka_client):
     measures, n, n_valid = kafka.kafka_measures(args)
     kinds = [m.what for m in measures]
     assert kinds.count("consume ceiling") == 1 and kinds.count("latency") == 1
-    assert "GMF IDL+IG" in kinds and "replay" in kinds
-    assert "GMF IDL+IG, valid events only" in kinds
+    assert kafka.TARGET in kinds and "replay" in kinds
+    assert f"{kafka.TARGET}, valid events only" in kinds
     for m in measures:
         assert m.events > 0 and m.seconds > 0, m
     ceiling = next(m for m in measures if m.what == "consume ceiling")
