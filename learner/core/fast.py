@@ -20,9 +20,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
+import torch
 
 from learner.core.backbones.base import Backbone
-from learner.core.meta import InverseGradient
+from learner.core.meta import InverseGradient, Pairs, checked_lookahead
 from learner.core.optim import MixedAdam
 from learner.core.settings import check_kernel
 
@@ -75,6 +76,31 @@ class CompiledInverseGradient(CompiledStep, Protocol):
                   branch: str | None = None) -> tuple[str, dict[str, float], float]:
         """One IG step on table rows: the branch kept, the three meta losses, the loss."""
         ...
+
+
+class InverseGradientOnArrays:
+    """What a compiled IG step adds to its backbone's compiled steps (list it first among
+    the bases): the look-ahead's settings, and :meth:`step` on
+    :class:`~learner.core.meta.Pairs` as the arrays its ``step_rows`` takes."""
+
+    step_rows: Callable[..., tuple[str, dict[str, float], float]]
+
+    def __init__(self, model: Backbone, optimizer: MixedAdam, sample_lr: float = 1e-3,
+                 lookahead: str = "adam") -> None:
+        super().__init__(model, optimizer)  # type: ignore[call-arg]  # the steps' own base
+        self.sample_lr, self.lookahead = sample_lr, checked_lookahead(lookahead)
+        self.last_vague_positive = 0
+
+    def step(
+        self, vague: Pairs, meta: Pairs, meta_labels: torch.Tensor, branch: str | None = None
+    ) -> tuple[str, dict[str, float], float]:
+        """One IG step; returns the branch kept, the three meta losses and the final loss."""
+        def array(feats: torch.Tensor | None) -> np.ndarray | None:
+            return None if feats is None else feats.numpy()
+
+        return self.step_rows(vague.users.numpy(), vague.items.numpy(), array(vague.feats),
+                              meta.users.numpy(), meta.items.numpy(), array(meta.feats),
+                              meta_labels.numpy(), branch)
 
 
 class FastSteps(Protocol):

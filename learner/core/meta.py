@@ -112,6 +112,17 @@ class SwappedCall:
                 held[attr] = original
 
 
+#: How the look-ahead steps its copies: Adam (the reference's) or plain SGD.
+LOOKAHEADS = ("adam", "sgd")
+
+
+def checked_lookahead(lookahead: str) -> str:
+    """``lookahead`` if it is one of :data:`LOOKAHEADS`, else ConfigError."""
+    if lookahead not in LOOKAHEADS:
+        raise ConfigError(f"lookahead must be adam or sgd, not {lookahead!r}")
+    return lookahead
+
+
 class InverseGradient:
     """The IG step for one backbone and its optimiser."""
 
@@ -119,13 +130,11 @@ class InverseGradient:
         self, model: Backbone, optimizer: MixedAdam, sample_lr: float = 1e-3,
         lookahead: str = "adam", call: Callable[..., torch.Tensor] | None = None,
     ) -> None:
-        if lookahead not in ("adam", "sgd"):
-            raise ConfigError(f"lookahead must be adam or sgd, not {lookahead!r}")
         self.model, self.optimizer = model, optimizer
         # the look-ahead's forward with given parameters; torch.func.functional_call(model,
         # params, args) would do the same, slower (the benchmarks' baseline)
         self._call = call or SwappedCall(model)
-        self.sample_lr, self.lookahead = sample_lr, lookahead
+        self.sample_lr, self.lookahead = sample_lr, checked_lookahead(lookahead)
         self.last_vague_positive = 0  # vague events the last step's model leaned positive on
         self._counted: dict[str, torch.Tensor] = {}  # the step's rows of counted buffers
 

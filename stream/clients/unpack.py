@@ -67,53 +67,45 @@ def scan_records(buf, pos, count):  # pragma: no cover - compiled
 
     Returns ``(table, end, problem)``: one row per record, columns :data:`SIZE` ..
     :data:`HEADERS` (a null key or value has length -1), the position after the last
-    record, and 0, or a problem code with the rows read before it.
+    record, and 0; or the rows read before a bad record, where it starts, and the problem.
     """
     table = np.empty((count, 9), np.int64)
     end = buf.shape[0]
-    fields = np.empty(4, np.int64)  # size, attributes, timestamp delta, offset delta
     for i in range(count):
-        start = pos
-        for f in range(4):
-            fields[f], pos = _varint(buf, pos, end)
-            if pos < 0:
-                return table[:i], start, _SHORT
-            if f == 0:
-                start = pos  # the size counts the bytes after it
+        first = pos
+        # a read past the end gives (0, -1), and every read from -1 gives (0, -1) again: a
+        # length of 0 keeps the position at -1, so one check after the reads covers them all
+        size, pos = _varint(buf, pos, end)
+        start = pos  # the size counts the bytes after it
+        _attributes, pos = _varint(buf, pos, end)
+        ts_delta, pos = _varint(buf, pos, end)
+        offset_delta, pos = _varint(buf, pos, end)
         key_len, pos = _varint(buf, pos, end)
-        if pos < 0:
-            return table[:i], start, _SHORT
-        key_at = pos
         key_len = max(key_len, -1)  # any negative length is a null key
-        pos += max(key_len, 0)
-        value_len, pos = _varint(buf, pos, end)
-        if pos < 0:
-            return table[:i], start, _SHORT
-        value_at = pos
+        key_at = pos
+        value_len, pos = _varint(buf, pos + max(key_len, 0), end)
         value_len = max(value_len, -1)
-        pos += max(value_len, 0)
-        headers, pos = _varint(buf, pos, end)
+        value_at = pos
+        headers, pos = _varint(buf, pos + max(value_len, 0), end)
         if pos < 0:
-            return table[:i], start, _SHORT
+            return table[:i], first, _SHORT
         if headers < 0:
-            return table[:i], start, _BAD_HEADERS
+            return table[:i], first, _BAD_HEADERS
         headers_at = pos
         for _ in range(headers):
             name_len, pos = _varint(buf, pos, end)
-            if pos < 0:
-                return table[:i], start, _SHORT
             if name_len < 0:
-                return table[:i], start, _BAD_HEADERS
+                return table[:i], first, _BAD_HEADERS
             header_len, pos = _varint(buf, pos + name_len, end)
-            if pos < 0:
-                return table[:i], start, _SHORT
+            if pos < 0:  # not on: a hostile count would spin here
+                return table[:i], first, _SHORT
             pos += max(header_len, 0)
         if pos > end:
-            return table[:i], start, _SHORT
-        if pos - start != fields[0]:
-            return table[:i], start, _BAD_SIZE
+            return table[:i], first, _SHORT
+        if pos - start != size:
+            return table[:i], first, _BAD_SIZE
         row = table[i]
-        row[SIZE], row[TS_DELTA], row[OFFSET_DELTA] = fields[0], fields[2], fields[3]
+        row[SIZE], row[TS_DELTA], row[OFFSET_DELTA] = size, ts_delta, offset_delta
         row[KEY_AT], row[KEY_LEN] = key_at, key_len
         row[VALUE_AT], row[VALUE_LEN] = value_at, value_len
         row[HEADERS_AT], row[HEADERS] = headers_at, headers

@@ -13,8 +13,9 @@ from learner.core.errors import ConfigError
 from learner.core.fast import make_inverse_gradient, make_loss_step
 from learner.core.losses import make_loss
 from learner.core.meta import InverseGradient, Pairs
-from learner.core.optim import MixedAdam, ensure_rows
+from learner.core.optim import MixedAdam
 from learner.core.settings import PAPER_SETTINGS, LearnerSettings
+from tests.unit.twins import alternate_forced_branches, same_step
 
 
 def gmf_settings(**settings) -> LearnerSettings:
@@ -68,13 +69,7 @@ def _run_both(lookahead: str, steps: int = 40, sync: bool = False):
             fast = GMFInverseGradient(twin, opt_twin, sample_lr=1e-2, lookahead=lookahead)
         vague, meta, labels = _batch(gen, 40, 30)
         opt.zero_grad()
-        b_slow, losses_slow, loss_slow = slow.step(vague, meta, labels)
-        b_fast, losses_fast, loss_fast = fast.step(vague, meta, labels)
-        assert b_fast == b_slow
-        assert losses_fast == pytest.approx(losses_slow, rel=1e-5)
-        assert loss_fast == pytest.approx(loss_slow, rel=1e-5)
-        assert fast.last_vague_positive == slow.last_vague_positive
-        yield b_fast, (model, twin, opt, opt_twin)
+        yield same_step(slow, fast, vague, meta, labels), (model, twin, opt, opt_twin)
 
 
 def test_compiled_step_follows_the_autograd_step_with_the_plain_look_ahead():
@@ -98,22 +93,10 @@ def test_forced_branches_and_growing_tables_agree_and_the_state_is_torchs():
     """Each branch forced in turn; tables grown mid-run; the compiled steps alternate with
     autograd steps on the same model, so each must leave state the other can carry on."""
     model, twin, opt, opt_twin = _pair(2, users=8, items=8)
-    slow = InverseGradient(model, opt, lookahead="sgd")
-    mixed = {"compiled": GMFInverseGradient(twin, opt_twin, lookahead="sgd"),
-             "torch": InverseGradient(twin, opt_twin, lookahead="sgd")}
     gen = torch.Generator().manual_seed(3)
-    for k in range(30):
-        if k == 10:
-            for m, o in ((model, opt), (twin, opt_twin)):
-                torch.manual_seed(7)  # the same new rows in both
-                ensure_rows(m, o, 50, 40)
-        users, items = model.rows()
-        vague, meta, labels = _batch(gen, users, items)
-        branch = ("original", "forward", "inverse")[k % 3]
-        opt.zero_grad()
-        opt_twin.zero_grad()
-        slow.step(vague, meta, labels, branch=branch)
-        mixed["compiled" if k % 2 else "torch"].step(vague, meta, labels, branch=branch)
+    alternate_forced_branches(model, twin, opt, opt_twin,
+                              GMFInverseGradient(twin, opt_twin, lookahead="sgd"),
+                              lambda: _batch(gen, *model.rows()))
     _assert_same_state(model, twin, opt, opt_twin)
 
 

@@ -25,6 +25,7 @@ from learner.core.settings import LearnerSettings
 from learner.core.trainer import OnlineLearner
 from stream.event import EventBatch
 from tests.unit.test_gmf_steps import _assert_same_state as same_parameters_and_optimiser_state
+from tests.unit.twins import alternate_forced_branches, grow_alike, same_step
 
 SIZES = (24, 16, 16)
 
@@ -72,9 +73,7 @@ def test_compiled_loss_step_is_the_autograd_step(loss_name):
     gen = torch.Generator().manual_seed(5)
     for k in range(40):
         if k == 20:
-            for m, o in ((model, opt), (twin, opt_twin)):
-                torch.manual_seed(7)  # the same new rows in both
-                ensure_rows(m, o, 90, 70)
+            grow_alike(((model, opt), (twin, opt_twin)), 90, 70)
         users, items, feats, labels = _pairs(gen, *model.rows())
         vague = torch.rand(users.numel(), generator=gen) < (0.5, 1.0, 0.0)[k % 3]
         with torch.no_grad():
@@ -166,13 +165,7 @@ def test_compiled_ig_step_is_the_autograd_step(lookahead):
     for _ in range(30):
         _counted(model, twin, gen)
         vague, meta, labels = _ig_batch(gen, 40, 30)
-        b_slow, losses_slow, loss_slow = slow.step(vague, meta, labels)
-        b_fast, losses_fast, loss_fast = fast.step(vague, meta, labels)
-        assert b_fast == b_slow
-        assert losses_fast == pytest.approx(losses_slow, rel=1e-5)
-        assert loss_fast == pytest.approx(loss_slow, rel=1e-5)
-        assert fast.last_vague_positive == slow.last_vague_positive
-        branches.add(b_fast)
+        branches.add(same_step(slow, fast, vague, meta, labels))
     assert len(branches) >= 2  # the steps went more than one way
     _assert_same_state(model, twin, opt, opt_twin)
 
@@ -181,22 +174,14 @@ def test_forced_ig_branches_and_growing_tables_agree_and_the_state_is_torchs():
     """Each branch forced in turn; tables grown mid-run; compiled and autograd IG steps take
     turns on one model, so each must leave state the other can carry on from."""
     model, twin, opt, opt_twin = _pair(8, users=8, items=8)
-    slow = InverseGradient(model, opt, lookahead="sgd")
-    mixed = {"compiled": WideInverseGradient(twin, opt_twin, lookahead="sgd"),
-             "torch": InverseGradient(twin, opt_twin, lookahead="sgd")}
     gen = torch.Generator().manual_seed(9)
-    for k in range(30):
-        if k == 10:
-            for m, o in ((model, opt), (twin, opt_twin)):
-                torch.manual_seed(7)  # the same new rows in both
-                ensure_rows(m, o, 50, 40)
+
+    def batch():
         _counted(model, twin, gen)
-        vague, meta, labels = _ig_batch(gen, *model.rows())
-        branch = ("original", "forward", "inverse")[k % 3]
-        opt.zero_grad()
-        opt_twin.zero_grad()
-        slow.step(vague, meta, labels, branch=branch)
-        mixed["compiled" if k % 2 else "torch"].step(vague, meta, labels, branch=branch)
+        return _ig_batch(gen, *model.rows())
+
+    alternate_forced_branches(model, twin, opt, opt_twin,
+                              WideInverseGradient(twin, opt_twin, lookahead="sgd"), batch)
     _assert_same_state(model, twin, opt, opt_twin)
 
 

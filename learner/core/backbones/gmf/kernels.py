@@ -290,10 +290,7 @@ def train_steps(P, Q, w, b, states, users, items, labels, vague, order, bounds, 
     for c in range(bounds.size - 1):
         chunk = order[bounds[c]:bounds[c + 1]]
         mask = vague[chunk]
-        n_vague = 0
-        for k in range(chunk.size):
-            if mask[k]:
-                n_vague += 1
+        n_vague = np.count_nonzero(mask)
         if ig and 0 < n_vague < chunk.size:
             v, g = chunk[mask], chunk[~mask]
             branches[c], leans[c], losses[c] = ig_step(

@@ -50,7 +50,7 @@ from learner.core import fast
 from learner.core.backbones.base import Backbone
 from learner.core.backbones.gmf import GMF
 from learner.core.errors import ConfigError
-from learner.core.meta import BRANCHES, Pairs
+from learner.core.meta import BRANCHES
 from learner.core.optim import MixedAdam
 
 try:  # numba is a dependency; where it cannot be imported, GMF trains through autograd
@@ -198,23 +198,8 @@ def _state(opt: torch.optim.Optimizer, param: torch.Tensor, dense: bool) -> dict
     return state
 
 
-class GMFInverseGradient(_CompiledStep):
+class GMFInverseGradient(fast.InverseGradientOnArrays, _CompiledStep):
     """The IG step of :class:`~learner.core.meta.InverseGradient` for a GMF on the CPU, compiled."""
-
-    def __init__(self, model: GMF, optimizer: MixedAdam, sample_lr: float = 1e-3,
-                 lookahead: str = "adam") -> None:
-        super().__init__(model, optimizer)
-        if lookahead not in ("adam", "sgd"):
-            raise ConfigError(f"lookahead must be adam or sgd, not {lookahead!r}")
-        self.sample_lr, self.lookahead = sample_lr, lookahead
-        self.last_vague_positive = 0
-
-    def step(
-        self, vague: Pairs, meta: Pairs, meta_labels: torch.Tensor, branch: str | None = None
-    ) -> tuple[str, dict[str, float], float]:
-        """One IG step; returns the branch kept, the three meta losses and the final loss."""
-        return self.step_rows(vague.users.numpy(), vague.items.numpy(), None, meta.users.numpy(),
-                              meta.items.numpy(), None, meta_labels.numpy(), branch)
 
     def step_rows(
         self, vague_users: np.ndarray, vague_items: np.ndarray, vague_feats: np.ndarray | None,

@@ -43,7 +43,7 @@ from learner.core.backbones.base import Backbone
 from learner.core.backbones.gmf.steps import _index, _state
 from learner.core.backbones.wide import Wide
 from learner.core.errors import ConfigError
-from learner.core.meta import BRANCHES, Pairs
+from learner.core.meta import BRANCHES
 from learner.core.optim import MixedAdam
 
 try:  # numba is a dependency; where it cannot be imported, the model trains through autograd
@@ -238,28 +238,9 @@ class WideLossStep(_CompiledSteps):
                                 self.idl)
 
 
-class WideInverseGradient(_CompiledSteps):
+class WideInverseGradient(fast.InverseGradientOnArrays, _CompiledSteps):
     """The IG step of :class:`~learner.core.meta.InverseGradient` for the wide model on the
     CPU, compiled."""
-
-    def __init__(self, model: Wide, optimizer: MixedAdam, sample_lr: float = 1e-3,
-                 lookahead: str = "adam") -> None:
-        super().__init__(model, optimizer)
-        if lookahead not in ("adam", "sgd"):
-            raise ConfigError(f"lookahead must be adam or sgd, not {lookahead!r}")
-        self.sample_lr, self.lookahead = sample_lr, lookahead
-        self.last_vague_positive = 0
-
-    def step(
-        self, vague: Pairs, meta: Pairs, meta_labels: torch.Tensor, branch: str | None = None
-    ) -> tuple[str, dict[str, float], float]:
-        """One IG step; returns the branch kept, the three meta losses and the final loss."""
-        def array(feats: torch.Tensor | None) -> np.ndarray | None:
-            return None if feats is None else feats.numpy()
-
-        return self.step_rows(vague.users.numpy(), vague.items.numpy(), array(vague.feats),
-                              meta.users.numpy(), meta.items.numpy(), array(meta.feats),
-                              meta_labels.numpy(), branch)
 
     def step_rows(
         self, vague_users: np.ndarray, vague_items: np.ndarray, vague_feats: np.ndarray | None,
